@@ -1,0 +1,30 @@
+# Tether. `make demo` runs the local demo; `make test` runs every test (see README.md).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build controlplane test lint fmt demo bench clean-harness
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+## kube-apiserver + etcd from the pinned Go module, cached under target/controlplane/
+controlplane:
+	@bash tests/controlplane/build.sh >/dev/null
+
+## Every test: unit tests, harness tests and end-to-end tests against real API servers.
+## The end-to-end tests run the hub and agent binaries, so those are built first.
+test: controlplane build
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Remove per-run harness folders (control-plane data, logs) left by earlier runs.
+clean-harness:
+	rm -rf target/harness
