@@ -1,0 +1,114 @@
+//! What the hub knows about each remote's stream(s): connected or not, which agent, what it acked or
+//! nacked. Written by the gRPC layer, read by the status writer. Pure state under a mutex, never held
+//! across an await.
+
+use k8s_openapi::jiff::Timestamp;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamState {
+    /// Open streams from this cluster's agent(s); 0 = disconnected.
+    pub streams: u32,
+    pub ever_connected: bool,
+    pub agent_version: String,
+    pub peer: String,
+    pub connected_since: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
+    pub acked_version: String,
+    pub last_nack: Option<Nacked>,
+    /// The agent acknowledged `Retire`: it no longer manages anything.
+    pub retired: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Nacked {
+    pub version: String,
+    pub message: String,
+    pub at: Timestamp,
+    /// Some object exists on the remote without Tether's managed-by label.
+    pub conflict: bool,
+}
+
+#[derive(Default)]
+pub struct Board {
+    remotes: Mutex<HashMap<String, StreamState>>,
+}
+
+impl Board {
+    pub fn get(&self, cluster: &str) -> StreamState {
+        self.remotes
+            .lock()
+            .expect("board lock")
+            .get(cluster)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn update(&self, cluster: &str, f: impl FnOnce(&mut StreamState)) {
+        f(self
+            .remotes
+            .lock()
+            .expect("board lock")
+            .entry(cluster.to_string())
+            .or_default());
+    }
+
+    pub fn connected(&self, cluster: &str, agent_version: &str, peer: &str, applied_version: &str) {
+        let now = Timestamp::now();
+        self.update(cluster, |s| {
+            if s.streams == 0 {
+                s.connected_since = Some(now);
+            }
+            s.streams += 1;
+            s.ever_connected = true;
+            s.agent_version = agent_version.to_string();
+            s.peer = peer.to_string();
+            s.last_seen = Some(now);
+            s.retired = false;
+            if !applied_version.is_empty() {
+                s.acked_version = applied_version.to_string();
+            }
+        });
+    }
+
+    pub fn disconnected(&self, cluster: &str) {
+        self.update(cluster, |s| {
+            s.streams = s.streams.saturating_sub(1);
+            s.last_seen = Some(Timestamp::now());
+            if s.streams == 0 {
+                s.connected_since = None;
+            }
+        });
+    }
+
+    /// Forget a remote whose RemoteCluster is gone.
+    pub fn remove(&self, cluster: &str) {
+        self.remotes.lock().expect("board lock").remove(cluster);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_stream_keeps_remote_connected_until_both_close() {
+        let board = Board::default();
+        board.connected("r1", "0.1.0", "127.0.0.1:1", "");
+        board.connected("r1", "0.1.0", "127.0.0.1:2", "");
+        board.disconnected("r1");
+        assert_eq!(board.get("r1").streams, 1);
+        assert!(board.get("r1").connected_since.is_some());
+        board.disconnected("r1");
+        assert_eq!(board.get("r1").streams, 0);
+        assert!(board.get("r1").ever_connected);
+    }
+
+    #[test]
+    fn hello_applied_version_counts_as_acked() {
+        let board = Board::default();
+        board.connected("r1", "0.1.0", "p", "abc");
+        assert_eq!(board.get("r1").acked_version, "abc");
+    }
+}

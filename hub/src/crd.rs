@@ -1,0 +1,141 @@
+//! The `RemoteCluster` resource (`tether.io/v1alpha1`): one per remote, in the hub's namespace.
+//! What a schema can check is checked by the API server; the rest is reported in the `SpecValid` condition.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Finalizer the hub keeps on every RemoteCluster so that deletion can first retire the agent.
+pub const FINALIZER: &str = "tether.io/retire";
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tether.io",
+    version = "v1alpha1",
+    kind = "RemoteCluster",
+    namespaced,
+    status = "RemoteClusterStatus",
+    shortname = "rc",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.conditions[?(@.type==\"Connected\")].status"}"#,
+    printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".status.sync.desiredVersion"}"#,
+    printcolumn = r#"{"name":"Acked","type":"string","jsonPath":".status.sync.ackedVersion"}"#,
+    printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.sync.endpoints"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteClusterSpec {
+    /// Control-plane Services to mirror into the remote. Empty: the hub's defaults (istiod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub services: Vec<ServiceMirror>,
+    /// Remote namespaces to label for sidecar injection.
+    #[serde(default)]
+    pub injection: InjectionSpec,
+    /// Reserved for multi-network meshes (gateway endpoints); must be empty for now.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMirror {
+    /// Name of the central Service (in the control-plane namespace) and of its mirror.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Pods backing the mirror. Default: the central Service's selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// Ports of the mirror. Default: the central Service's ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<MirrorPort>>,
+    /// `clusterIP: None` instead of a ClusterIP Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headless: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorPort {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Number or name of the pod's port; named ports are resolved per pod. Default: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+    /// TCP (default), UDP or SCTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectionSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Default `istio-injection: enabled`; use `istio.io/rev: <rev>` for revision-based installs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteClusterStatus {
+    /// Pending | Connected | Synced | Degraded | Disconnected
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Address the agent's stream came from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_since: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub desired_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub acked_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_nack: Option<NackStatus>,
+    /// Endpoints in the desired state.
+    #[serde(default)]
+    pub endpoints: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NackStatus {
+    pub version: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
+}

@@ -1,0 +1,376 @@
+//! The `tether.sync.v1.Sync` service: one bidirectional stream per agent. It reads desired state from
+//! the index's watch channels and records ACK/NACK on the [`Board`]; it never talks to Kubernetes.
+//!
+//! ```text
+//!  peer cert ─identity─► cluster ── Hello must agree ──► index.subscribe(cluster)
+//!  watch::Receiver<Desired> ─latest wins─► next ─reserve()─► Snapshot/Retire ─► agent
+//!  agent ─► Ack/Nack (nonce must be one we sent) ─► Board
+//! ```
+
+use crate::board::{Board, Nacked};
+use crate::index::{Desired, Index};
+use k8s_openapi::jiff::Timestamp;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tether_proto::v1::sync_server::Sync;
+use tether_proto::v1::{AgentMessage, HubMessage, Retire, agent_message, hub_message};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, warn};
+
+/// How long a new stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sent-but-unacknowledged snapshots remembered per stream (latest wins, so few are ever outstanding).
+const MAX_OUTSTANDING: usize = 16;
+
+pub struct SyncService {
+    index: Arc<RwLock<Index>>,
+    board: Arc<Board>,
+    trust_domain: String,
+    /// Where RemoteClusters live, for error messages.
+    namespace: String,
+    next_stream: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SyncService {
+    pub fn new(
+        index: Arc<RwLock<Index>>,
+        board: Arc<Board>,
+        trust_domain: String,
+        namespace: String,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            index,
+            board,
+            trust_domain,
+            namespace,
+            next_stream: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    fn identify<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        tether_proto::identity::cluster_from_cert(leaf.as_ref(), &self.trust_domain)
+            .map_err(|e| Status::permission_denied(e.to_string()))
+    }
+}
+
+#[tonic::async_trait]
+impl Sync for SyncService {
+    type StreamStream = ReceiverStream<Result<HubMessage, Status>>;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let cluster = self
+            .identify(&req)
+            .inspect_err(|e| warn!(%peer, error = %e.message(), "stream refused"))?;
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before Hello")),
+            Ok(Ok(Some(AgentMessage {
+                message: Some(agent_message::Message::Hello(h)),
+            }))) => h,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument("the first message must be Hello"));
+            }
+        };
+        if hello.cluster != cluster {
+            let msg = format!(
+                "client certificate identifies cluster {cluster:?} but Hello names {:?}; check the agent's --cluster",
+                hello.cluster
+            );
+            warn!(%cluster, %peer, "{msg}");
+            return Err(Status::permission_denied(msg));
+        }
+        let Some(desired) = self.index.read().expect("index lock").subscribe(&cluster) else {
+            let msg = format!(
+                "no RemoteCluster {cluster:?} in namespace {:?}; create it with `tether-hub join {cluster}`",
+                self.namespace
+            );
+            warn!(%cluster, %peer, "{msg}");
+            return Err(Status::permission_denied(msg));
+        };
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(2);
+        self.board.connected(
+            &cluster,
+            &hello.agent_version,
+            &peer,
+            &hello.applied_version,
+        );
+        info!(%cluster, stream = id, %peer, agent_version = %hello.agent_version, "agent connected");
+        let stream = Stream {
+            cluster: cluster.clone(),
+            board: self.board.clone(),
+            desired,
+            inbound,
+            tx,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(
+            stream
+                .run()
+                .instrument(tracing::info_span!("stream", %cluster, stream = id)),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Stream {
+    cluster: String,
+    board: Arc<Board>,
+    desired: watch::Receiver<Arc<Desired>>,
+    inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<Result<HubMessage, Status>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Stream {
+    async fn run(self) {
+        let Stream {
+            cluster,
+            board,
+            mut desired,
+            mut inbound,
+            tx,
+            mut shutdown,
+        } = self;
+        let mut out = Outbox::default();
+        let mut next: Option<HubMessage> = out.message_for(&desired.borrow_and_update().clone());
+        let reason = loop {
+            tokio::select! {
+                changed = desired.changed() => match changed {
+                    Ok(()) => {
+                        let d = desired.borrow_and_update().clone();
+                        // Latest wins: a newer state replaces one not yet sent.
+                        if let Some(m) = out.message_for(&d) { next = Some(m) }
+                    }
+                    Err(_) => {
+                        let _ = tx.send(Err(Status::permission_denied("RemoteCluster deleted"))).await;
+                        break "RemoteCluster deleted";
+                    }
+                },
+                permit = tx.reserve(), if next.is_some() => match permit {
+                    Ok(permit) => permit.send(Ok(next.take().expect("guarded"))),
+                    Err(_) => break "agent went away",
+                },
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => out.on_agent_message(m, &board, &cluster),
+                    Ok(None) => break "agent closed the stream",
+                    Err(status) => {
+                        debug!(error = %status, "inbound error");
+                        break "stream error";
+                    }
+                },
+                _ = shutdown.changed() => {
+                    let _ = tx.send(Err(Status::unavailable("hub shutting down"))).await;
+                    break "hub shutting down";
+                }
+            }
+        };
+        board.disconnected(&cluster);
+        info!(reason, "agent disconnected");
+    }
+}
+
+/// What one stream sent and still expects an answer for.
+#[derive(Default)]
+struct Outbox {
+    /// (nonce, version) sent and not answered yet, oldest first.
+    sent: VecDeque<(String, String)>,
+    next_nonce: u64,
+    last_sent: String,
+    retire_sent: bool,
+}
+
+impl Outbox {
+    /// The message that moves the agent to `d`, if it differs from what was last sent.
+    fn message_for(&mut self, d: &Desired) -> Option<HubMessage> {
+        if d.retire {
+            if self.retire_sent {
+                return None;
+            }
+            self.retire_sent = true;
+            let nonce = self.nonce(tether_proto::RETIRED_VERSION);
+            debug!(nonce = %nonce, "sending Retire");
+            let retire = Retire {
+                reason: "RemoteCluster deleted".into(),
+                nonce,
+            };
+            return Some(HubMessage {
+                message: Some(hub_message::Message::Retire(retire)),
+            });
+        }
+        let snap = d.snapshot.as_ref()?;
+        if snap.version == self.last_sent {
+            return None;
+        }
+        self.last_sent = snap.version.clone();
+        let mut msg = (**snap).clone();
+        msg.nonce = self.nonce(&snap.version);
+        debug!(version = %msg.version, nonce = %msg.nonce, "sending snapshot");
+        Some(HubMessage {
+            message: Some(hub_message::Message::Snapshot(msg)),
+        })
+    }
+
+    fn nonce(&mut self, version: &str) -> String {
+        self.next_nonce += 1;
+        let nonce = self.next_nonce.to_string();
+        if self.sent.len() == MAX_OUTSTANDING {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((nonce.clone(), version.to_string()));
+        nonce
+    }
+
+    /// Forgets `nonce` (and anything older). False for a nonce this stream did not send.
+    fn answered(&mut self, nonce: &str, version: &str) -> bool {
+        match self
+            .sent
+            .iter()
+            .position(|(n, v)| n == nonce && v == version)
+        {
+            Some(i) => {
+                self.sent.drain(..=i);
+                true
+            }
+            None => {
+                warn!(%nonce, %version, "answer for a nonce this stream did not send; ignored");
+                false
+            }
+        }
+    }
+
+    fn on_agent_message(&mut self, m: AgentMessage, board: &Board, cluster: &str) {
+        let now = Timestamp::now();
+        match m.message {
+            Some(agent_message::Message::Ack(ack)) => {
+                if !self.answered(&ack.nonce, &ack.version) {
+                    return;
+                }
+                debug!(version = %ack.version, "ack");
+                board.update(cluster, |s| {
+                    s.last_seen = Some(now);
+                    if ack.version == tether_proto::RETIRED_VERSION {
+                        s.retired = true;
+                    } else {
+                        s.acked_version = ack.version.clone();
+                    }
+                });
+            }
+            Some(agent_message::Message::Nack(nack)) => {
+                if !self.answered(&nack.nonce, &nack.version) {
+                    return;
+                }
+                let conflict = nack.failures.iter().any(|f| f.conflict);
+                let mut message = nack.error_detail.clone();
+                for f in &nack.failures {
+                    message.push_str(&format!(
+                        "; {} {}/{}: {}",
+                        f.kind, f.namespace, f.name, f.message
+                    ));
+                }
+                warn!(version = %nack.version, %message, "agent rejected snapshot");
+                board.update(cluster, |s| {
+                    s.last_seen = Some(now);
+                    s.last_nack = Some(Nacked {
+                        version: nack.version.clone(),
+                        message,
+                        at: now,
+                        conflict,
+                    });
+                });
+            }
+            Some(agent_message::Message::Hello(_)) => warn!("second Hello on one stream; ignored"),
+            None => warn!("empty message; ignored"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::v1::{Ack, Snapshot};
+
+    fn desired(version: &str) -> Desired {
+        Desired {
+            snapshot: Some(Arc::new(Snapshot {
+                version: version.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn ack(version: &str, nonce: &str) -> AgentMessage {
+        AgentMessage {
+            message: Some(agent_message::Message::Ack(Ack {
+                version: version.into(),
+                nonce: nonce.into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn same_version_is_sent_once_with_fresh_nonces_per_message() {
+        let mut out = Outbox::default();
+        assert!(out.message_for(&desired("v1")).is_some());
+        assert!(out.message_for(&desired("v1")).is_none());
+        let Some(HubMessage {
+            message: Some(hub_message::Message::Snapshot(s)),
+        }) = out.message_for(&desired("v2"))
+        else {
+            panic!("snapshot expected")
+        };
+        assert_eq!((s.version.as_str(), s.nonce.as_str()), ("v2", "2"));
+    }
+
+    #[test]
+    fn ack_for_unknown_nonce_is_ignored() {
+        let board = Board::default();
+        let mut out = Outbox::default();
+        out.message_for(&desired("v1"));
+        out.on_agent_message(ack("v1", "99"), &board, "r1");
+        assert_eq!(board.get("r1").acked_version, "");
+        out.on_agent_message(ack("v1", "1"), &board, "r1");
+        assert_eq!(board.get("r1").acked_version, "v1");
+        // A replayed answer is not accepted twice.
+        out.on_agent_message(ack("v1", "1"), &board, "r1");
+    }
+
+    #[test]
+    fn retire_is_sent_once_and_its_ack_marks_retired() {
+        let board = Board::default();
+        let mut out = Outbox::default();
+        let d = Desired {
+            retire: true,
+            ..desired("v1")
+        };
+        let Some(HubMessage {
+            message: Some(hub_message::Message::Retire(r)),
+        }) = out.message_for(&d)
+        else {
+            panic!("retire expected")
+        };
+        assert!(out.message_for(&d).is_none());
+        out.on_agent_message(ack(tether_proto::RETIRED_VERSION, &r.nonce), &board, "r1");
+        assert!(board.get("r1").retired);
+    }
+}

@@ -1,0 +1,374 @@
+//! The hub's index: pure, synchronous state. Pods, Services and RemoteClusters go in; out comes, per
+//! remote, the desired state on a `watch` channel (latest wins, no-op updates dropped). No tonic, no I/O.
+//!
+//! ```text
+//!  Pod/Service events ──► apply/delete/reset ──► recompute every remote ─┐
+//!  RemoteCluster events ─► apply/delete/reset ──► recompute that remote ─┴─► watch::Sender<Arc<Desired>>
+//! ```
+//! A spec that cannot be computed (unknown service, bad selector...) keeps the remote on its last good
+//! spec, still following pod changes, and carries the errors for the `SpecValid` condition.
+
+use crate::crd::{RemoteCluster, RemoteClusterSpec};
+use crate::snapshot::{CentralService, PodInfo, build};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::ResourceExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tether_proto::v1::Snapshot;
+use tokio::sync::watch;
+
+/// What one remote should look like, as published to its stream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// None until the remote's spec has computed once.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Why the current spec is not in effect; empty when it is.
+    pub errors: Vec<String>,
+    /// The RemoteCluster is being deleted: the agent must remove what it manages.
+    pub retire: bool,
+    /// `metadata.generation` of the spec these errors/this snapshot answer.
+    pub generation: i64,
+}
+
+impl Desired {
+    pub fn version(&self) -> &str {
+        self.snapshot
+            .as_ref()
+            .map(|s| s.version.as_str())
+            .unwrap_or_default()
+    }
+
+    pub fn endpoints(&self) -> usize {
+        self.snapshot
+            .as_ref()
+            .map(|s| s.services.iter().map(|svc| svc.endpoints.len()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Settings that apply to every remote.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// Remote namespace for the mirrored Services (usually the same name as the central one).
+    pub remote_namespace: String,
+    /// Services mirrored when a spec lists none.
+    pub services: Vec<String>,
+    /// Injection labels when a spec gives none.
+    pub injection_labels: BTreeMap<String, String>,
+}
+
+struct Remote {
+    spec: RemoteClusterSpec,
+    generation: i64,
+    deleting: bool,
+    /// The last spec that computed without errors.
+    last_good: Option<RemoteClusterSpec>,
+    tx: watch::Sender<Arc<Desired>>,
+}
+
+/// Computed snapshots by spec (JSON) within one recompute pass.
+type Memo = HashMap<String, Result<Arc<Snapshot>, Vec<String>>>;
+
+pub struct Index {
+    defaults: Defaults,
+    pods: HashMap<String, PodInfo>,
+    services: HashMap<String, CentralService>,
+    remotes: HashMap<String, Remote>,
+}
+
+impl Index {
+    pub fn new(defaults: Defaults) -> Self {
+        Self {
+            defaults,
+            pods: HashMap::new(),
+            services: HashMap::new(),
+            remotes: HashMap::new(),
+        }
+    }
+
+    pub fn defaults(&self) -> &Defaults {
+        &self.defaults
+    }
+
+    // --- pods and services: every remote may depend on them ---
+
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        let info = PodInfo::from_pod(pod);
+        if self.pods.get(&pod.name_any()) != Some(&info) {
+            self.pods.insert(pod.name_any(), info);
+            self.recompute_all();
+        }
+    }
+
+    pub fn delete_pod(&mut self, name: &str) {
+        if self.pods.remove(name).is_some() {
+            self.recompute_all();
+        }
+    }
+
+    pub fn reset_pods(&mut self, pods: &[Pod]) {
+        self.pods = pods
+            .iter()
+            .map(|p| (p.name_any(), PodInfo::from_pod(p)))
+            .collect();
+        self.recompute_all();
+    }
+
+    pub fn apply_service(&mut self, svc: &Service) {
+        let info = CentralService::from_service(svc);
+        if self.services.get(&svc.name_any()) != Some(&info) {
+            self.services.insert(svc.name_any(), info);
+            self.recompute_all();
+        }
+    }
+
+    pub fn delete_service(&mut self, name: &str) {
+        if self.services.remove(name).is_some() {
+            self.recompute_all();
+        }
+    }
+
+    pub fn reset_services(&mut self, services: &[Service]) {
+        self.services = services
+            .iter()
+            .map(|s| (s.name_any(), CentralService::from_service(s)))
+            .collect();
+        self.recompute_all();
+    }
+
+    // --- remotes ---
+
+    pub fn apply_remote(&mut self, rc: &RemoteCluster) {
+        let name = rc.name_any();
+        let generation = rc.metadata.generation.unwrap_or_default();
+        let deleting = rc.metadata.deletion_timestamp.is_some();
+        let remote = self.remotes.entry(name.clone()).or_insert_with(|| Remote {
+            spec: rc.spec.clone(),
+            generation,
+            deleting,
+            last_good: None,
+            tx: watch::Sender::new(Arc::new(Desired::default())),
+        });
+        remote.spec = rc.spec.clone();
+        remote.generation = generation;
+        remote.deleting = deleting;
+        self.recompute(&name);
+    }
+
+    /// The RemoteCluster is gone: its channel closes, which ends its streams.
+    pub fn delete_remote(&mut self, name: &str) {
+        self.remotes.remove(name);
+    }
+
+    pub fn reset_remotes(&mut self, rcs: &[RemoteCluster]) {
+        let keep: std::collections::HashSet<String> = rcs.iter().map(|r| r.name_any()).collect();
+        self.remotes.retain(|name, _| keep.contains(name));
+        for rc in rcs {
+            self.apply_remote(rc);
+        }
+    }
+
+    /// The desired-state channel of a remote, if a RemoteCluster of that name exists.
+    pub fn subscribe(&self, cluster: &str) -> Option<watch::Receiver<Arc<Desired>>> {
+        self.remotes.get(cluster).map(|r| r.tx.subscribe())
+    }
+
+    pub fn desired(&self, cluster: &str) -> Option<Arc<Desired>> {
+        self.remotes.get(cluster).map(|r| r.tx.borrow().clone())
+    }
+
+    pub fn remote_names(&self) -> Vec<String> {
+        self.remotes.keys().cloned().collect()
+    }
+
+    fn recompute_all(&mut self) {
+        // Remotes with the same spec share one computation (the common case: all on the defaults).
+        let mut memo = Memo::new();
+        let names: Vec<String> = self.remotes.keys().cloned().collect();
+        for name in names {
+            self.recompute_with(&name, &mut memo);
+        }
+    }
+
+    fn recompute(&mut self, name: &str) {
+        self.recompute_with(name, &mut HashMap::new());
+    }
+
+    fn recompute_with(&mut self, name: &str, memo: &mut Memo) {
+        let Some(remote) = self.remotes.get(name) else {
+            return;
+        };
+        let mut compute = |spec: &RemoteClusterSpec| {
+            let key = serde_json::to_string(spec).expect("spec serializes");
+            memo.entry(key)
+                .or_insert_with(|| {
+                    build(spec, &self.defaults, &self.services, &self.pods).map(Arc::new)
+                })
+                .clone()
+        };
+        let (snapshot, errors, good) = match compute(&remote.spec) {
+            Ok(snap) => (Some(snap), Vec::new(), Some(remote.spec.clone())),
+            Err(errors) => {
+                let fallback = remote
+                    .last_good
+                    .as_ref()
+                    .and_then(|spec| compute(spec).ok());
+                (fallback, errors, None)
+            }
+        };
+        let desired = Desired {
+            snapshot,
+            errors,
+            retire: remote.deleting,
+            generation: remote.generation,
+        };
+        let remote = self.remotes.get_mut(name).expect("present above");
+        if good.is_some() {
+            remote.last_good = good;
+        }
+        remote.tx.send_if_modified(|current| {
+            if **current == desired {
+                return false;
+            }
+            *current = Arc::new(desired);
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ServiceMirror;
+    use crate::snapshot::tests::{mk_pod, mk_service};
+
+    fn defaults() -> Defaults {
+        Defaults {
+            remote_namespace: "istio-system".into(),
+            services: vec!["istiod".into()],
+            injection_labels: [("istio-injection".to_string(), "enabled".to_string())].into(),
+        }
+    }
+
+    fn mk_remote(name: &str, spec: RemoteClusterSpec) -> RemoteCluster {
+        let mut rc = RemoteCluster::new(name, spec);
+        rc.metadata.generation = Some(1);
+        rc
+    }
+
+    fn ready_index() -> Index {
+        let mut index = Index::new(defaults());
+        index.apply_service(&mk_service(
+            "istiod",
+            &[("app", "istiod")],
+            &[("grpc-xds", 15010, "grpc-xds")],
+        ));
+        index.apply_pod(&mk_pod(
+            "istiod-a",
+            "istiod",
+            &["10.0.0.1"],
+            true,
+            &[("grpc-xds", 15010)],
+        ));
+        index
+    }
+
+    #[test]
+    fn unknown_cluster_has_no_channel() {
+        assert!(ready_index().subscribe("nobody").is_none());
+    }
+
+    #[test]
+    fn pod_change_reaches_every_remote_and_noop_is_dropped() {
+        let mut index = ready_index();
+        index.apply_remote(&mk_remote("r1", Default::default()));
+        index.apply_remote(&mk_remote("r2", Default::default()));
+        let mut rx1 = index.subscribe("r1").unwrap();
+        let mut rx2 = index.subscribe("r2").unwrap();
+        rx1.mark_unchanged();
+        rx2.mark_unchanged();
+        let v1 = rx1.borrow().version().to_string();
+
+        // Same pod again: nothing to send.
+        index.apply_pod(&mk_pod(
+            "istiod-a",
+            "istiod",
+            &["10.0.0.1"],
+            true,
+            &[("grpc-xds", 15010)],
+        ));
+        assert!(!rx1.has_changed().unwrap());
+
+        index.apply_pod(&mk_pod(
+            "istiod-b",
+            "istiod",
+            &["10.0.0.2"],
+            true,
+            &[("grpc-xds", 15010)],
+        ));
+        assert!(rx1.has_changed().unwrap() && rx2.has_changed().unwrap());
+        let d = rx1.borrow_and_update().clone();
+        assert_ne!(d.version(), v1);
+        assert_eq!(d.endpoints(), 2);
+        assert_eq!(
+            rx2.borrow().version(),
+            d.version(),
+            "same spec, same state, same version"
+        );
+    }
+
+    #[test]
+    fn invalid_spec_keeps_last_good_state_and_reports_why() {
+        let mut index = ready_index();
+        index.apply_remote(&mk_remote("r1", Default::default()));
+        let good = index.desired("r1").unwrap();
+        assert!(good.errors.is_empty() && good.snapshot.is_some());
+
+        let bad = RemoteClusterSpec {
+            services: vec![ServiceMirror {
+                name: "nope".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        index.apply_remote(&mk_remote("r1", bad));
+        let d = index.desired("r1").unwrap();
+        assert_eq!(d.version(), good.version(), "previous state kept");
+        assert!(d.errors[0].contains("nope"), "{:?}", d.errors);
+
+        // The kept state still follows pods.
+        index.apply_pod(&mk_pod(
+            "istiod-b",
+            "istiod",
+            &["10.0.0.2"],
+            true,
+            &[("grpc-xds", 15010)],
+        ));
+        assert_eq!(index.desired("r1").unwrap().endpoints(), 2);
+    }
+
+    #[test]
+    fn deleting_remote_asks_for_retire_and_delete_closes_channel() {
+        let mut index = ready_index();
+        index.apply_remote(&mk_remote("r1", Default::default()));
+        let rx = index.subscribe("r1").unwrap();
+        let mut rc = mk_remote("r1", Default::default());
+        rc.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        index.apply_remote(&rc);
+        assert!(rx.borrow().retire);
+        index.delete_remote("r1");
+        assert!(rx.has_changed().is_err(), "sender dropped");
+    }
+
+    #[test]
+    fn reset_drops_remotes_that_are_gone() {
+        let mut index = ready_index();
+        index.apply_remote(&mk_remote("r1", Default::default()));
+        index.apply_remote(&mk_remote("r2", Default::default()));
+        index.reset_remotes(&[mk_remote("r2", Default::default())]);
+        assert_eq!(index.remote_names(), ["r2"]);
+    }
+}

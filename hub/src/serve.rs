@@ -1,0 +1,295 @@
+//! `tether-hub serve`: the wiring. Watches feed the index; the index feeds the gRPC streams; the board
+//! and the index feed the status writer. Only this module knows all of them.
+//!
+//! ```text
+//!  watch RemoteClusters ─┬─► reflector store ──────────────► StatusWriter ─► RemoteCluster status
+//!                        └─► Index ◄─ watch Pods, Services         ▲
+//!                              │ watch::channel per remote          │
+//!  TLS accept (per-handshake config) ─► tonic Sync ───► streams ───► Board
+//! ```
+
+use crate::board::Board;
+use crate::crd::RemoteCluster;
+use crate::grpc::SyncService;
+use crate::index::{Defaults, Index};
+use crate::status::StatusWriter;
+use anyhow::Context;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector};
+use kube::{Api, Client, Resource, ResourceExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tether_proto::tls::ReloadingServerConfig;
+use tether_proto::v1::sync_server::SyncServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+pub struct Settings {
+    pub namespace: String,
+    pub grpc_addr: SocketAddr,
+    pub tls: tether_proto::tls::TlsFiles,
+    pub trust_domain: String,
+    pub defaults: Defaults,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub status_interval: Duration,
+    pub retire_timeout: Duration,
+}
+
+/// Readiness: every watch delivered its first list.
+#[derive(Default)]
+pub struct Synced {
+    pub remotes: AtomicBool,
+    pub pods: AtomicBool,
+    pub services: AtomicBool,
+}
+
+impl Synced {
+    pub fn all(&self) -> bool {
+        [&self.remotes, &self.pods, &self.services]
+            .iter()
+            .all(|b| b.load(Ordering::Relaxed))
+    }
+}
+
+pub async fn run(
+    client: Client,
+    s: Settings,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let index = Arc::new(RwLock::new(Index::new(s.defaults.clone())));
+    let board = Arc::new(Board::default());
+    let synced = Arc::new(Synced::default());
+
+    let rc_api: Api<RemoteCluster> = Api::namespaced(client.clone(), &s.namespace);
+    let (store, writer) = reflector::store();
+    let rc_events = reflector(
+        writer,
+        watcher(rc_api.clone()).map(|e| e.map(strip_managed_fields)),
+    );
+    tokio::spawn(feed(
+        rc_events,
+        index.clone(),
+        synced.clone(),
+        Kind::Remotes,
+        board.clone(),
+    ));
+    let pods = watcher(Api::<Pod>::namespaced(client.clone(), &s.namespace));
+    tokio::spawn(feed(
+        pods,
+        index.clone(),
+        synced.clone(),
+        Kind::Pods,
+        board.clone(),
+    ));
+    let services = watcher(Api::<Service>::namespaced(client.clone(), &s.namespace));
+    tokio::spawn(feed(
+        services,
+        index.clone(),
+        synced.clone(),
+        Kind::Services,
+        board.clone(),
+    ));
+
+    let status = StatusWriter {
+        api: rc_api,
+        store,
+        index: index.clone(),
+        board: board.clone(),
+        interval: s.status_interval,
+        retire_timeout: s.retire_timeout,
+    };
+    tokio::spawn(status.run());
+
+    let tls = ReloadingServerConfig::load(s.tls.clone()).context("loading the hub's TLS files")?;
+    tokio::spawn(tls.clone().watch(Duration::from_secs(2)));
+    let listener = TcpListener::bind(s.grpc_addr)
+        .await
+        .with_context(|| format!("binding {}", s.grpc_addr))?;
+    info!(addr = %listener.local_addr()?, namespace = %s.namespace, "serving tether.sync.v1 over mTLS");
+    let (conn_tx, conn_rx) = mpsc::channel(128);
+    tokio::spawn(accept(listener, tls, conn_tx, shutdown.clone()));
+
+    let sync = SyncService::new(index, board, s.trust_domain, s.namespace, shutdown.clone());
+    let mut shutdown_signal = shutdown.clone();
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(s.keepalive_interval))
+        .http2_keepalive_timeout(Some(s.keepalive_timeout))
+        .max_concurrent_streams(Some(s.max_concurrent_streams))
+        .tcp_nodelay(true)
+        .add_service(
+            SyncServer::new(sync)
+                .max_decoding_message_size(s.max_message_bytes)
+                .max_encoding_message_size(s.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>),
+            async move { stopped(&mut shutdown_signal).await },
+        )
+        .await?;
+    Ok(())
+}
+
+fn watcher<K>(api: Api<K>) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, watcher::Config::default()).default_backoff()
+}
+
+fn strip_managed_fields<K: Resource>(mut event: Event<K>) -> Event<K> {
+    let strip = |o: &mut K| o.meta_mut().managed_fields = None;
+    match &mut event {
+        Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => strip(o),
+        Event::Init | Event::InitDone => {}
+    }
+    event
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Remotes,
+    Pods,
+    Services,
+}
+
+/// Applies one watch's events to the index. Lists are applied whole at `InitDone` (a relist replaces
+/// what the index had, so objects deleted while the watch was down disappear).
+async fn feed<K>(
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    index: Arc<RwLock<Index>>,
+    synced: Arc<Synced>,
+    kind: Kind,
+    board: Arc<Board>,
+) where
+    K: Resource + ResourceExt + Clone + 'static,
+    Kind: Apply<K>,
+{
+    let mut events = std::pin::pin!(events);
+    let mut listing: Vec<K> = Vec::new();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitApply(o)) => listing.push(o),
+            Ok(Event::InitDone) => {
+                kind.reset(&mut index.write().expect("index lock"), &listing);
+                listing.clear();
+                let flag = match kind {
+                    Kind::Remotes => &synced.remotes,
+                    Kind::Pods => &synced.pods,
+                    Kind::Services => &synced.services,
+                };
+                if !flag.swap(true, Ordering::Relaxed) {
+                    info!(?kind, "watch synced");
+                }
+            }
+            Ok(Event::Apply(o)) => kind.apply(&mut index.write().expect("index lock"), &o),
+            Ok(Event::Delete(o)) => {
+                kind.delete(&mut index.write().expect("index lock"), &o.name_any());
+                if matches!(kind, Kind::Remotes) {
+                    board.remove(&o.name_any());
+                }
+            }
+            // default_backoff() retries; say so once per failure so operators see RBAC or network trouble.
+            Err(error) => {
+                warn!(?kind, %error, "watch failed; retrying with backoff (check the hub's RBAC and API server)")
+            }
+        }
+    }
+    debug!(?kind, "watch ended");
+}
+
+/// Dispatch from a watched kind to the index (keeps `feed` generic).
+trait Apply<K> {
+    fn apply(&self, index: &mut Index, o: &K);
+    fn delete(&self, index: &mut Index, name: &str);
+    fn reset(&self, index: &mut Index, all: &[K]);
+}
+
+impl Apply<RemoteCluster> for Kind {
+    fn apply(&self, index: &mut Index, o: &RemoteCluster) {
+        index.apply_remote(o)
+    }
+    fn delete(&self, index: &mut Index, name: &str) {
+        index.delete_remote(name)
+    }
+    fn reset(&self, index: &mut Index, all: &[RemoteCluster]) {
+        index.reset_remotes(all)
+    }
+}
+
+impl Apply<Pod> for Kind {
+    fn apply(&self, index: &mut Index, o: &Pod) {
+        index.apply_pod(o)
+    }
+    fn delete(&self, index: &mut Index, name: &str) {
+        index.delete_pod(name)
+    }
+    fn reset(&self, index: &mut Index, all: &[Pod]) {
+        index.reset_pods(all)
+    }
+}
+
+impl Apply<Service> for Kind {
+    fn apply(&self, index: &mut Index, o: &Service) {
+        index.apply_service(o)
+    }
+    fn delete(&self, index: &mut Index, name: &str) {
+        index.delete_service(name)
+    }
+    fn reset(&self, index: &mut Index, all: &[Service]) {
+        index.reset_services(all)
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Accepts TCP connections and runs each TLS handshake on its own task with the config current at that
+/// moment, so a slow or hostile client never holds up the others and rotated certificates apply to the
+/// next connection.
+async fn accept(
+    listener: TcpListener,
+    tls: Arc<ReloadingServerConfig>,
+    out: mpsc::Sender<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let out = out.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = out.send(stream).await;
+                }
+                Ok(Err(error)) => warn!(%peer, %error, "TLS handshake refused"),
+                Err(_) => warn!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}

@@ -1,0 +1,621 @@
+//! Building one remote's snapshot from the central state: which pods back each mirrored Service, with
+//! which addresses, conditions and (per pod) resolved target ports. Pure functions; every list is sorted
+//! so that the content hash (the version) does not depend on event order.
+
+use crate::crd::{MirrorPort, RemoteClusterSpec};
+use crate::index::Defaults;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use tether_proto::identity::is_dns_label;
+use tether_proto::v1::{Endpoint, Injection, Port, Service as SnapService, Snapshot};
+
+/// What the index keeps of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub labels: BTreeMap<String, String>,
+    /// Every pod IP (dual stack gives two).
+    pub ips: Vec<String>,
+    pub ready: bool,
+    pub terminating: bool,
+    /// Succeeded or Failed: never an endpoint.
+    pub finished: bool,
+    /// (name, protocol, containerPort) of every named container port.
+    pub ports: Vec<(String, String, i32)>,
+}
+
+impl PodInfo {
+    pub fn from_pod(pod: &Pod) -> Self {
+        let status = pod.status.as_ref();
+        let mut ips: Vec<String> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|v| v.iter().map(|p| p.ip.clone()).collect())
+            .unwrap_or_default();
+        if ips.is_empty()
+            && let Some(ip) = status.and_then(|s| s.pod_ip.clone())
+        {
+            ips.push(ip);
+        }
+        ips.retain(|ip| !ip.is_empty());
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        let ports = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some((
+                    p.name.clone()?,
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    p.container_port,
+                ))
+            })
+            .collect();
+        Self {
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            ready,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            finished: matches!(phase, "Succeeded" | "Failed"),
+            ports,
+        }
+    }
+
+    fn target_port(&self, port: &MirrorPort) -> i32 {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        match &port.target_port {
+            None => port.port,
+            Some(IntOrString::Int(n)) => *n,
+            Some(IntOrString::String(name)) => self
+                .ports
+                .iter()
+                .find(|(n, p, _)| n == name && p == protocol)
+                .map(|(_, _, number)| *number)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// What the index keeps of a central Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CentralService {
+    pub selector: Option<BTreeMap<String, String>>,
+    pub ports: Vec<MirrorPort>,
+}
+
+impl CentralService {
+    pub fn from_service(svc: &Service) -> Self {
+        let spec = svc.spec.as_ref();
+        let ports = spec
+            .and_then(|s| s.ports.as_ref())
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| MirrorPort {
+                        name: p.name.clone().unwrap_or_default(),
+                        port: p.port,
+                        target_port: p.target_port.clone(),
+                        protocol: p.protocol.clone(),
+                        app_protocol: p.app_protocol.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            selector: spec.and_then(|s| s.selector.clone()),
+            ports,
+        }
+    }
+}
+
+/// The snapshot for `spec`, or every reason it cannot be built.
+pub fn build(
+    spec: &RemoteClusterSpec,
+    defaults: &Defaults,
+    services: &HashMap<String, CentralService>,
+    pods: &HashMap<String, PodInfo>,
+) -> Result<Snapshot, Vec<String>> {
+    let mut errors = Vec::new();
+    if !spec.network.is_empty() {
+        errors.push(format!(
+            "spec.network {:?}: multi-network is not supported yet; leave it empty",
+            spec.network
+        ));
+    }
+    let wanted: Vec<crate::crd::ServiceMirror> = if spec.services.is_empty() {
+        defaults
+            .services
+            .iter()
+            .map(|n| crate::crd::ServiceMirror {
+                name: n.clone(),
+                ..Default::default()
+            })
+            .collect()
+    } else {
+        spec.services.clone()
+    };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for mirror in &wanted {
+        if !seen.insert(mirror.name.clone()) {
+            errors.push(format!("service {:?} is listed twice", mirror.name));
+            continue;
+        }
+        match mirror_service(mirror, services, pods) {
+            Ok(svc) => out.push(svc),
+            Err(e) => errors.push(format!("service {:?}: {e}", mirror.name)),
+        }
+    }
+    let labels = spec
+        .injection
+        .labels
+        .clone()
+        .unwrap_or_else(|| defaults.injection_labels.clone());
+    for (k, v) in &labels {
+        if let Err(e) = validate_label(k, v) {
+            errors.push(format!("injection label {k}={v}: {e}"));
+        }
+    }
+    let namespaces: BTreeSet<String> = spec.injection.namespaces.iter().cloned().collect();
+    for ns in &namespaces {
+        if !is_dns_label(ns) {
+            errors.push(format!(
+                "injection namespace {ns:?} is not a valid namespace name"
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut snap = Snapshot {
+        version: String::new(),
+        nonce: String::new(),
+        namespace: defaults.remote_namespace.clone(),
+        services: out,
+        injection: Some(Injection {
+            namespaces: namespaces.into_iter().collect(),
+            labels,
+        }),
+    };
+    snap.version = tether_proto::version::of(&snap);
+    Ok(snap)
+}
+
+fn mirror_service(
+    mirror: &crate::crd::ServiceMirror,
+    services: &HashMap<String, CentralService>,
+    pods: &HashMap<String, PodInfo>,
+) -> Result<SnapService, String> {
+    if !is_dns_label(&mirror.name) {
+        return Err("not a valid Service name".into());
+    }
+    let central = services.get(&mirror.name);
+    let selector = mirror
+        .selector
+        .clone()
+        .or_else(|| central.and_then(|c| c.selector.clone()));
+    let ports = mirror
+        .ports
+        .clone()
+        .or_else(|| central.map(|c| c.ports.clone()));
+    let (Some(selector), Some(ports)) = (selector, ports) else {
+        return Err("no such Service in the control-plane namespace; create it, or give selector and ports in the spec".into());
+    };
+    if selector.is_empty() {
+        return Err("empty selector would match every pod".into());
+    }
+    for (k, v) in &selector {
+        validate_label(k, v).map_err(|e| format!("selector {k}={v}: {e}"))?;
+    }
+    validate_ports(&ports)?;
+    let mut endpoints = Vec::new();
+    for (name, pod) in pods {
+        if pod.finished || !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
+            continue;
+        }
+        let target_ports: Vec<i32> = ports.iter().map(|p| pod.target_port(p)).collect();
+        for ip in &pod.ips {
+            endpoints.push(Endpoint {
+                ip: ip.clone(),
+                ready: pod.ready && !pod.terminating,
+                serving: pod.ready,
+                terminating: pod.terminating,
+                pod_name: name.clone(),
+                zone: String::new(),
+                target_ports: target_ports.clone(),
+            });
+        }
+    }
+    endpoints.sort_by(|a, b| (&a.ip, &a.pod_name).cmp(&(&b.ip, &b.pod_name)));
+    Ok(SnapService {
+        name: mirror.name.clone(),
+        headless: mirror.headless.unwrap_or(false),
+        ports: ports
+            .iter()
+            .map(|p| Port {
+                name: p.name.clone(),
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                port: p.port,
+                app_protocol: p.app_protocol.clone().unwrap_or_default(),
+            })
+            .collect(),
+        endpoints,
+    })
+}
+
+fn validate_ports(ports: &[MirrorPort]) -> Result<(), String> {
+    if ports.is_empty() {
+        return Err("no ports".into());
+    }
+    let mut names = BTreeSet::new();
+    let mut numbers = BTreeSet::new();
+    for p in ports {
+        if !(1..=65535).contains(&p.port) {
+            return Err(format!("port {} out of range 1-65535", p.port));
+        }
+        let protocol = p.protocol.as_deref().unwrap_or("TCP");
+        if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+            return Err(format!(
+                "port {}: protocol {protocol:?} is not TCP, UDP or SCTP",
+                p.port
+            ));
+        }
+        if !names.insert(p.name.clone()) {
+            return Err(format!("port name {:?} used twice", p.name));
+        }
+        if !numbers.insert((p.port, protocol.to_string())) {
+            return Err(format!("port {}/{protocol} used twice", p.port));
+        }
+        if ports.len() > 1 && p.name.is_empty() {
+            return Err(format!(
+                "port {} needs a name when a Service has several ports",
+                p.port
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Kubernetes label syntax: `[prefix/]name` with a DNS-subdomain prefix; value up to 63 characters.
+pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > 253 || !p.split('.').all(is_dns_label))
+    {
+        return Err(format!("key prefix {p:?} is not a DNS subdomain"));
+    }
+    if !is_label_name(name, false) {
+        return Err(format!(
+            "key name {name:?} must be 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
+        ));
+    }
+    if !is_label_name(value, true) {
+        return Err(format!(
+            "value {value:?} must be at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
+        ));
+    }
+    Ok(())
+}
+
+fn is_label_name(s: &str, empty_ok: bool) -> bool {
+    if s.is_empty() {
+        return empty_ok;
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    s.len() <= 63
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::ServiceMirror;
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus, ServicePort, ServiceSpec,
+    };
+    use kube::api::ObjectMeta;
+
+    pub fn mk_pod(name: &str, app: &str, ips: &[&str], ready: bool, ports: &[(&str, i32)]) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([("app".to_string(), app.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "discovery".into(),
+                    ports: Some(
+                        ports
+                            .iter()
+                            .map(|(n, p)| ContainerPort {
+                                name: Some(n.to_string()),
+                                container_port: *p,
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// ports: (name, port, targetPort name or number as text)
+    pub fn mk_service(
+        name: &str,
+        selector: &[(&str, &str)],
+        ports: &[(&str, i32, &str)],
+    ) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(
+                    selector
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, p, t)| ServicePort {
+                            name: Some(n.to_string()),
+                            port: *p,
+                            protocol: Some("TCP".into()),
+                            target_port: Some(match t.parse::<i32>() {
+                                Ok(num) => IntOrString::Int(num),
+                                Err(_) => IntOrString::String(t.to_string()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            remote_namespace: "istio-system".into(),
+            services: vec!["istiod".into()],
+            injection_labels: [("istio-injection".to_string(), "enabled".to_string())].into(),
+        }
+    }
+
+    fn state(pods: &[Pod]) -> (HashMap<String, CentralService>, HashMap<String, PodInfo>) {
+        let svc = mk_service(
+            "istiod",
+            &[("app", "istiod")],
+            &[("grpc-xds", 15010, "xds"), ("https-webhook", 443, "15017")],
+        );
+        let services = [("istiod".to_string(), CentralService::from_service(&svc))].into();
+        let pods = pods
+            .iter()
+            .map(|p| (p.metadata.name.clone().unwrap(), PodInfo::from_pod(p)))
+            .collect();
+        (services, pods)
+    }
+
+    #[test]
+    fn endpoints_follow_ready_terminating_and_phase() {
+        let mut terminating = mk_pod("c", "istiod", &["10.0.0.3"], true, &[]);
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        let mut failed = mk_pod("d", "istiod", &["10.0.0.4"], false, &[]);
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        let pods = [
+            mk_pod("a", "istiod", &["10.0.0.1"], true, &[]),
+            mk_pod("b", "istiod", &["10.0.0.2"], false, &[]),
+            terminating,
+            failed,
+            mk_pod("e", "istiod", &[], true, &[]),
+            mk_pod("other", "gateway", &["10.0.0.9"], true, &[]),
+        ];
+        let (services, pods) = state(&pods);
+        let snap = build(&Default::default(), &defaults(), &services, &pods).unwrap();
+        let eps = &snap.services[0].endpoints;
+        let got: Vec<(&str, bool, bool, bool)> = eps
+            .iter()
+            .map(|e| (e.ip.as_str(), e.ready, e.serving, e.terminating))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1", true, true, false),
+                ("10.0.0.2", false, false, false),
+                ("10.0.0.3", false, true, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn named_target_ports_resolve_per_pod() {
+        let pods = [
+            mk_pod("a", "istiod", &["10.0.0.1"], true, &[("xds", 15010)]),
+            mk_pod("b", "istiod", &["10.0.0.2"], true, &[("xds", 16010)]),
+            mk_pod("c", "istiod", &["10.0.0.3"], true, &[]),
+        ];
+        let (services, pods) = state(&pods);
+        let snap = build(&Default::default(), &defaults(), &services, &pods).unwrap();
+        let ports: Vec<Vec<i32>> = snap.services[0]
+            .endpoints
+            .iter()
+            .map(|e| e.target_ports.clone())
+            .collect();
+        assert_eq!(
+            ports,
+            [vec![15010, 15017], vec![16010, 15017], vec![0, 15017]]
+        );
+    }
+
+    #[test]
+    fn dual_stack_pod_gives_one_endpoint_per_ip() {
+        let (services, pods) = state(&[mk_pod("a", "istiod", &["10.0.0.1", "fd00::1"], true, &[])]);
+        let snap = build(&Default::default(), &defaults(), &services, &pods).unwrap();
+        let ips: Vec<&str> = snap.services[0]
+            .endpoints
+            .iter()
+            .map(|e| e.ip.as_str())
+            .collect();
+        assert_eq!(ips, ["10.0.0.1", "fd00::1"]);
+    }
+
+    #[test]
+    fn version_is_stable_under_reordering() {
+        let a = [
+            mk_pod("a", "istiod", &["10.0.0.1"], true, &[]),
+            mk_pod("b", "istiod", &["10.0.0.2"], true, &[]),
+        ];
+        let b = [a[1].clone(), a[0].clone()];
+        let spec = RemoteClusterSpec {
+            injection: crate::crd::InjectionSpec {
+                namespaces: vec!["z".into(), "a".into()],
+                labels: None,
+            },
+            ..Default::default()
+        };
+        let mut spec2 = spec.clone();
+        spec2.injection.namespaces.reverse();
+        let (s1, p1) = state(&a);
+        let (s2, p2) = state(&b);
+        let v1 = build(&spec, &defaults(), &s1, &p1).unwrap().version;
+        let v2 = build(&spec2, &defaults(), &s2, &p2).unwrap().version;
+        assert_eq!(v1, v2);
+        let (s3, p3) = state(&a[..1]);
+        assert_ne!(build(&spec, &defaults(), &s3, &p3).unwrap().version, v1);
+    }
+
+    #[test]
+    fn spec_overrides_selector_ports_and_headless() {
+        let (services, pods) = state(&[mk_pod("gw", "gateway", &["10.0.0.5"], true, &[])]);
+        let spec = RemoteClusterSpec {
+            services: vec![ServiceMirror {
+                name: "eastwest".into(),
+                selector: Some([("app".to_string(), "gateway".to_string())].into()),
+                ports: Some(vec![MirrorPort {
+                    name: "tls".into(),
+                    port: 15443,
+                    ..Default::default()
+                }]),
+                headless: Some(true),
+            }],
+            ..Default::default()
+        };
+        let snap = build(&spec, &defaults(), &services, &pods).unwrap();
+        let svc = &snap.services[0];
+        assert!(svc.headless);
+        assert_eq!(svc.endpoints[0].target_ports, [15443]);
+    }
+
+    #[test]
+    fn bad_specs_are_reported_not_built() {
+        let (services, pods) = state(&[]);
+        let cases: Vec<(RemoteClusterSpec, &str)> = vec![
+            (
+                RemoteClusterSpec {
+                    services: vec![ServiceMirror {
+                        name: "missing".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                "no such Service",
+            ),
+            (
+                RemoteClusterSpec {
+                    services: vec![ServiceMirror {
+                        name: "istiod".into(),
+                        selector: Some([("bad key!".to_string(), "x".to_string())].into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                "selector",
+            ),
+            (
+                RemoteClusterSpec {
+                    services: vec![
+                        ServiceMirror {
+                            name: "istiod".into(),
+                            ..Default::default()
+                        },
+                        ServiceMirror {
+                            name: "istiod".into(),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                },
+                "listed twice",
+            ),
+            (
+                RemoteClusterSpec {
+                    injection: crate::crd::InjectionSpec {
+                        namespaces: vec!["ok".into()],
+                        labels: Some([("istio-injection".to_string(), "-bad-".to_string())].into()),
+                    },
+                    ..Default::default()
+                },
+                "injection label",
+            ),
+            (
+                RemoteClusterSpec {
+                    injection: crate::crd::InjectionSpec {
+                        namespaces: vec!["Not_A_Namespace".into()],
+                        labels: None,
+                    },
+                    ..Default::default()
+                },
+                "not a valid namespace",
+            ),
+        ];
+        for (spec, want) in cases {
+            let errs = build(&spec, &defaults(), &services, &pods).unwrap_err();
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn label_syntax() {
+        assert!(validate_label("istio.io/rev", "canary-1").is_ok());
+        assert!(validate_label("istio-injection", "").is_ok());
+        for (k, v) in [
+            ("", "x"),
+            ("a/", "x"),
+            ("/a", "x"),
+            ("a b", "x"),
+            ("k", "-x"),
+            ("k", &"v".repeat(64)),
+        ] {
+            assert!(validate_label(k, v).is_err(), "{k}={v}");
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! RemoteCluster status: computed from the index (desired state, spec errors) and the board (streams,
+//! ACK/NACK), written with server-side apply on the status subresource under field manager `tether-hub`.
+//! Coalesced: one pass every `interval` writes only the remotes whose status differs from what the API
+//! server already has, so pod churn never turns into a status-write storm. The same pass releases the
+//! finalizer of deleted remotes once their agent acknowledged `Retire` (or the retire timeout passed).
+
+use crate::board::{Board, StreamState};
+use crate::crd::{
+    AgentStatus, FINALIZER, NackStatus, RemoteCluster, RemoteClusterStatus, SyncStatus,
+};
+use crate::index::{Desired, Index};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::{Api, ResourceExt};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tracing::{info, warn};
+
+pub const FIELD_MANAGER: &str = "tether-hub";
+
+/// The status `rc` should have now. `previous` keeps condition transition times that did not change.
+pub fn compute(
+    desired: &Desired,
+    stream: &StreamState,
+    previous: Option<&RemoteClusterStatus>,
+) -> RemoteClusterStatus {
+    let version = desired.version();
+    let synced = !version.is_empty() && stream.acked_version == version;
+    let nacked = stream
+        .last_nack
+        .as_ref()
+        .filter(|n| n.version == version && !synced);
+    let phase = if desired.snapshot.is_none() && !desired.errors.is_empty() {
+        "Degraded"
+    } else if !stream.ever_connected {
+        "Pending"
+    } else if stream.streams == 0 {
+        "Disconnected"
+    } else if nacked.is_some() || !desired.errors.is_empty() {
+        "Degraded"
+    } else if synced {
+        "Synced"
+    } else {
+        "Connected"
+    };
+    let connected = if stream.streams > 0 {
+        cond(
+            "Connected",
+            true,
+            "AgentConnected",
+            &format!(
+                "agent {} connected from {}",
+                stream.agent_version, stream.peer
+            ),
+        )
+    } else if stream.ever_connected {
+        cond(
+            "Connected",
+            false,
+            "AgentDisconnected",
+            "the agent's stream is closed",
+        )
+    } else {
+        cond(
+            "Connected",
+            false,
+            "NeverConnected",
+            "no agent has connected for this cluster yet",
+        )
+    };
+    let synced_cond = match (synced, nacked) {
+        (true, _) => cond(
+            "Synced",
+            true,
+            "Acked",
+            &format!("agent applied version {version}"),
+        ),
+        (false, Some(n)) => {
+            let reason = if n.conflict { "Conflict" } else { "Nacked" };
+            cond("Synced", false, reason, &n.message)
+        }
+        (false, None) if version.is_empty() => {
+            cond("Synced", false, "NoDesiredState", "nothing to send yet")
+        }
+        (false, None) => cond(
+            "Synced",
+            false,
+            "Pending",
+            &format!("waiting for the agent to apply version {version}"),
+        ),
+    };
+    let spec = if desired.errors.is_empty() {
+        cond("SpecValid", true, "Valid", "spec computed")
+    } else {
+        let kept = if desired.snapshot.is_some() {
+            " (the previous spec stays in effect)"
+        } else {
+            ""
+        };
+        cond(
+            "SpecValid",
+            false,
+            "Invalid",
+            &format!("{}{kept}", desired.errors.join("; ")),
+        )
+    };
+    let mut conditions = vec![connected, synced_cond, spec];
+    for c in &mut conditions {
+        c.observed_generation = Some(desired.generation);
+        if let Some(old) = previous.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
+            && old.status == c.status
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+    RemoteClusterStatus {
+        phase: Some(phase.into()),
+        conditions,
+        agent: stream.ever_connected.then(|| AgentStatus {
+            version: stream.agent_version.clone(),
+            peer: stream.peer.clone(),
+            connected_since: stream.connected_since.map(time),
+            last_seen: stream.last_seen.map(time),
+        }),
+        sync: Some(SyncStatus {
+            desired_version: version.to_string(),
+            acked_version: stream.acked_version.clone(),
+            last_nack: stream.last_nack.as_ref().map(|n| NackStatus {
+                version: n.version.clone(),
+                message: n.message.clone(),
+                at: Some(time(n.at)),
+            }),
+            endpoints: desired.endpoints() as i32,
+        }),
+        observed_generation: Some(desired.generation),
+    }
+}
+
+fn cond(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: time(Timestamp::now()),
+        observed_generation: None,
+    }
+}
+
+/// Whole seconds: what the API server stores, so a computed status compares equal to the stored one.
+fn time(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).expect("in range"))
+}
+
+/// Writes statuses and releases finalizers until the task is dropped.
+pub struct StatusWriter {
+    pub api: Api<RemoteCluster>,
+    pub store: Store<RemoteCluster>,
+    pub index: Arc<RwLock<Index>>,
+    pub board: Arc<Board>,
+    pub interval: Duration,
+    pub retire_timeout: Duration,
+}
+
+impl StatusWriter {
+    pub async fn run(self) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for rc in self.store.state() {
+                if let Err(error) = self.reconcile(&rc).await {
+                    warn!(cluster = %rc.name_any(), %error, "status update failed; retrying next pass");
+                }
+            }
+        }
+    }
+
+    async fn reconcile(&self, rc: &RemoteCluster) -> kube::Result<()> {
+        let name = rc.name_any();
+        let Some(desired) = self.index.read().expect("index lock").desired(&name) else {
+            return Ok(());
+        };
+        let stream = self.board.get(&name);
+        if rc.metadata.deletion_timestamp.is_some() {
+            return self.release(rc, &stream).await;
+        }
+        if !rc.finalizers().iter().any(|f| f == FINALIZER) {
+            let mut finalizers = rc.finalizers().to_vec();
+            finalizers.push(FINALIZER.into());
+            let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": rc.resource_version()}});
+            self.api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        let status = compute(&desired, &stream, rc.status.as_ref());
+        if rc
+            .status
+            .as_ref()
+            .is_some_and(|old| same_status(old, &status))
+        {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "tether.io/v1alpha1", "kind": "RemoteCluster", "status": status,
+        });
+        self.api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Lets a deleted RemoteCluster go once its agent retired, or after the retire timeout.
+    async fn release(&self, rc: &RemoteCluster, stream: &StreamState) -> kube::Result<()> {
+        if !rc.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let deleted_at = rc
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now);
+        let waited = Timestamp::now().duration_since(deleted_at).unsigned_abs();
+        if !stream.retired && waited < self.retire_timeout {
+            return Ok(());
+        }
+        let name = rc.name_any();
+        if stream.retired {
+            info!(cluster = %name, "agent retired; releasing the RemoteCluster");
+        } else {
+            warn!(cluster = %name, ?waited, "agent did not acknowledge Retire in time; releasing the RemoteCluster anyway");
+        }
+        let finalizers: Vec<&String> = rc.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": rc.resource_version()}});
+        self.api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        self.board.remove(&name);
+        Ok(())
+    }
+}
+
+/// Equal as the API server would store them.
+fn same_status(a: &RemoteClusterStatus, b: &RemoteClusterStatus) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::board::Nacked;
+    use tether_proto::v1::Snapshot;
+
+    fn desired(version: &str) -> Desired {
+        Desired {
+            snapshot: Some(Arc::new(Snapshot {
+                version: version.into(),
+                ..Default::default()
+            })),
+            generation: 3,
+            ..Default::default()
+        }
+    }
+
+    fn connected(acked: &str) -> StreamState {
+        StreamState {
+            streams: 1,
+            ever_connected: true,
+            acked_version: acked.into(),
+            ..Default::default()
+        }
+    }
+
+    fn phase(d: &Desired, s: &StreamState) -> String {
+        compute(d, s, None).phase.unwrap()
+    }
+
+    #[test]
+    fn phases() {
+        assert_eq!(phase(&desired("v1"), &StreamState::default()), "Pending");
+        assert_eq!(phase(&desired("v1"), &connected("")), "Connected");
+        assert_eq!(phase(&desired("v1"), &connected("v1")), "Synced");
+        assert_eq!(phase(&desired("v2"), &connected("v1")), "Connected");
+        let mut gone = connected("v1");
+        gone.streams = 0;
+        assert_eq!(phase(&desired("v1"), &gone), "Disconnected");
+        let mut nacked = connected("v1");
+        nacked.last_nack = Some(Nacked {
+            version: "v2".into(),
+            message: "x".into(),
+            at: Timestamp::now(),
+            conflict: true,
+        });
+        assert_eq!(phase(&desired("v2"), &nacked), "Degraded");
+        let status = compute(&desired("v2"), &nacked, None);
+        let synced = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Synced")
+            .unwrap();
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "Conflict")
+        );
+    }
+
+    #[test]
+    fn spec_errors_show_in_spec_valid_and_degrade() {
+        let mut d = desired("v1");
+        d.errors = vec!["service \"nope\": no such Service".into()];
+        let status = compute(&d, &connected("v1"), None);
+        assert_eq!(status.phase.as_deref(), Some("Degraded"));
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SpecValid")
+            .unwrap();
+        assert_eq!(c.status, "False");
+        assert!(c.message.contains("nope") && c.message.contains("previous spec"));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn unchanged_condition_keeps_its_transition_time() {
+        let first = compute(&desired("v1"), &connected("v1"), None);
+        let second = compute(&desired("v1"), &connected("v1"), Some(&first));
+        assert!(same_status(&first, &second));
+    }
+}
