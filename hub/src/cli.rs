@@ -1,13 +1,15 @@
-//! Command line: `tether-hub serve | crd`.
+//! Command line: `tether-hub serve | crd`. The central cluster is reached through the usual kube
+//! inference: in-cluster config, or `$KUBECONFIG`.
 
 use crate::index::Defaults;
 use crate::serve::Settings;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use kube::CustomResourceExt;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tether_proto::cli::{LogArgs, parse_duration};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,29 +33,6 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct LogArgs {
-    /// Log format.
-    #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
-    pub log_format: LogFormat,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "TETHER_LOG", default_value = "info", global = true)]
-    pub log: String,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
-#[derive(Args, Debug)]
-pub struct KubeArgs {
-    /// Kubeconfig for the central cluster; default: in-cluster config or $KUBECONFIG.
-    #[arg(long, env = "TETHER_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
 pub struct TlsArgs {
     /// Folder with tls.crt, tls.key and ca.crt (a TLS Secret volume). Re-read when the files change.
     #[arg(long, env = "TETHER_TLS_DIR", default_value = "/etc/tether/tls")]
@@ -65,8 +44,6 @@ pub struct TlsArgs {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub kube: KubeArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Namespace of the control plane and of the RemoteClusters (the hub's own).
@@ -108,9 +85,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn into_settings(self) -> (KubeArgs, Settings) {
+    pub fn into_settings(self) -> Settings {
         let ServeArgs {
-            kube,
             tls: TlsArgs {
                 tls_dir,
                 trust_domain,
@@ -147,7 +123,7 @@ impl ServeArgs {
             status_interval,
             retire_timeout,
         };
-        (kube, settings)
+        settings
     }
 }
 
@@ -159,78 +135,13 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// `250ms`, `5s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with ms, s or m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
-    }
-}
-
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&crate::crd::RemoteCluster::crd()).expect("CRD serializes")
-}
-
-pub fn init_logging(args: &LogArgs) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-pub async fn kube_client(args: &KubeArgs) -> anyhow::Result<kube::Client> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// A watch that turns true on SIGTERM or Ctrl-C.
-pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("shutting down");
-        let _ = tx.send(true);
-    });
-    rx
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("5h").is_err());
-    }
 
     #[test]
     fn cli_is_well_formed() {

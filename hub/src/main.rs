@@ -1,5 +1,6 @@
 use clap::Parser;
-use tether_hub::cli::{self, Cli, Command};
+use tether_hub::cli::{Cli, Command};
+use tether_proto::cli::{init_logging, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -7,13 +8,12 @@ async fn main() -> anyhow::Result<()> {
         .install_default()
         .expect("install the ring crypto provider");
     let cli = Cli::parse();
-    cli::init_logging(&cli.log);
+    init_logging(&cli.log);
     match cli.command {
-        Command::Crd => print!("{}", cli::crd_yaml()),
+        Command::Crd => print!("{}", tether_hub::cli::crd_yaml()),
         Command::Serve(args) => {
-            let (kube, settings) = args.into_settings();
-            let client = cli::kube_client(&kube).await?;
-            tether_hub::serve::run(client, settings, cli::shutdown_signal()).await?;
+            let client = kube::Client::try_default().await?;
+            tether_hub::serve::run(client, args.into_settings(), shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tether_proto::cli::stopped;
 use tether_proto::tls::ReloadingServerConfig;
 use tether_proto::v1::sync_server::SyncServer;
 use tokio::net::TcpListener;
@@ -246,15 +247,6 @@ impl Apply<Service> for Kind {
     }
     fn reset(&self, index: &mut Index, all: &[Service]) {
         index.reset_services(all)
-    }
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
 

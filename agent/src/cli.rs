@@ -1,0 +1,89 @@
+//! Command line. The remote cluster is reached through the usual kube inference: in-cluster config
+//! (the agent's ServiceAccount), or `$KUBECONFIG`.
+
+use crate::client::Settings;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use tether_proto::cli::{LogArgs, parse_duration};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tether-agent",
+    version,
+    about = "Tether agent: keeps this cluster's Istio control-plane mirrors in sync with the hub"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// This cluster's name; must match the URI SAN of the client certificate and a RemoteCluster on the hub.
+    #[arg(long, env = "TETHER_CLUSTER")]
+    pub cluster: String,
+    /// The hub's gRPC address (host:port).
+    #[arg(long, env = "TETHER_HUB_ADDR")]
+    pub hub_addr: String,
+    /// Name to verify in the hub's certificate; default: the host part of --hub-addr.
+    #[arg(long, env = "TETHER_HUB_SERVER_NAME")]
+    pub hub_server_name: Option<String>,
+    /// Folder with tls.crt, tls.key (this agent's client certificate) and ca.crt (the hub CA).
+    #[arg(long, env = "TETHER_TLS_DIR", default_value = "/etc/tether/tls")]
+    pub tls_dir: PathBuf,
+    /// Namespace the mirrors live in (where the agent's Role grants access).
+    #[arg(long, env = "TETHER_NAMESPACE", default_value = "istio-system")]
+    pub namespace: String,
+    #[arg(long, env = "TETHER_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    #[arg(long, env = "TETHER_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+    #[arg(long, env = "TETHER_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles (with ±50% jitter) up to --backoff-max, reset after a healthy stream.
+    #[arg(long, env = "TETHER_BACKOFF_INITIAL", default_value = "500ms", value_parser = parse_duration)]
+    pub backoff_initial: Duration,
+    #[arg(long, env = "TETHER_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    #[arg(long, env = "TETHER_MAX_MESSAGE_BYTES", default_value_t = tether_proto::limits::MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+}
+
+impl Cli {
+    /// (log, namespace, stream settings)
+    pub fn into_parts(self) -> (LogArgs, String, Settings) {
+        let Cli {
+            log,
+            cluster,
+            hub_addr,
+            hub_server_name,
+            tls_dir,
+            namespace,
+            keepalive_interval,
+            keepalive_timeout,
+            connect_timeout,
+            backoff_initial,
+            backoff_max,
+            max_message_bytes,
+        } = self;
+        let settings = Settings {
+            cluster,
+            hub_addr,
+            server_name: hub_server_name,
+            tls: tether_proto::tls::TlsFiles::in_dir(&tls_dir),
+            keepalive_interval,
+            keepalive_timeout,
+            connect_timeout,
+            backoff_initial,
+            backoff_max,
+            max_message_bytes,
+        };
+        (log, namespace, settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,99 @@
+//! The agent's view of its cluster: reflector stores of the Services, EndpointSlices and Endpoints in
+//! its namespace and of all Namespaces. Every watch event rings the drift bell, so a hand edit or a
+//! deletion is repaired without any periodic re-apply.
+
+use crate::objects::Kind;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tracing::warn;
+
+pub struct Live {
+    namespace: String,
+    stores: HashMap<Kind, (ApiResource, Store<DynamicObject>)>,
+    /// Rung on every change the watches see.
+    pub drift: Arc<Notify>,
+}
+
+pub fn api_resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::Service => ApiResource::erase::<Service>(&()),
+        Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
+        Kind::Endpoints => ApiResource::erase::<Endpoints>(&()),
+        Kind::Namespace => ApiResource::erase::<Namespace>(&()),
+    }
+}
+
+pub fn api(client: &Client, namespace: &str, kind: Kind) -> Api<DynamicObject> {
+    let ar = api_resource(kind);
+    match kind {
+        Kind::Namespace => Api::all_with(client.clone(), &ar),
+        _ => Api::namespaced_with(client.clone(), namespace, &ar),
+    }
+}
+
+impl Live {
+    /// Starts the watches; [`Live::ready`] resolves once each delivered its first list.
+    pub fn start(client: &Client, namespace: &str) -> Self {
+        let drift = Arc::new(Notify::new());
+        let mut stores = HashMap::new();
+        for kind in [
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Endpoints,
+            Kind::Namespace,
+        ] {
+            let ar = api_resource(kind);
+            let writer = Writer::new(ar.clone());
+            let store = writer.as_reader();
+            let events = reflector(
+                writer,
+                watcher(api(client, namespace, kind), watcher::Config::default()),
+            )
+            .default_backoff();
+            let bell = drift.clone();
+            tokio::spawn(async move {
+                let mut events = std::pin::pin!(events);
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(_) => bell.notify_one(),
+                        Err(error) => warn!(kind = kind.as_str(), %error,
+                            "watch failed; retrying with backoff (check the agent's Role and ClusterRole)"),
+                    }
+                }
+            });
+            stores.insert(kind, (ar, store));
+        }
+        Self {
+            namespace: namespace.to_string(),
+            stores,
+            drift,
+        }
+    }
+
+    pub async fn ready(&self) {
+        for (_, store) in self.stores.values() {
+            let _ = store.wait_until_ready().await;
+        }
+    }
+
+    pub fn get(&self, kind: Kind, name: &str) -> Option<Arc<DynamicObject>> {
+        let (ar, store) = &self.stores[&kind];
+        let mut key = ObjectRef::new_with(name, ar.clone());
+        if kind != Kind::Namespace {
+            key = key.within(&self.namespace);
+        }
+        store.get(&key)
+    }
+
+    pub fn all(&self, kind: Kind) -> Vec<Arc<DynamicObject>> {
+        self.stores[&kind].1.state()
+    }
+}
