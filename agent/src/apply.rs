@@ -47,6 +47,14 @@ fn rv(o: &DynamicObject) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the API server said, without the client's wrapping: this goes to the hub and into status.
+fn reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
+}
+
 fn failure(
     kind: Kind,
     namespace: &str,
@@ -223,8 +231,13 @@ impl Applier {
                     continue;
                 };
                 if let Err(e) = self.delete(kind, &obj, out).await {
-                    out.failures
-                        .push(failure(kind, &ns, &name, format!("delete: {e}"), false));
+                    out.failures.push(failure(
+                        kind,
+                        &ns,
+                        &name,
+                        format!("delete: {}", reason(&e)),
+                        false,
+                    ));
                 }
             }
         }
@@ -253,12 +266,12 @@ impl Applier {
             if obj.kind == Kind::Service && is_headless(&live_json) != is_headless(&obj.body) {
                 self.delete(Kind::Service, live, out)
                     .await
-                    .map_err(|e| fail(format!("recreate: {e}"), false))?;
+                    .map_err(|e| fail(format!("recreate: {}", reason(&e)), false))?;
             }
         }
         self.write(obj.kind, &obj.name, &obj.body, true, out)
             .await
-            .map_err(|e| fail(e.to_string(), false))
+            .map_err(|e| fail(reason(&e), false))
     }
 
     /// Injection labels plus the marker on listed namespaces that exist; both taken away from namespaces
@@ -301,10 +314,11 @@ impl Applier {
                 let conflict = matches!(&e, kube::Error::Api(status) if status.is_conflict());
                 let msg = if conflict {
                     format!(
-                        "another manager set an injection label to a different value; Tether does not overwrite it ({e})"
+                        "another manager set an injection label to a different value; Tether does not overwrite it ({})",
+                        reason(&e)
                     )
                 } else {
-                    e.to_string()
+                    reason(&e)
                 };
                 out.failures
                     .push(failure(Kind::Namespace, "", &name, msg, conflict));
@@ -329,7 +343,7 @@ impl Applier {
                         kind,
                         &self.namespace,
                         &obj.name_any(),
-                        format!("delete: {e}"),
+                        format!("delete: {}", reason(&e)),
                         false,
                     ));
                 }

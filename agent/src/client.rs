@@ -191,7 +191,7 @@ fn msg(m: agent_message::Message) -> AgentMessage {
 
 /// Dials the hub over TLS with a config built from the files now on disk (so rotated certificates are
 /// used by the next connection).
-async fn connect(s: &Settings) -> Result<tonic::transport::Channel, StreamError> {
+pub async fn connect(s: &Settings) -> Result<tonic::transport::Channel, StreamError> {
     let config = Arc::new(client_config(&s.tls)?);
     let addr = s.hub_addr.clone();
     let host = addr

@@ -14,7 +14,9 @@ pub const FIELD_MANAGER: &str = "tether-agent";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tether-agent";
 pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
-pub const SLICE_MANAGED_BY_VALUE: &str = "tether.io/agent";
+/// DESIGN.md said `tether.io/agent`, which the API server rejects (a label value cannot hold '/'). This
+/// has the shape of Kubernetes' own `endpointslice-controller.k8s.io`.
+pub const SLICE_MANAGED_BY_VALUE: &str = "agent.tether.io";
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 /// Marks namespaces whose injection labels Tether put there (and may therefore take away).

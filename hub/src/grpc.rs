@@ -265,7 +265,7 @@ impl Outbox {
                 if !self.answered(&ack.nonce, &ack.version) {
                     return;
                 }
-                debug!(version = %ack.version, "ack");
+                debug!(version = %ack.version, "agent acked");
                 board.update(cluster, |s| {
                     s.last_seen = Some(now);
                     if ack.version == tether_proto::RETIRED_VERSION {

@@ -62,6 +62,38 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A client certificate with URI SANs (Tether agents: `spiffe://<domain>/cluster/<name>`).
+    /// `expired` makes one whose validity ended in 2021.
+    pub fn client_with_uris(
+        &self,
+        common_name: &str,
+        uris: &[&str],
+        expired: bool,
+    ) -> anyhow::Result<CertKey> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(common_name, None);
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI(rcgen::string::Ia5String::try_from(*uri)?));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        self.sign(params)
+    }
+
+    /// Writes `tls.crt`, `tls.key` and this CA as `ca.crt` into `dir` (a TLS Secret volume's layout).
+    pub fn write_tls_dir(&self, dir: &std::path::Path, cert: &CertKey) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("tls.crt"), &cert.cert_pem)?;
+        std::fs::write(dir.join("tls.key"), &cert.key_pem)?;
+        std::fs::write(dir.join("ca.crt"), &self.cert_pem)?;
+        Ok(())
+    }
+
     fn sign(&self, mut params: CertificateParams) -> anyhow::Result<CertKey> {
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

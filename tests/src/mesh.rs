@@ -1,0 +1,337 @@
+//! A whole Tether deployment on the harness, for end-to-end tests: the hub and one agent per remote as
+//! real processes with real mTLS, a fresh namespace per test, and write counting per agent.
+//!
+//! The test's namespace name is used for everything: RemoteClusters and istiod pods in the central
+//! cluster, and the mirrors in each remote, so tests sharing control planes never see each other.
+
+use crate::controlplane::{free_port, repo_root, run_dir};
+use crate::pki::Ca;
+use crate::procs::{Proc, spawn};
+use crate::{ControlPlanes, eventually, unique_name};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const TRUST_DOMAIN: &str = "tether.test";
+
+/// `target/<profile>/`, where cargo put the hub and agent binaries (built once per test binary).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(repo_root())
+            .args(["build", "-p", "tether-hub", "-p", "tether-agent", "--bins"])
+            .status()
+            .expect("running cargo build for the hub and agent binaries");
+        assert!(
+            status.success(),
+            "building tether-hub and tether-agent failed"
+        );
+        // target/<profile>/deps/<test-binary>
+        let exe = std::env::current_exe().expect("current exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf()
+    })
+}
+
+/// The RemoteCluster API.
+pub fn remote_cluster_resource() -> ApiResource {
+    ApiResource {
+        group: "tether.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "tether.io/v1alpha1".into(),
+        kind: "RemoteCluster".into(),
+        plural: "remoteclusters".into(),
+    }
+}
+
+pub struct Mesh {
+    pub planes: &'static ControlPlanes,
+    /// The test's namespace (central and remotes alike).
+    pub ns: String,
+    pub dir: PathBuf,
+    pub ca: Ca,
+    pub hub_port: u16,
+    pub central: Client,
+    pub remotes: HashMap<String, Client>,
+    hub: Option<Proc>,
+    agents: HashMap<String, Proc>,
+    /// Extra arguments for the next hub start.
+    pub hub_args: Vec<String>,
+}
+
+impl Mesh {
+    /// Fresh namespace everywhere, the CRD installed, certificates written; nothing started yet.
+    pub async fn new(planes: &'static ControlPlanes, remotes: &[&str]) -> anyhow::Result<Self> {
+        let ns = unique_name("e2e");
+        let dir = run_dir().join(&ns);
+        std::fs::create_dir_all(&dir)?;
+        let central = planes.get("central").client().await?;
+        install_crd(&central).await?;
+        create_namespace(&central, &ns).await?;
+        let mut remote_clients = HashMap::new();
+        for r in remotes {
+            let client = planes.get(r).client().await?;
+            create_namespace(&client, &ns).await?;
+            remote_clients.insert(r.to_string(), client);
+        }
+        let ca = Ca::new("tether-hub-ca")?;
+        ca.write_tls_dir(&dir.join("hub-tls"), &ca.server("tether-hub", &[])?)?;
+        let mesh = Self {
+            planes,
+            ns,
+            dir,
+            ca,
+            hub_port: free_port(),
+            central,
+            remotes: remote_clients,
+            hub: None,
+            agents: HashMap::new(),
+            hub_args: Vec::new(),
+        };
+        for r in remotes {
+            mesh.write_agent_cert(r, r, false)?;
+        }
+        Ok(mesh)
+    }
+
+    pub fn hub_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.hub_port)
+    }
+
+    /// Writes a client certificate for `cluster` into the TLS folder `tls-<dir_name>`.
+    pub fn write_agent_cert(
+        &self,
+        dir_name: &str,
+        cluster: &str,
+        expired: bool,
+    ) -> anyhow::Result<PathBuf> {
+        let uri = format!("spiffe://{TRUST_DOMAIN}/cluster/{cluster}");
+        let cert = self
+            .ca
+            .client_with_uris(&format!("agent-{cluster}"), &[&uri], expired)?;
+        let dir = self.dir.join(format!("tls-{dir_name}"));
+        self.ca.write_tls_dir(&dir, &cert)?;
+        Ok(dir)
+    }
+
+    pub fn remote(&self, name: &str) -> &Client {
+        &self.remotes[name]
+    }
+
+    /// The agent's API user on `cluster` (what the audit log records its writes under).
+    pub fn agent_user(&self, cluster: &str) -> String {
+        format!("tether-agent-{}-{cluster}", self.ns)
+    }
+
+    pub fn start_hub(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join("hub.log"))?;
+        let mut cmd = Command::new(bin_dir().join("tether-hub"));
+        cmd.arg("serve")
+            .args(["--namespace", &self.ns])
+            .args(["--grpc-addr", &self.hub_addr()])
+            .arg("--tls-dir")
+            .arg(self.dir.join("hub-tls"))
+            .args(["--trust-domain", TRUST_DOMAIN])
+            .args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
+            .args(["--status-interval", "100ms", "--retire-timeout", "20s"])
+            .args(&self.hub_args)
+            .env("KUBECONFIG", self.planes.get("central").kubeconfig())
+            .env("TETHER_LOG", "info,tether_hub=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.hub = Some(spawn(cmd)?);
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_hub(&mut self) {
+        if let Some(mut p) = self.hub.take() {
+            p.kill();
+        }
+    }
+
+    pub fn start_agent(&mut self, cluster: &str) -> anyhow::Result<()> {
+        self.start_agent_with(cluster, cluster, cluster)
+    }
+
+    /// Starts an agent on `cluster` claiming to be `claims` with the certificate folder `tls-<tls>`.
+    pub fn start_agent_with(
+        &mut self,
+        cluster: &str,
+        claims: &str,
+        tls: &str,
+    ) -> anyhow::Result<()> {
+        let kubeconfig = self
+            .planes
+            .get(cluster)
+            .user_kubeconfig(&self.agent_user(cluster), Some("system:masters"))?;
+        let log = std::fs::File::create(self.dir.join(format!("agent-{cluster}.log")))?;
+        let mut cmd = Command::new(bin_dir().join("tether-agent"));
+        cmd.args(["--cluster", claims])
+            .args(["--hub-addr", &self.hub_addr()])
+            .arg("--tls-dir")
+            .arg(self.dir.join(format!("tls-{tls}")))
+            .args(["--namespace", &self.ns])
+            .args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
+            .args(["--backoff-initial", "100ms", "--backoff-max", "1s"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("TETHER_LOG", "info,tether_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.agents.insert(cluster.to_string(), spawn(cmd)?);
+        Ok(())
+    }
+
+    pub fn kill_agent(&mut self, cluster: &str) {
+        if let Some(mut p) = self.agents.remove(cluster) {
+            p.kill();
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn remote_clusters(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(self.central.clone(), &self.ns, &remote_cluster_resource())
+    }
+
+    pub async fn create_remote_cluster(&self, name: &str, spec: Value) -> anyhow::Result<()> {
+        let body = json!({"apiVersion": "tether.io/v1alpha1", "kind": "RemoteCluster",
+            "metadata": {"name": name}, "spec": spec});
+        self.remote_clusters()
+            .patch(
+                name,
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn status(&self, name: &str) -> anyhow::Result<Value> {
+        let rc = self.remote_clusters().get(name).await?;
+        Ok(rc.data.get("status").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Waits until `name` reports `phase`; returns the status.
+    pub async fn wait_phase(&self, name: &str, phase: &str, timeout: Duration) -> Value {
+        eventually(
+            &format!("RemoteCluster {name} phase {phase}"),
+            timeout,
+            || async {
+                let status = self.status(name).await?;
+                anyhow::ensure!(status["phase"] == phase, "status now {status}");
+                Ok(status)
+            },
+        )
+        .await
+    }
+
+    pub fn central_pods(&self) -> Api<Pod> {
+        Api::namespaced(self.central.clone(), &self.ns)
+    }
+
+    /// The central `istiod` Service: grpc-xds 15010 -> named port `grpc-xds`, https-webhook 443 -> 15017.
+    pub async fn create_istiod_service(&self) -> anyhow::Result<()> {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "istiod"},
+            "spec": {"selector": {"app": "istiod"}, "ports": [
+                {"name": "grpc-xds", "port": 15010, "targetPort": "grpc-xds", "protocol": "TCP"},
+                {"name": "https-webhook", "port": 443, "targetPort": 15017, "protocol": "TCP"},
+            ]}
+        }))?;
+        Api::<Service>::namespaced(self.central.clone(), &self.ns)
+            .create(&PostParams::default(), &svc)
+            .await?;
+        Ok(())
+    }
+
+    /// An istiod pod whose `grpc-xds` container port is `xds_port`, running with `ip`.
+    pub async fn create_istiod_pod(
+        &self,
+        name: &str,
+        ip: &str,
+        xds_port: i32,
+        ready: bool,
+    ) -> anyhow::Result<()> {
+        let pod = crate::pods::mk_pod(name, &[("app", "istiod")], &[("grpc-xds", xds_port)]);
+        crate::pods::create_running_pod(&self.central_pods(), &pod, &[ip], ready).await?;
+        Ok(())
+    }
+
+    /// Writes the agent on `cluster` made (API calls that change state), from the audit log.
+    pub fn agent_writes(&self, cluster: &str) -> Vec<crate::AuditWrite> {
+        let user = self.agent_user(cluster);
+        let mut writes = self.planes.get(cluster).audit_writes().expect("audit log");
+        writes.retain(|w| w.user == user);
+        writes
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Show what the processes said: the first thing one wants when an end-to-end test fails.
+            for name in std::iter::once("hub".to_string())
+                .chain(self.agents.keys().map(|a| format!("agent-{a}")))
+            {
+                let log = self.log(&name);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- {name}.log (last 40 lines, newest last) ----");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+pub async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Installs the RemoteCluster CRD from `tether-hub crd` and waits until it is served.
+pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_try_init(|| async {
+            let out = Command::new(bin_dir().join("tether-hub")).arg("crd").output()?;
+            anyhow::ensure!(out.status.success(), "tether-hub crd failed");
+            let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+                serde_yaml::from_slice(&out.stdout)?;
+            let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+                Api::all(client.clone());
+            api.patch("remoteclusters.tether.io", &PatchParams::apply("e2e-test").force(), &Patch::Apply(&crd))
+                .await?;
+            let rcs: Api<DynamicObject> = Api::all_with(client.clone(), &remote_cluster_resource());
+            eventually("the RemoteCluster CRD to be served", Duration::from_secs(30), || async {
+                Ok(rcs.list(&Default::default()).await?)
+            })
+            .await;
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,350 @@
+//! End-to-end: one central and two remote API servers, the hub and two agents as processes over real
+//! mTLS. Every test works in its own namespace on shared control planes.
+
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tether_tests::mesh::Mesh;
+use tether_tests::pods::set_pod_status;
+use tether_tests::{ControlPlanes, eventually};
+
+const CLUSTERS: &[&str] = &["central", "remote-1", "remote-2"];
+const REMOTES: &[&str] = &["remote-1", "remote-2"];
+const T: Duration = Duration::from_secs(30);
+
+/// (ip, ready, serving, terminating, port numbers) of every endpoint in the service's slices, sorted.
+type SliceView = Vec<(String, bool, bool, bool, Vec<i32>)>;
+
+async fn slices(client: &Client, ns: &str, svc: &str) -> anyhow::Result<SliceView> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+        .await?;
+    let mut out = Vec::new();
+    for s in list {
+        let ports: Vec<i32> = s.ports.iter().flatten().filter_map(|p| p.port).collect();
+        for e in s.endpoints {
+            let c = e.conditions.unwrap_or_default();
+            out.push((
+                e.addresses[0].clone(),
+                c.ready.unwrap_or(false),
+                c.serving.unwrap_or(false),
+                c.terminating.unwrap_or(false),
+                ports.clone(),
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn ep(ip: &str, ready: bool, xds: i32) -> (String, bool, bool, bool, Vec<i32>) {
+    (ip.to_string(), ready, ready, false, vec![xds, 15017])
+}
+
+async fn wait_slices(mesh: &Mesh, want: &SliceView) {
+    for r in REMOTES {
+        eventually(&format!("{r} slices {want:?}"), T, || async {
+            let got = slices(mesh.remote(r), &mesh.ns, "istiod").await?;
+            anyhow::ensure!(&got == want, "got {got:?}");
+            Ok(())
+        })
+        .await;
+    }
+}
+
+async fn ns_labels(
+    client: &Client,
+    ns: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    Ok(Api::<Namespace>::all(client.clone())
+        .get(ns)
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default())
+}
+
+/// A mesh with the istiod Service, two ready istiod pods (10.10.0.1 on 15010, 10.10.0.2 on 16010 for
+/// the named port) and a RemoteCluster per remote labelling namespace `<ns>-app`; hub and agents up and
+/// synced.
+async fn synced_mesh() -> Mesh {
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let mut mesh = Mesh::new(planes, REMOTES).await.unwrap();
+    mesh.create_istiod_service().await.unwrap();
+    mesh.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
+        .await
+        .unwrap();
+    mesh.create_istiod_pod("istiod-b", "10.10.0.2", 16010, true)
+        .await
+        .unwrap();
+    let app_ns = format!("{}-app", mesh.ns);
+    for r in REMOTES {
+        tether_tests::mesh::create_namespace(mesh.remote(r), &app_ns)
+            .await
+            .unwrap();
+        mesh.create_remote_cluster(r, json!({"injection": {"namespaces": [app_ns]}}))
+            .await
+            .unwrap();
+    }
+    mesh.start_hub().unwrap();
+    for r in REMOTES {
+        mesh.start_agent(r).unwrap();
+    }
+    for r in REMOTES {
+        mesh.wait_phase(r, "Synced", T).await;
+    }
+    mesh
+}
+
+#[tokio::test]
+async fn remotes_get_service_slices_endpoints_and_injection_labels() {
+    let mesh = synced_mesh().await;
+    wait_slices(
+        &mesh,
+        &vec![ep("10.10.0.1", true, 15010), ep("10.10.0.2", true, 16010)],
+    )
+    .await;
+    for r in REMOTES {
+        let client = mesh.remote(r);
+        let svc = Api::<Service>::namespaced(client.clone(), &mesh.ns)
+            .get("istiod")
+            .await
+            .unwrap();
+        let spec = svc.spec.unwrap();
+        assert!(spec.selector.is_none(), "mirror is selector-less");
+        let ports: Vec<(String, i32)> = spec
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("grpc-xds".to_string(), 15010),
+                ("https-webhook".to_string(), 443)
+            ]
+        );
+        assert_eq!(
+            svc.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],
+            "tether-agent"
+        );
+
+        let eps = Api::<Endpoints>::namespaced(client.clone(), &mesh.ns)
+            .get("istiod")
+            .await
+            .unwrap();
+        assert_eq!(
+            eps.metadata.labels.unwrap()["endpointslice.kubernetes.io/skip-mirror"],
+            "true"
+        );
+        let mut ips: Vec<String> = eps
+            .subsets
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.addresses.unwrap_or_default())
+            .map(|a| a.ip)
+            .collect();
+        ips.sort();
+        assert_eq!(ips, ["10.10.0.1", "10.10.0.2"]);
+
+        let labels = ns_labels(client, &format!("{}-app", mesh.ns))
+            .await
+            .unwrap();
+        assert_eq!(
+            labels.get("istio-injection").map(String::as_str),
+            Some("enabled")
+        );
+        assert_eq!(
+            labels
+                .get("tether.io/managed-injection")
+                .map(String::as_str),
+            Some("true")
+        );
+
+        let status = mesh.status(r).await.unwrap();
+        assert_eq!(
+            status["sync"]["ackedVersion"],
+            status["sync"]["desiredVersion"]
+        );
+        assert_eq!(status["sync"]["endpoints"], 2);
+        assert_eq!(status["agent"]["version"], env!("CARGO_PKG_VERSION"));
+        let conds: BTreeSet<(String, String)> = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["type"].as_str().unwrap().to_string(),
+                    c["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert!(
+            conds.contains(&("Connected".into(), "True".into()))
+                && conds.contains(&("Synced".into(), "True".into())),
+            "{conds:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pod_replaced_turning_not_ready_and_deleted_shows_in_both_remotes() {
+    let mesh = synced_mesh().await;
+    let pods = mesh.central_pods();
+    // Replaced with a new IP: delete and recreate under a new name, as a Deployment would.
+    pods.delete("istiod-a", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
+        .await
+        .unwrap();
+    wait_slices(
+        &mesh,
+        &vec![ep("10.10.0.2", true, 16010), ep("10.10.0.3", true, 15010)],
+    )
+    .await;
+
+    set_pod_status(&pods, "istiod-b", &["10.10.0.2"], false)
+        .await
+        .unwrap();
+    wait_slices(
+        &mesh,
+        &vec![ep("10.10.0.2", false, 16010), ep("10.10.0.3", true, 15010)],
+    )
+    .await;
+    for r in REMOTES {
+        let eps = Api::<Endpoints>::namespaced(mesh.remote(r).clone(), &mesh.ns)
+            .get("istiod")
+            .await
+            .unwrap();
+        let not_ready: Vec<String> = eps
+            .subsets
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.not_ready_addresses.unwrap_or_default())
+            .map(|a| a.ip)
+            .collect();
+        assert_eq!(not_ready, ["10.10.0.2"]);
+    }
+
+    pods.delete("istiod-b", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_slices(&mesh, &vec![ep("10.10.0.3", true, 15010)]).await;
+}
+
+#[tokio::test]
+async fn namespaces_follow_the_spec_and_unmarked_ones_are_never_touched() {
+    let mesh = synced_mesh().await;
+    let r = "remote-1";
+    let client = mesh.remote(r);
+    let app_ns = format!("{}-app", mesh.ns);
+    let manual_ns = format!("{}-manual", mesh.ns);
+    let later_ns = format!("{}-later", mesh.ns);
+    // Someone labelled a namespace by hand, without the marker.
+    tether_tests::mesh::create_namespace(client, &manual_ns)
+        .await
+        .unwrap();
+    let label = json!({"metadata": {"labels": {"istio-injection": "enabled"}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&manual_ns, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+
+    // Drop app_ns, add one that does not exist yet.
+    mesh.create_remote_cluster(r, json!({"injection": {"namespaces": [later_ns]}}))
+        .await
+        .unwrap();
+    eventually("labels gone from the dropped namespace", T, || async {
+        let labels = ns_labels(client, &app_ns).await?;
+        anyhow::ensure!(
+            !labels.contains_key("istio-injection")
+                && !labels.contains_key("tether.io/managed-injection"),
+            "{labels:?}"
+        );
+        Ok(())
+    })
+    .await;
+    tether_tests::mesh::create_namespace(client, &later_ns)
+        .await
+        .unwrap();
+    eventually("a namespace created later is labelled", T, || async {
+        let labels = ns_labels(client, &later_ns).await?;
+        anyhow::ensure!(
+            labels
+                .get("tether.io/managed-injection")
+                .map(String::as_str)
+                == Some("true"),
+            "{labels:?}"
+        );
+        Ok(())
+    })
+    .await;
+    mesh.wait_phase(r, "Synced", T).await;
+    let manual = ns_labels(client, &manual_ns).await.unwrap();
+    assert_eq!(
+        manual.get("istio-injection").map(String::as_str),
+        Some("enabled"),
+        "hand-set label kept"
+    );
+    assert!(!manual.contains_key("tether.io/managed-injection"));
+    assert!(
+        mesh.agent_writes(r).iter().all(|w| w.name != manual_ns),
+        "the agent wrote to a namespace it does not manage"
+    );
+}
+
+#[tokio::test]
+async fn hand_edits_and_deletions_on_a_remote_are_repaired() {
+    let mesh = synced_mesh().await;
+    let r = "remote-2";
+    let client = mesh.remote(r);
+    let want = vec![ep("10.10.0.1", true, 15010), ep("10.10.0.2", true, 16010)];
+    let slices_api: Api<EndpointSlice> = Api::namespaced(client.clone(), &mesh.ns);
+    for s in slices_api
+        .list(&ListParams::default().labels("kubernetes.io/service-name=istiod"))
+        .await
+        .unwrap()
+    {
+        slices_api
+            .delete(&s.metadata.name.unwrap(), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    wait_slices(&mesh, &want).await;
+
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), &mesh.ns);
+    let edit = json!({"spec": {"ports": [{"name": "grpc-xds", "port": 15010, "targetPort": 15010, "protocol": "TCP"}]}});
+    svc_api
+        .patch("istiod", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually("the Service's ports restored", T, || async {
+        let ports = svc_api.get("istiod").await?.spec.unwrap().ports.unwrap();
+        anyhow::ensure!(ports.len() == 2, "{ports:?}");
+        Ok(())
+    })
+    .await;
+
+    let app_ns = format!("{}-app", mesh.ns);
+    let remove = json!({"metadata": {"labels": {"istio-injection": null}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&app_ns, &PatchParams::default(), &Patch::Merge(&remove))
+        .await
+        .unwrap();
+    eventually("the injection label put back", T, || async {
+        let labels = ns_labels(client, &app_ns).await?;
+        anyhow::ensure!(
+            labels.get("istio-injection").map(String::as_str) == Some("enabled"),
+            "{labels:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
