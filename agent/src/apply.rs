@@ -7,7 +7,7 @@
 //! see stale state and write again.
 
 use crate::live::{Live, api};
-use crate::objects::{self, DesiredObject, FIELD_MANAGER, INJECTION_MARKER, Kind, covers};
+use crate::objects::{self, DesiredObject, INJECTION_MARKER, Kind, covers};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -35,6 +35,8 @@ enum Written {
 pub struct Applier {
     client: Client,
     namespace: String,
+    /// Server-side apply field manager; also decides which namespace labels are ours to remove.
+    field_manager: String,
     live: Live,
     overlay: HashMap<(Kind, String), Written>,
 }
@@ -72,10 +74,11 @@ fn failure(
 }
 
 impl Applier {
-    pub fn new(client: Client, namespace: String, live: Live) -> Self {
+    pub fn new(client: Client, namespace: String, field_manager: String, live: Live) -> Self {
         Self {
             client,
             namespace,
+            field_manager,
             live,
             overlay: HashMap::new(),
         }
@@ -123,7 +126,7 @@ impl Applier {
         force: bool,
         out: &mut Outcome,
     ) -> kube::Result<()> {
-        let mut params = PatchParams::apply(FIELD_MANAGER);
+        let mut params = PatchParams::apply(&self.field_manager);
         params.force = force;
         let obj = api(&self.client, &self.namespace, kind)
             .patch(name, &params, &Patch::Apply(body))
@@ -259,7 +262,13 @@ impl Applier {
                 return Err(fail(msg, true));
             }
             let live_json = serde_json::to_value(&**live).unwrap_or_default();
-            if covers(&live_json, &obj.body) {
+            // Objects from a watch list carry no apiVersion/kind; the name and namespace say enough.
+            let mut wanted = obj.body.clone();
+            if let Some(m) = wanted.as_object_mut() {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            if covers(&live_json, &wanted) {
                 return Ok(());
             }
             // clusterIP is immutable: switching between headless and ClusterIP needs a new Service.
@@ -304,7 +313,8 @@ impl Applier {
                     continue;
                 }
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": wanted}})
-            } else if have.contains_key(INJECTION_MARKER) && owns_fields(&live) {
+            } else if have.contains_key(INJECTION_MARKER) && owns_fields(&live, &self.field_manager)
+            {
                 // An apply without the labels releases them; the server removes what only we owned.
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
             } else {
@@ -363,9 +373,11 @@ fn is_headless(obj: &Value) -> bool {
     obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None")
 }
 
-/// True when field manager `tether-agent` applied fields on this object.
-fn owns_fields(obj: &DynamicObject) -> bool {
-    obj.metadata.managed_fields.iter().flatten().any(|m| {
-        m.manager.as_deref() == Some(FIELD_MANAGER) && m.operation.as_deref() == Some("Apply")
-    })
+/// True when `manager` applied fields on this object. Another agent's marker is not ours to remove.
+fn owns_fields(obj: &DynamicObject, manager: &str) -> bool {
+    obj.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|m| m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply"))
 }

@@ -31,6 +31,10 @@ pub struct Cli {
     /// Namespace the mirrors live in (where the agent's Role grants access).
     #[arg(long, env = "TETHER_NAMESPACE", default_value = "istio-system")]
     pub namespace: String,
+    /// Server-side apply field manager. Give each agent its own when several share a cluster: an agent
+    /// only ever removes namespace labels its own manager applied.
+    #[arg(long, env = "TETHER_FIELD_MANAGER", default_value = crate::objects::DEFAULT_FIELD_MANAGER)]
+    pub field_manager: String,
     #[arg(long, env = "TETHER_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub keepalive_interval: Duration,
     #[arg(long, env = "TETHER_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -47,8 +51,8 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// (log, namespace, stream settings)
-    pub fn into_parts(self) -> (LogArgs, String, Settings) {
+    /// (log, namespace, field manager, stream settings)
+    pub fn into_parts(self) -> (LogArgs, String, String, Settings) {
         let Cli {
             log,
             cluster,
@@ -56,6 +60,7 @@ impl Cli {
             hub_server_name,
             tls_dir,
             namespace,
+            field_manager,
             keepalive_interval,
             keepalive_timeout,
             connect_timeout,
@@ -75,7 +80,7 @@ impl Cli {
             backoff_max,
             max_message_bytes,
         };
-        (log, namespace, settings)
+        (log, namespace, field_manager, settings)
     }
 }
 

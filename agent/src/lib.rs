@@ -22,11 +22,12 @@ use tokio::sync::{mpsc, watch};
 pub async fn run(
     kube: kube::Client,
     namespace: String,
+    field_manager: String,
     settings: client::Settings,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let live = live::Live::start(&kube, &namespace);
-    let applier = apply::Applier::new(kube, namespace, live);
+    let applier = apply::Applier::new(kube, namespace, field_manager, live);
     let (commands_tx, commands_rx) = watch::channel(None);
     let (results_tx, results_rx) = mpsc::channel(4);
     let (state_tx, state_rx) = watch::channel(reconcile::State::default());

@@ -7,8 +7,15 @@ async fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .expect("install the ring crypto provider");
-    let (log, namespace, settings) = Cli::parse().into_parts();
+    let (log, namespace, field_manager, settings) = Cli::parse().into_parts();
     init_logging(&log);
     let client = kube::Client::try_default().await?;
-    tether_agent::run(client, namespace, settings, shutdown_signal()).await
+    tether_agent::run(
+        client,
+        namespace,
+        field_manager,
+        settings,
+        shutdown_signal(),
+    )
+    .await
 }

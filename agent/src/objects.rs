@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use tether_proto::v1::{Endpoint, Port, Service as SnapService};
 
-pub const FIELD_MANAGER: &str = "tether-agent";
+pub const DEFAULT_FIELD_MANAGER: &str = "tether-agent";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tether-agent";
 pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";

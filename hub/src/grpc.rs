@@ -98,7 +98,16 @@ impl Sync for SyncService {
             warn!(%cluster, %peer, "{msg}");
             return Err(Status::permission_denied(msg));
         }
-        let Some(desired) = self.index.read().expect("index lock").subscribe(&cluster) else {
+        let desired = {
+            let index = self.index.read().expect("index lock");
+            if !index.is_synced() {
+                return Err(Status::unavailable(
+                    "hub is starting (watches not synced yet); retry shortly",
+                ));
+            }
+            index.subscribe(&cluster)
+        };
+        let Some(desired) = desired else {
             let msg = format!(
                 "no RemoteCluster {cluster:?} in namespace {:?}; create it with `tether-hub join {cluster}`",
                 self.namespace

@@ -71,6 +71,8 @@ type Memo = HashMap<String, Result<Arc<Snapshot>, Vec<String>>>;
 
 pub struct Index {
     defaults: Defaults,
+    /// Which watches delivered their first list: [remotes, pods, services].
+    synced: [bool; 3],
     pods: HashMap<String, PodInfo>,
     services: HashMap<String, CentralService>,
     remotes: HashMap<String, Remote>,
@@ -80,6 +82,7 @@ impl Index {
     pub fn new(defaults: Defaults) -> Self {
         Self {
             defaults,
+            synced: [false; 3],
             pods: HashMap::new(),
             services: HashMap::new(),
             remotes: HashMap::new(),
@@ -88,6 +91,12 @@ impl Index {
 
     pub fn defaults(&self) -> &Defaults {
         &self.defaults
+    }
+
+    /// True once every watch has delivered its first list: before that, "no such RemoteCluster" or
+    /// "no endpoints" may only mean "not listed yet".
+    pub fn is_synced(&self) -> bool {
+        self.synced.iter().all(|s| *s)
     }
 
     // --- pods and services: every remote may depend on them ---
@@ -107,6 +116,7 @@ impl Index {
     }
 
     pub fn reset_pods(&mut self, pods: &[Pod]) {
+        self.synced[1] = true;
         self.pods = pods
             .iter()
             .map(|p| (p.name_any(), PodInfo::from_pod(p)))
@@ -129,6 +139,7 @@ impl Index {
     }
 
     pub fn reset_services(&mut self, services: &[Service]) {
+        self.synced[2] = true;
         self.services = services
             .iter()
             .map(|s| (s.name_any(), CentralService::from_service(s)))
@@ -161,6 +172,7 @@ impl Index {
     }
 
     pub fn reset_remotes(&mut self, rcs: &[RemoteCluster]) {
+        self.synced[0] = true;
         let keep: std::collections::HashSet<String> = rcs.iter().map(|r| r.name_any()).collect();
         self.remotes.retain(|name, _| keep.contains(name));
         for rc in rcs {
@@ -271,6 +283,16 @@ mod tests {
             &[("grpc-xds", 15010)],
         ));
         index
+    }
+
+    #[test]
+    fn synced_only_after_every_watch_listed() {
+        let mut index = Index::new(defaults());
+        index.reset_remotes(&[]);
+        index.reset_pods(&[]);
+        assert!(!index.is_synced());
+        index.reset_services(&[]);
+        assert!(index.is_synced());
     }
 
     #[test]

@@ -20,7 +20,6 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tether_proto::cli::stopped;
@@ -44,22 +43,6 @@ pub struct Settings {
     pub retire_timeout: Duration,
 }
 
-/// Readiness: every watch delivered its first list.
-#[derive(Default)]
-pub struct Synced {
-    pub remotes: AtomicBool,
-    pub pods: AtomicBool,
-    pub services: AtomicBool,
-}
-
-impl Synced {
-    pub fn all(&self) -> bool {
-        [&self.remotes, &self.pods, &self.services]
-            .iter()
-            .all(|b| b.load(Ordering::Relaxed))
-    }
-}
-
 pub async fn run(
     client: Client,
     s: Settings,
@@ -67,7 +50,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let index = Arc::new(RwLock::new(Index::new(s.defaults.clone())));
     let board = Arc::new(Board::default());
-    let synced = Arc::new(Synced::default());
 
     let rc_api: Api<RemoteCluster> = Api::namespaced(client.clone(), &s.namespace);
     let (store, writer) = reflector::store();
@@ -75,29 +57,11 @@ pub async fn run(
         writer,
         watcher(rc_api.clone()).map(|e| e.map(strip_managed_fields)),
     );
-    tokio::spawn(feed(
-        rc_events,
-        index.clone(),
-        synced.clone(),
-        Kind::Remotes,
-        board.clone(),
-    ));
+    tokio::spawn(feed(rc_events, index.clone(), Kind::Remotes, board.clone()));
     let pods = watcher(Api::<Pod>::namespaced(client.clone(), &s.namespace));
-    tokio::spawn(feed(
-        pods,
-        index.clone(),
-        synced.clone(),
-        Kind::Pods,
-        board.clone(),
-    ));
+    tokio::spawn(feed(pods, index.clone(), Kind::Pods, board.clone()));
     let services = watcher(Api::<Service>::namespaced(client.clone(), &s.namespace));
-    tokio::spawn(feed(
-        services,
-        index.clone(),
-        synced.clone(),
-        Kind::Services,
-        board.clone(),
-    ));
+    tokio::spawn(feed(services, index.clone(), Kind::Services, board.clone()));
 
     let status = StatusWriter {
         api: rc_api,
@@ -166,7 +130,6 @@ enum Kind {
 async fn feed<K>(
     events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
     index: Arc<RwLock<Index>>,
-    synced: Arc<Synced>,
     kind: Kind,
     board: Arc<Board>,
 ) where
@@ -181,15 +144,8 @@ async fn feed<K>(
             Ok(Event::InitApply(o)) => listing.push(o),
             Ok(Event::InitDone) => {
                 kind.reset(&mut index.write().expect("index lock"), &listing);
+                debug!(?kind, objects = listing.len(), "watch listed");
                 listing.clear();
-                let flag = match kind {
-                    Kind::Remotes => &synced.remotes,
-                    Kind::Pods => &synced.pods,
-                    Kind::Services => &synced.services,
-                };
-                if !flag.swap(true, Ordering::Relaxed) {
-                    info!(?kind, "watch synced");
-                }
             }
             Ok(Event::Apply(o)) => kind.apply(&mut index.write().expect("index lock"), &o),
             Ok(Event::Delete(o)) => {

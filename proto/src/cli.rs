@@ -22,9 +22,11 @@ pub enum LogFormat {
 pub fn init_logging(args: &LogArgs) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match args.log_format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder

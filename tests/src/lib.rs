@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod controlplane;
+pub mod fixtures;
 pub mod mesh;
 pub mod pki;
 pub mod pods;

@@ -184,6 +184,8 @@ impl Mesh {
             .arg("--tls-dir")
             .arg(self.dir.join(format!("tls-{tls}")))
             .args(["--namespace", &self.ns])
+            // Tests share remote clusters: one field manager per test keeps their agents apart.
+            .args(["--field-manager", &format!("tether-agent-{}", self.ns)])
             .args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
             .args(["--backoff-initial", "100ms", "--backoff-max", "1s"])
             .env("KUBECONFIG", kubeconfig)

@@ -7,14 +7,11 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::time::Duration;
+use tether_tests::eventually;
 use tether_tests::mesh::Mesh;
 use tether_tests::pods::set_pod_status;
-use tether_tests::{ControlPlanes, eventually};
 
-const CLUSTERS: &[&str] = &["central", "remote-1", "remote-2"];
-const REMOTES: &[&str] = &["remote-1", "remote-2"];
-const T: Duration = Duration::from_secs(30);
+use tether_tests::fixtures::{REMOTES, SOON as T, synced_mesh};
 
 /// (ip, ready, serving, terminating, port numbers) of every endpoint in the service's slices, sorted.
 type SliceView = Vec<(String, bool, bool, bool, Vec<i32>)>;
@@ -67,38 +64,6 @@ async fn ns_labels(
         .metadata
         .labels
         .unwrap_or_default())
-}
-
-/// A mesh with the istiod Service, two ready istiod pods (10.10.0.1 on 15010, 10.10.0.2 on 16010 for
-/// the named port) and a RemoteCluster per remote labelling namespace `<ns>-app`; hub and agents up and
-/// synced.
-async fn synced_mesh() -> Mesh {
-    let planes = ControlPlanes::shared(CLUSTERS).await;
-    let mut mesh = Mesh::new(planes, REMOTES).await.unwrap();
-    mesh.create_istiod_service().await.unwrap();
-    mesh.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
-        .await
-        .unwrap();
-    mesh.create_istiod_pod("istiod-b", "10.10.0.2", 16010, true)
-        .await
-        .unwrap();
-    let app_ns = format!("{}-app", mesh.ns);
-    for r in REMOTES {
-        tether_tests::mesh::create_namespace(mesh.remote(r), &app_ns)
-            .await
-            .unwrap();
-        mesh.create_remote_cluster(r, json!({"injection": {"namespaces": [app_ns]}}))
-            .await
-            .unwrap();
-    }
-    mesh.start_hub().unwrap();
-    for r in REMOTES {
-        mesh.start_agent(r).unwrap();
-    }
-    for r in REMOTES {
-        mesh.wait_phase(r, "Synced", T).await;
-    }
-    mesh
 }
 
 #[tokio::test]

@@ -1,0 +1,54 @@
+//! Scenario set-ups shared by the end-to-end test files.
+
+use crate::ControlPlanes;
+use crate::mesh::Mesh;
+use serde_json::json;
+use std::time::Duration;
+
+pub const CLUSTERS: &[&str] = &["central", "remote-1", "remote-2"];
+pub const REMOTES: &[&str] = &["remote-1", "remote-2"];
+/// Deadline for anything the system should do "soon".
+pub const SOON: Duration = Duration::from_secs(30);
+
+/// A mesh with the istiod Service, two ready istiod pods (10.10.0.1 serving the named port on 15010,
+/// 10.10.0.2 on 16010) and a RemoteCluster per remote labelling namespace `<ns>-app`; hub and agents
+/// up, and every remote Synced. `before_start` runs after the central objects exist and before any
+/// process starts.
+pub async fn synced_mesh_with<F, Fut>(before_start: F) -> Mesh
+where
+    F: FnOnce(&Mesh) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let mut mesh = Mesh::new(planes, REMOTES).await.unwrap();
+    mesh.create_istiod_service().await.unwrap();
+    mesh.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
+        .await
+        .unwrap();
+    mesh.create_istiod_pod("istiod-b", "10.10.0.2", 16010, true)
+        .await
+        .unwrap();
+    let app_ns = format!("{}-app", mesh.ns);
+    for r in REMOTES {
+        crate::mesh::create_namespace(mesh.remote(r), &app_ns)
+            .await
+            .unwrap();
+        mesh.create_remote_cluster(r, json!({"injection": {"namespaces": [app_ns]}}))
+            .await
+            .unwrap();
+    }
+    before_start(&mesh).await;
+    mesh.start_hub().unwrap();
+    for r in REMOTES {
+        mesh.start_agent(r).unwrap();
+    }
+    mesh
+}
+
+pub async fn synced_mesh() -> Mesh {
+    let mesh = synced_mesh_with(|_| async {}).await;
+    for r in REMOTES {
+        mesh.wait_phase(r, "Synced", SOON).await;
+    }
+    mesh
+}

@@ -1,0 +1,162 @@
+//! End-to-end refusals: every bad client is turned away with a reason that names the problem, and the
+//! well-behaved agents never notice.
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use std::path::Path;
+use std::time::Duration;
+use tether_agent::client::{Settings, connect};
+use tether_proto::tls::TlsFiles;
+use tether_proto::v1::sync_client::SyncClient;
+use tether_proto::v1::{AgentMessage, Hello, agent_message};
+use tether_tests::eventually;
+use tether_tests::fixtures::{REMOTES, SOON, synced_mesh};
+use tether_tests::mesh::Mesh;
+use tether_tests::pki::Ca;
+
+fn settings(mesh: &Mesh, tls_dir: &Path, claims: &str) -> Settings {
+    Settings {
+        cluster: claims.into(),
+        hub_addr: mesh.hub_addr(),
+        server_name: None,
+        tls: TlsFiles::in_dir(tls_dir),
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
+    }
+}
+
+/// Opens a stream with this identity and Hello; returns the hub's refusal, or the transport failure.
+async fn dial(mesh: &Mesh, tls_dir: &Path, claims: &str) -> String {
+    let channel = match connect(&settings(mesh, tls_dir, claims)).await {
+        Ok(c) => c,
+        Err(e) => return format!("connect: {e}"),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let hello = Hello {
+        cluster: claims.into(),
+        agent_version: "test".into(),
+        applied_version: String::new(),
+    };
+    tx.send(AgentMessage {
+        message: Some(agent_message::Message::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    match SyncClient::new(channel)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(mut stream) => match stream.get_mut().message().await {
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+            Ok(m) => panic!("the hub accepted {claims:?} and sent {m:?}"),
+        },
+        Err(status) => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+fn hub_says(mesh: &Mesh, needle: &str) -> bool {
+    mesh.log("hub").contains(needle)
+}
+
+#[tokio::test]
+async fn bad_clients_are_refused_with_a_reason_and_good_agents_carry_on() {
+    let mesh = synced_mesh().await;
+
+    // A valid certificate for a cluster that has no RemoteCluster.
+    let ghost = mesh.write_agent_cert("ghost", "ghost", false).unwrap();
+    let got = dial(&mesh, &ghost, "ghost").await;
+    assert!(
+        got.starts_with("PermissionDenied") && got.contains("no RemoteCluster \"ghost\""),
+        "{got}"
+    );
+
+    // A certificate for remote-1 whose Hello names remote-2.
+    let got = dial(&mesh, &mesh.dir.join("tls-remote-1"), "remote-2").await;
+    assert!(got.starts_with("PermissionDenied"), "{got}");
+    assert!(
+        got.contains("identifies cluster \"remote-1\" but Hello names \"remote-2\""),
+        "{got}"
+    );
+
+    // A certificate from another CA.
+    let rogue_ca = Ca::new("rogue-ca").unwrap();
+    let rogue_cert = rogue_ca
+        .client_with_uris(
+            "rogue",
+            &[&format!(
+                "spiffe://{}/cluster/remote-1",
+                tether_tests::mesh::TRUST_DOMAIN
+            )],
+            false,
+        )
+        .unwrap();
+    let rogue = mesh.dir.join("tls-rogue");
+    rogue_ca.write_tls_dir(&rogue, &rogue_cert).unwrap();
+    // The rogue client still trusts the real hub CA, so only the hub's check can stop it.
+    std::fs::write(rogue.join("ca.crt"), &mesh.ca.cert_pem).unwrap();
+    let got = dial(&mesh, &rogue, "remote-1").await;
+    assert!(!got.starts_with("Ok"), "{got}");
+    eventually(
+        "the hub to log why it refused the rogue CA",
+        SOON,
+        || async {
+            anyhow::ensure!(
+                hub_says(&mesh, "TLS handshake refused") && hub_says(&mesh, "UnknownIssuer"),
+                "not yet"
+            );
+            Ok(())
+        },
+    )
+    .await;
+
+    // An expired certificate from the right CA.
+    let expired = mesh.write_agent_cert("expired", "remote-1", true).unwrap();
+    let got = dial(&mesh, &expired, "remote-1").await;
+    assert!(!got.starts_with("Ok"), "{got}");
+    eventually("the hub to log the expired certificate", SOON, || async {
+        anyhow::ensure!(hub_says(&mesh, "certificate expired"), "not yet");
+        Ok(())
+    })
+    .await;
+
+    // Plaintext gRPC.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.hub_addr()))
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(channel) => {
+            let (_tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(1);
+            SyncClient::new(channel)
+                .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused, "a plaintext client got a stream");
+
+    // None of it touched the real agents: still connected, still following the central pods.
+    for r in REMOTES {
+        let status = mesh.status(r).await.unwrap();
+        assert_eq!(status["phase"], "Synced", "{r}: {status}");
+    }
+    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
+        .await
+        .unwrap();
+    for r in REMOTES {
+        eventually(&format!("{r} to see the new pod"), SOON, || async {
+            let slices = Api::<EndpointSlice>::namespaced(mesh.remote(r).clone(), &mesh.ns)
+                .list(&ListParams::default().labels("kubernetes.io/service-name=istiod"))
+                .await?;
+            let n: usize = slices.items.iter().map(|s| s.endpoints.len()).sum();
+            anyhow::ensure!(n == 3, "{n} endpoints");
+            Ok(())
+        })
+        .await;
+    }
+}
