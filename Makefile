@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build controlplane test lint fmt demo bench clean-harness
+.PHONY: all build controlplane test lint fmt demo clean-harness
 
 all: build
 
@@ -28,3 +28,8 @@ fmt:
 ## Remove per-run harness folders (control-plane data, logs) left by earlier runs.
 clean-harness:
 	rm -rf target/harness
+
+## The local demo: central + two remotes on loopback, hub and agents over mTLS (Ctrl-C stops it all).
+## (The binary is run directly: `cargo run -p` would compile the dependencies with another feature set.)
+demo: controlplane build
+	./target/debug/tether-demo

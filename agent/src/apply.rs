@@ -147,11 +147,13 @@ impl Applier {
     ) -> kube::Result<()> {
         let name = obj.name_any();
         // Precondition on uid: never delete an object that replaced the one we saw.
-        let mut dp = DeleteParams::default();
-        dp.preconditions = Some(kube::api::Preconditions {
-            uid: obj.uid(),
-            resource_version: None,
-        });
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: obj.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
         let res = api(&self.client, &self.namespace, kind)
             .delete(&name, &dp)
             .await;
@@ -256,9 +258,7 @@ impl Applier {
         let live = self.current(obj.kind, &obj.name);
         if let Some(live) = &live {
             if !objects::is_managed(live.metadata.labels.as_ref()) {
-                let msg = format!(
-                    "exists without label app.kubernetes.io/managed-by=tether-agent; Tether does not overwrite it"
-                );
+                let msg = "exists without label app.kubernetes.io/managed-by=tether-agent; Tether does not overwrite it".to_string();
                 return Err(fail(msg, true));
             }
             let live_json = serde_json::to_value(&**live).unwrap_or_default();

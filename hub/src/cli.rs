@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Watch the control plane and serve agents.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the RemoteCluster CustomResourceDefinition as YAML.
     Crd,
 }
@@ -110,7 +110,7 @@ impl ServeArgs {
                 .into_iter()
                 .collect::<BTreeMap<_, _>>(),
         };
-        let settings = Settings {
+        Settings {
             namespace,
             grpc_addr,
             tls: tether_proto::tls::TlsFiles::in_dir(&tls_dir),
@@ -122,8 +122,7 @@ impl ServeArgs {
             max_concurrent_streams,
             status_interval,
             retire_timeout,
-        };
-        settings
+        }
     }
 }
 

@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd => print!("{}", tether_hub::cli::crd_yaml()),
         Command::Serve(args) => {
             let client = kube::Client::try_default().await?;
-            tether_hub::serve::run(client, args.into_settings(), shutdown_signal()).await?;
+            tether_hub::serve::run(client, (*args).into_settings(), shutdown_signal()).await?;
         }
     }
     Ok(())

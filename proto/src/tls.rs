@@ -25,6 +25,9 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
+/// (modified time, size) of each file, as last loaded; None where a file was unreadable.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
 /// Where one side's certificate, key and trusted CA live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -43,7 +46,7 @@ impl TlsFiles {
         }
     }
 
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+    fn stamp(&self) -> Stamp {
         // metadata() follows symlinks, so a Secret volume's `..data` swap shows as a new mtime/size.
         [&self.cert, &self.key, &self.ca]
             .iter()
@@ -133,7 +136,7 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
 /// previous config kept, so a half-written Secret never takes the hub down.
 pub struct ReloadingServerConfig {
     files: TlsFiles,
-    state: RwLock<(Arc<ServerConfig>, Vec<Option<(SystemTime, u64)>>)>,
+    state: RwLock<(Arc<ServerConfig>, Stamp)>,
 }
 
 impl ReloadingServerConfig {

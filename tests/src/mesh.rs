@@ -28,19 +28,23 @@ pub fn bin_dir() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(repo_root())
-            .args(["build", "-p", "tether-hub", "-p", "tether-agent", "--bins"])
+            // The same set as `make build`, so both share one compile of the dependencies.
+            .args(["build", "--workspace", "--bins"])
             .status()
             .expect("running cargo build for the hub and agent binaries");
         assert!(
             status.success(),
             "building tether-hub and tether-agent failed"
         );
-        // target/<profile>/deps/<test-binary>
+        // target/<profile>/deps/<test-binary>, or target/<profile>/<binary> for the demo.
         let exe = std::env::current_exe().expect("current exe");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf()
+        let dir = exe.parent().expect("exe has a folder");
+        let dir = if dir.ends_with("deps") {
+            dir.parent().expect("target/<profile>")
+        } else {
+            dir
+        };
+        dir.to_path_buf()
     })
 }
 
@@ -73,7 +77,16 @@ pub struct Mesh {
 impl Mesh {
     /// Fresh namespace everywhere, the CRD installed, certificates written; nothing started yet.
     pub async fn new(planes: &'static ControlPlanes, remotes: &[&str]) -> anyhow::Result<Self> {
-        let ns = unique_name("e2e");
+        Self::with_namespace(planes, remotes, &unique_name("e2e")).await
+    }
+
+    /// As [`Mesh::new`], in the namespace `ns` (created where missing).
+    pub async fn with_namespace(
+        planes: &'static ControlPlanes,
+        remotes: &[&str],
+        ns: &str,
+    ) -> anyhow::Result<Self> {
+        let ns = ns.to_string();
         let dir = run_dir().join(&ns);
         std::fs::create_dir_all(&dir)?;
         let central = planes.get("central").client().await?;
