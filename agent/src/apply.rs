@@ -7,6 +7,7 @@
 //! see stale state and write again.
 
 use crate::live::{Live, api};
+use crate::metrics::{AgentMetrics, ObjectKind};
 use crate::objects::{self, DesiredObject, INJECTION_MARKER, Kind, covers};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -39,6 +40,7 @@ pub struct Applier {
     field_manager: String,
     live: Live,
     overlay: HashMap<(Kind, String), Written>,
+    metrics: AgentMetrics,
 }
 
 fn rv(o: &DynamicObject) -> u64 {
@@ -48,6 +50,10 @@ fn rv(o: &DynamicObject) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Why an object of a desired name is left alone.
+const FOREIGN: &str =
+    "exists without label app.kubernetes.io/managed-by=tether-agent; Tether does not overwrite it";
 
 /// What the API server said, without the client's wrapping: this goes to the hub and into status.
 fn reason(e: &kube::Error) -> String {
@@ -74,13 +80,20 @@ fn failure(
 }
 
 impl Applier {
-    pub fn new(client: Client, namespace: String, field_manager: String, live: Live) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: String,
+        field_manager: String,
+        live: Live,
+        metrics: AgentMetrics,
+    ) -> Self {
         Self {
             client,
             namespace,
             field_manager,
             live,
             overlay: HashMap::new(),
+            metrics,
         }
     }
 
@@ -132,6 +145,7 @@ impl Applier {
             .patch(name, &params, &Patch::Apply(body))
             .await;
         out.writes += 1;
+        self.metrics.write(kind.as_str(), "apply");
         let obj = obj?;
         debug!(kind = kind.as_str(), name, "applied");
         self.overlay
@@ -158,6 +172,7 @@ impl Applier {
             .delete(&name, &dp)
             .await;
         out.writes += 1;
+        self.metrics.write(kind.as_str(), "delete");
         match res {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
@@ -193,6 +208,15 @@ impl Applier {
         }
         self.apply_injection(snap.injection.as_ref(), &mut out)
             .await;
+        self.metrics.snapshots_applied.inc();
+        for f in &out.failures {
+            self.metrics
+                .apply_errors
+                .get_or_create(&ObjectKind {
+                    kind: f.kind.clone(),
+                })
+                .inc();
+        }
         if out.writes > 0 || !out.failures.is_empty() {
             info!(version = %snap.version, writes = out.writes, failures = out.failures.len(), "snapshot applied");
         }
@@ -210,10 +234,7 @@ impl Applier {
                 && !objects::is_managed(live.metadata.labels.as_ref())
             {
                 // Someone else's Service: writing its endpoints would hijack it. Leave all of it alone.
-                let msg = format!(
-                    "a Service {ns}/{} exists without label app.kubernetes.io/managed-by=tether-agent; Tether does not overwrite it",
-                    svc.name
-                );
+                let msg = FOREIGN.to_string();
                 out.failures
                     .push(failure(Kind::Service, &ns, &svc.name, msg, true));
                 continue;
@@ -258,7 +279,7 @@ impl Applier {
         let live = self.current(obj.kind, &obj.name);
         if let Some(live) = &live {
             if !objects::is_managed(live.metadata.labels.as_ref()) {
-                let msg = "exists without label app.kubernetes.io/managed-by=tether-agent; Tether does not overwrite it".to_string();
+                let msg = FOREIGN.to_string();
                 return Err(fail(msg, true));
             }
             let live_json = serde_json::to_value(&**live).unwrap_or_default();

@@ -31,6 +31,9 @@ pub struct Cli {
     /// Namespace the mirrors live in (where the agent's Role grants access).
     #[arg(long, env = "TETHER_NAMESPACE", default_value = "istio-system")]
     pub namespace: String,
+    /// Admin HTTP address: /live, /ready (first snapshot applied), /metrics.
+    #[arg(long, env = "TETHER_ADMIN_ADDR", default_value = "0.0.0.0:9091")]
+    pub admin_addr: std::net::SocketAddr,
     /// Server-side apply field manager. Give each agent its own when several share a cluster: an agent
     /// only ever removes namespace labels its own manager applied.
     #[arg(long, env = "TETHER_FIELD_MANAGER", default_value = crate::objects::DEFAULT_FIELD_MANAGER)]
@@ -51,8 +54,7 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// (log, namespace, field manager, stream settings)
-    pub fn into_parts(self) -> (LogArgs, String, String, Settings) {
+    pub fn into_parts(self) -> (LogArgs, crate::Config) {
         let Cli {
             log,
             cluster,
@@ -61,6 +63,7 @@ impl Cli {
             tls_dir,
             namespace,
             field_manager,
+            admin_addr,
             keepalive_interval,
             keepalive_timeout,
             connect_timeout,
@@ -80,7 +83,15 @@ impl Cli {
             backoff_max,
             max_message_bytes,
         };
-        (log, namespace, field_manager, settings)
+        (
+            log,
+            crate::Config {
+                namespace,
+                field_manager,
+                admin_addr,
+                stream: settings,
+            },
+        )
     }
 }
 

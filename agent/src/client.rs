@@ -8,6 +8,7 @@
 //!     Ack/Nack ◄── results (mpsc) ◄──────────────────────────────────────────────────────┘
 //! ```
 
+use crate::metrics::{AgentMetrics, Reason};
 use crate::reconcile::{Applied, Command, State};
 use backoff::backoff::Backoff;
 use hyper_util::rt::TokioIo;
@@ -76,6 +77,7 @@ pub async fn run(
     commands: watch::Sender<Option<Command>>,
     mut results: mpsc::Receiver<Applied>,
     state: watch::Receiver<State>,
+    metrics: AgentMetrics,
 ) {
     let mut backoff = backoff::ExponentialBackoff {
         initial_interval: s.backoff_initial,
@@ -89,9 +91,20 @@ pub async fn run(
     loop {
         attempt += 1;
         let span = tracing::info_span!("stream", cluster = %s.cluster, attempt);
-        let result = run_internal(&s, &commands, &mut results, &state)
+        let result = run_internal(&s, &commands, &mut results, &state, &metrics)
             .instrument(span)
             .await;
+        metrics.connected.set(0);
+        let reason = match &result {
+            Ok(_) => "closed",
+            Err(e) => e.reason(),
+        };
+        metrics
+            .reconnects
+            .get_or_create(&Reason {
+                reason: reason.into(),
+            })
+            .inc();
         run_loop_wait(result, &mut backoff).await;
     }
 }
@@ -126,6 +139,7 @@ async fn run_internal(
     commands: &watch::Sender<Option<Command>>,
     results: &mut mpsc::Receiver<Applied>,
     state: &watch::Receiver<State>,
+    metrics: &AgentMetrics,
 ) -> Result<bool, StreamError> {
     let channel = connect(s).await?;
     let mut client = SyncClient::new(channel)
@@ -148,6 +162,7 @@ async fn run_internal(
         .map_err(StreamError::Refused)?
         .into_inner();
     info!(hub = %s.hub_addr, "connected");
+    metrics.connected.set(1);
     // Answers for a previous connection are stale: the hub resends on this one.
     while results.try_recv().is_ok() {}
     let mut healthy = false;

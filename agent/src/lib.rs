@@ -13,26 +13,69 @@ pub mod apply;
 pub mod cli;
 pub mod client;
 pub mod live;
+pub mod metrics;
 pub mod objects;
 pub mod reconcile;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
-/// Runs the agent until `shutdown` turns true.
+/// Everything the agent is told on its command line, apart from logging.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace the mirrors live in.
+    pub namespace: String,
+    /// Server-side apply field manager.
+    pub field_manager: String,
+    /// Admin HTTP address: /live, /ready, /metrics.
+    pub admin_addr: SocketAddr,
+    pub stream: client::Settings,
+}
+
+/// Runs the agent until `shutdown` turns true. Run it inside a span that names the cluster: every
+/// task it starts logs within that span.
 pub async fn run(
     kube: kube::Client,
-    namespace: String,
-    field_manager: String,
-    settings: client::Settings,
+    config: Config,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Config {
+        namespace,
+        field_manager,
+        admin_addr,
+        stream,
+    } = config;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = metrics::AgentMetrics::register(&mut registry);
     let live = live::Live::start(&kube, &namespace);
-    let applier = apply::Applier::new(kube, namespace, field_manager, live);
+    let applier = apply::Applier::new(kube, namespace, field_manager, live, metrics.clone());
     let (commands_tx, commands_rx) = watch::channel(None);
     let (results_tx, results_rx) = mpsc::channel(4);
     let (state_tx, state_rx) = watch::channel(reconcile::State::default());
-    let reconciler = tokio::spawn(reconcile::run(applier, commands_rx, results_tx, state_tx));
-    let stream = tokio::spawn(client::run(settings, commands_tx, results_rx, state_rx));
+
+    let ready_state = state_rx.clone();
+    let ready: tether_proto::admin::Ready = Arc::new(move || ready_state.borrow().first_applied);
+    let admin = tether_proto::admin::serve(
+        admin_addr,
+        tether_proto::admin::router(Arc::new(registry), ready),
+        shutdown.clone(),
+    );
+    tokio::spawn(
+        async move {
+            if let Err(error) = admin.await {
+                tracing::warn!(%error, "admin server failed");
+            }
+        }
+        .in_current_span(),
+    );
+
+    let reconciler =
+        tokio::spawn(reconcile::run(applier, commands_rx, results_tx, state_tx).in_current_span());
+    let stream = tokio::spawn(
+        client::run(stream, commands_tx, results_rx, state_rx, metrics).in_current_span(),
+    );
     tether_proto::cli::stopped(&mut shutdown).await;
     // Fail-static: stopping changes nothing in the cluster.
     stream.abort();

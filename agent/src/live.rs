@@ -59,7 +59,7 @@ impl Live {
             )
             .default_backoff();
             let bell = drift.clone();
-            tokio::spawn(async move {
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let mut events = std::pin::pin!(events);
                 while let Some(event) = events.next().await {
                     match event {
@@ -68,7 +68,7 @@ impl Live {
                             "watch failed; retrying with backoff (check the agent's Role and ClusterRole)"),
                     }
                 }
-            });
+            }));
             stores.insert(kind, (ar, store));
         }
         Self {

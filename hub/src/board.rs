@@ -16,6 +16,8 @@ pub struct StreamState {
     pub connected_since: Option<Timestamp>,
     pub last_seen: Option<Timestamp>,
     pub acked_version: String,
+    /// When the agent last acknowledged a snapshot.
+    pub last_ack: Option<Timestamp>,
     pub last_nack: Option<Nacked>,
     /// The agent acknowledged `Retire`: it no longer manages anything.
     pub retired: bool,
@@ -80,6 +82,29 @@ impl Board {
                 s.connected_since = None;
             }
         });
+    }
+
+    /// Every remote's live stream state, for the admin server's `/streams`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let remotes = self.remotes.lock().expect("board lock");
+        let mut out = serde_json::Map::new();
+        for (name, s) in remotes.iter() {
+            let t = |t: &Option<Timestamp>| t.map(|t| t.to_string());
+            out.insert(
+                name.clone(),
+                serde_json::json!({
+                    "streams": s.streams,
+                    "agentVersion": s.agent_version,
+                    "peer": s.peer,
+                    "connectedSince": t(&s.connected_since),
+                    "lastSeen": t(&s.last_seen),
+                    "lastAck": t(&s.last_ack),
+                    "ackedVersion": s.acked_version,
+                    "lastNack": s.last_nack.as_ref().map(|n| serde_json::json!({"version": n.version, "message": n.message})),
+                }),
+            );
+        }
+        serde_json::Value::Object(out)
     }
 
     /// Forget a remote whose RemoteCluster is gone.

@@ -30,6 +30,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the RemoteCluster CustomResourceDefinition as YAML.
     Crd,
+    /// Show whether every remote is synced (like `istioctl proxy-status`).
+    Status(crate::report::StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -52,6 +54,9 @@ pub struct ServeArgs {
     /// Namespace the mirrors are created in on remotes. Default: the same name as --namespace.
     #[arg(long, env = "TETHER_REMOTE_NAMESPACE")]
     pub remote_namespace: Option<String>,
+    /// Admin HTTP address: /live, /ready, /metrics, /streams.
+    #[arg(long, env = "TETHER_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
     /// gRPC listen address (mTLS only).
     #[arg(long, env = "TETHER_GRPC_ADDR", default_value = "0.0.0.0:15012")]
     pub grpc_addr: SocketAddr,
@@ -94,6 +99,7 @@ impl ServeArgs {
             namespace,
             remote_namespace,
             grpc_addr,
+            admin_addr,
             default_services,
             default_injection_labels,
             keepalive_interval,
@@ -113,6 +119,7 @@ impl ServeArgs {
         Settings {
             namespace,
             grpc_addr,
+            admin_addr,
             tls: tether_proto::tls::TlsFiles::in_dir(&tls_dir),
             trust_domain,
             defaults,

@@ -124,6 +124,9 @@ pub struct SyncStatus {
     pub desired_version: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub acked_version: String,
+    /// When the agent last acknowledged a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_nack: Option<NackStatus>,
     /// Endpoints in the desired state.

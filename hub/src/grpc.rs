@@ -9,11 +9,12 @@
 
 use crate::board::{Board, Nacked};
 use crate::index::{Desired, Index};
+use crate::metrics::{HubMetrics, Reason};
 use k8s_openapi::jiff::Timestamp;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tether_proto::v1::sync_server::Sync;
 use tether_proto::v1::{AgentMessage, HubMessage, Retire, agent_message, hub_message};
 use tokio::sync::{mpsc, watch};
@@ -34,6 +35,7 @@ pub struct SyncService {
     namespace: String,
     next_stream: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    metrics: HubMetrics,
 }
 
 impl SyncService {
@@ -43,6 +45,7 @@ impl SyncService {
         trust_domain: String,
         namespace: String,
         shutdown: watch::Receiver<bool>,
+        metrics: HubMetrics,
     ) -> Self {
         Self {
             index,
@@ -51,7 +54,17 @@ impl SyncService {
             namespace,
             next_stream: AtomicU64::new(1),
             shutdown,
+            metrics,
         }
+    }
+
+    /// Counts a refusal by reason and returns the status to send.
+    fn refuse(&self, reason: &str, status: Status) -> Status {
+        self.metrics
+            .streams_refused
+            .get_or_create(&Reason::of(reason))
+            .inc();
+        status
     }
 
     fn identify<T>(&self, req: &Request<T>) -> Result<String, Status> {
@@ -77,17 +90,29 @@ impl Sync for SyncService {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let cluster = self
             .identify(&req)
-            .inspect_err(|e| warn!(%peer, error = %e.message(), "stream refused"))?;
+            .inspect_err(|e| warn!(%peer, error = %e.message(), "stream refused"))
+            .map_err(|e| self.refuse("bad_certificate", e))?;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
-            Ok(Err(status)) => return Err(status),
-            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before Hello")),
+            Err(_) => {
+                return Err(
+                    self.refuse("no_hello", Status::deadline_exceeded("no Hello within 10s"))
+                );
+            }
+            Ok(Err(status)) => return Err(self.refuse("no_hello", status)),
+            Ok(Ok(None)) => {
+                return Err(
+                    self.refuse("no_hello", Status::cancelled("stream closed before Hello"))
+                );
+            }
             Ok(Ok(Some(AgentMessage {
                 message: Some(agent_message::Message::Hello(h)),
             }))) => h,
             Ok(Ok(Some(_))) => {
-                return Err(Status::invalid_argument("the first message must be Hello"));
+                return Err(self.refuse(
+                    "no_hello",
+                    Status::invalid_argument("the first message must be Hello"),
+                ));
             }
         };
         if hello.cluster != cluster {
@@ -96,13 +121,14 @@ impl Sync for SyncService {
                 hello.cluster
             );
             warn!(%cluster, %peer, "{msg}");
-            return Err(Status::permission_denied(msg));
+            return Err(self.refuse("identity_mismatch", Status::permission_denied(msg)));
         }
         let desired = {
             let index = self.index.read().expect("index lock");
             if !index.is_synced() {
-                return Err(Status::unavailable(
-                    "hub is starting (watches not synced yet); retry shortly",
+                return Err(self.refuse(
+                    "not_ready",
+                    Status::unavailable("hub is starting (watches not synced yet); retry shortly"),
                 ));
             }
             index.subscribe(&cluster)
@@ -113,7 +139,7 @@ impl Sync for SyncService {
                 self.namespace
             );
             warn!(%cluster, %peer, "{msg}");
-            return Err(Status::permission_denied(msg));
+            return Err(self.refuse("unknown_cluster", Status::permission_denied(msg)));
         };
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(2);
@@ -131,6 +157,7 @@ impl Sync for SyncService {
             inbound,
             tx,
             shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(
             stream
@@ -148,6 +175,7 @@ struct Stream {
     inbound: Streaming<AgentMessage>,
     tx: mpsc::Sender<Result<HubMessage, Status>>,
     shutdown: watch::Receiver<bool>,
+    metrics: HubMetrics,
 }
 
 impl Stream {
@@ -159,7 +187,9 @@ impl Stream {
             mut inbound,
             tx,
             mut shutdown,
+            metrics,
         } = self;
+        metrics.streams_connected.inc();
         let mut out = Outbox::default();
         let mut next: Option<HubMessage> = out.message_for(&desired.borrow_and_update().clone());
         let reason = loop {
@@ -176,11 +206,15 @@ impl Stream {
                     }
                 },
                 permit = tx.reserve(), if next.is_some() => match permit {
-                    Ok(permit) => permit.send(Ok(next.take().expect("guarded"))),
+                    Ok(permit) => {
+                        let msg = next.take().expect("guarded");
+                        out.mark_sent(&msg, &metrics);
+                        permit.send(Ok(msg));
+                    }
                     Err(_) => break "agent went away",
                 },
                 msg = inbound.message() => match msg {
-                    Ok(Some(m)) => out.on_agent_message(m, &board, &cluster),
+                    Ok(Some(m)) => out.on_agent_message(m, &board, &cluster, &metrics),
                     Ok(None) => break "agent closed the stream",
                     Err(status) => {
                         debug!(error = %status, "inbound error");
@@ -194,6 +228,7 @@ impl Stream {
             }
         };
         board.disconnected(&cluster);
+        metrics.streams_connected.dec();
         info!(reason, "agent disconnected");
     }
 }
@@ -201,11 +236,20 @@ impl Stream {
 /// What one stream sent and still expects an answer for.
 #[derive(Default)]
 struct Outbox {
-    /// (nonce, version) sent and not answered yet, oldest first.
-    sent: VecDeque<(String, String)>,
+    /// Sent and not answered yet, oldest first.
+    sent: VecDeque<Sent>,
     next_nonce: u64,
     last_sent: String,
     retire_sent: bool,
+}
+
+struct Sent {
+    nonce: String,
+    version: String,
+    /// When the message left (None while it waits for the agent's flow control).
+    sent_at: Option<Instant>,
+    /// When the index computed the state this message carries.
+    changed_at: Option<Instant>,
 }
 
 impl Outbox {
@@ -216,7 +260,7 @@ impl Outbox {
                 return None;
             }
             self.retire_sent = true;
-            let nonce = self.nonce(tether_proto::RETIRED_VERSION);
+            let nonce = self.nonce(tether_proto::RETIRED_VERSION, d.changed_at);
             debug!(nonce = %nonce, "sending Retire");
             let retire = Retire {
                 reason: "RemoteCluster deleted".into(),
@@ -232,63 +276,100 @@ impl Outbox {
         }
         self.last_sent = snap.version.clone();
         let mut msg = (**snap).clone();
-        msg.nonce = self.nonce(&snap.version);
+        msg.nonce = self.nonce(&snap.version, d.changed_at);
         debug!(version = %msg.version, nonce = %msg.nonce, "sending snapshot");
         Some(HubMessage {
             message: Some(hub_message::Message::Snapshot(msg)),
         })
     }
 
-    fn nonce(&mut self, version: &str) -> String {
+    fn nonce(&mut self, version: &str, changed_at: Option<Instant>) -> String {
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
         if self.sent.len() == MAX_OUTSTANDING {
             self.sent.pop_front();
         }
-        self.sent.push_back((nonce.clone(), version.to_string()));
+        self.sent.push_back(Sent {
+            nonce: nonce.clone(),
+            version: version.to_string(),
+            sent_at: None,
+            changed_at,
+        });
         nonce
     }
 
-    /// Forgets `nonce` (and anything older). False for a nonce this stream did not send.
-    fn answered(&mut self, nonce: &str, version: &str) -> bool {
+    /// Records that `msg` left now.
+    fn mark_sent(&mut self, msg: &HubMessage, metrics: &HubMetrics) {
+        let nonce = match &msg.message {
+            Some(hub_message::Message::Snapshot(s)) => {
+                metrics.snapshots_pushed.inc();
+                &s.nonce
+            }
+            Some(hub_message::Message::Retire(r)) => &r.nonce,
+            None => return,
+        };
+        if let Some(sent) = self.sent.iter_mut().find(|s| &s.nonce == nonce) {
+            sent.sent_at = Some(Instant::now());
+        }
+    }
+
+    /// Forgets `nonce` (and anything older) and returns it. None for a nonce this stream did not send.
+    fn answered(&mut self, nonce: &str, version: &str) -> Option<Sent> {
         match self
             .sent
             .iter()
-            .position(|(n, v)| n == nonce && v == version)
+            .position(|s| s.nonce == nonce && s.version == version)
         {
-            Some(i) => {
-                self.sent.drain(..=i);
-                true
-            }
+            Some(i) => self.sent.drain(..=i).next_back(),
             None => {
                 warn!(%nonce, %version, "answer for a nonce this stream did not send; ignored");
-                false
+                None
             }
         }
     }
 
-    fn on_agent_message(&mut self, m: AgentMessage, board: &Board, cluster: &str) {
+    fn on_agent_message(
+        &mut self,
+        m: AgentMessage,
+        board: &Board,
+        cluster: &str,
+        metrics: &HubMetrics,
+    ) {
         let now = Timestamp::now();
         match m.message {
             Some(agent_message::Message::Ack(ack)) => {
-                if !self.answered(&ack.nonce, &ack.version) {
+                let Some(sent) = self.answered(&ack.nonce, &ack.version) else {
                     return;
-                }
+                };
                 debug!(version = %ack.version, "agent acked");
+                metrics.acks.inc();
+                if let Some(t) = sent.sent_at {
+                    metrics.push_ack_seconds.observe(t.elapsed().as_secs_f64());
+                }
+                if let Some(t) = sent.changed_at {
+                    metrics
+                        .propagation_seconds
+                        .observe(t.elapsed().as_secs_f64());
+                }
                 board.update(cluster, |s| {
                     s.last_seen = Some(now);
                     if ack.version == tether_proto::RETIRED_VERSION {
                         s.retired = true;
                     } else {
                         s.acked_version = ack.version.clone();
+                        s.last_ack = Some(now);
                     }
                 });
             }
             Some(agent_message::Message::Nack(nack)) => {
-                if !self.answered(&nack.nonce, &nack.version) {
+                if self.answered(&nack.nonce, &nack.version).is_none() {
                     return;
                 }
                 let conflict = nack.failures.iter().any(|f| f.conflict);
+                metrics
+                    .nacks
+                    .get_or_create(&Reason::of(if conflict { "conflict" } else { "rejected" }))
+                    .inc();
                 let mut message = nack.error_detail.clone();
                 for f in &nack.failures {
                     message.push_str(&format!(
@@ -354,19 +435,21 @@ mod tests {
     #[test]
     fn ack_for_unknown_nonce_is_ignored() {
         let board = Board::default();
+        let m = HubMetrics::register(&mut Default::default());
         let mut out = Outbox::default();
         out.message_for(&desired("v1"));
-        out.on_agent_message(ack("v1", "99"), &board, "r1");
+        out.on_agent_message(ack("v1", "99"), &board, "r1", &m);
         assert_eq!(board.get("r1").acked_version, "");
-        out.on_agent_message(ack("v1", "1"), &board, "r1");
+        out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
         assert_eq!(board.get("r1").acked_version, "v1");
         // A replayed answer is not accepted twice.
-        out.on_agent_message(ack("v1", "1"), &board, "r1");
+        out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
     }
 
     #[test]
     fn retire_is_sent_once_and_its_ack_marks_retired() {
         let board = Board::default();
+        let m = HubMetrics::register(&mut Default::default());
         let mut out = Outbox::default();
         let d = Desired {
             retire: true,
@@ -379,7 +462,12 @@ mod tests {
             panic!("retire expected")
         };
         assert!(out.message_for(&d).is_none());
-        out.on_agent_message(ack(tether_proto::RETIRED_VERSION, &r.nonce), &board, "r1");
+        out.on_agent_message(
+            ack(tether_proto::RETIRED_VERSION, &r.nonce),
+            &board,
+            "r1",
+            &m,
+        );
         assert!(board.get("r1").retired);
     }
 }

@@ -18,7 +18,7 @@ use tether_proto::v1::Snapshot;
 use tokio::sync::watch;
 
 /// What one remote should look like, as published to its stream.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Desired {
     /// None until the remote's spec has computed once.
     pub snapshot: Option<Arc<Snapshot>>,
@@ -28,6 +28,18 @@ pub struct Desired {
     pub retire: bool,
     /// `metadata.generation` of the spec these errors/this snapshot answer.
     pub generation: i64,
+    /// When the index computed this state (the central change that caused it was seen just before).
+    /// Not part of equality: it measures propagation, it is not state.
+    pub changed_at: Option<std::time::Instant>,
+}
+
+impl PartialEq for Desired {
+    fn eq(&self, other: &Self) -> bool {
+        self.snapshot == other.snapshot
+            && self.errors == other.errors
+            && self.retire == other.retire
+            && self.generation == other.generation
+    }
 }
 
 impl Desired {
@@ -233,6 +245,7 @@ impl Index {
             errors,
             retire: remote.deleting,
             generation: remote.generation,
+            changed_at: Some(std::time::Instant::now()),
         };
         let remote = self.remotes.get_mut(name).expect("present above");
         if good.is_some() {

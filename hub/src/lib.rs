@@ -14,6 +14,8 @@ pub mod cli;
 pub mod crd;
 pub mod grpc;
 pub mod index;
+pub mod metrics;
+pub mod report;
 pub mod serve;
 pub mod snapshot;
 pub mod status;

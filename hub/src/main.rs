@@ -11,6 +11,11 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&cli.log);
     match cli.command {
         Command::Crd => print!("{}", tether_hub::cli::crd_yaml()),
+        Command::Status(args) => {
+            let client = kube::Client::try_default().await?;
+            let code = tether_hub::report::run(client, args).await?;
+            std::process::exit(code);
+        }
         Command::Serve(args) => {
             let client = kube::Client::try_default().await?;
             tether_hub::serve::run(client, (*args).into_settings(), shutdown_signal()).await?;

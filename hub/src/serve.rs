@@ -12,10 +12,12 @@ use crate::board::Board;
 use crate::crd::RemoteCluster;
 use crate::grpc::SyncService;
 use crate::index::{Defaults, Index};
+use crate::metrics::HubMetrics;
 use crate::status::StatusWriter;
 use anyhow::Context;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -32,6 +34,7 @@ use tracing::{debug, info, warn};
 pub struct Settings {
     pub namespace: String,
     pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub tls: tether_proto::tls::TlsFiles,
     pub trust_domain: String,
     pub defaults: Defaults,
@@ -50,6 +53,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let index = Arc::new(RwLock::new(Index::new(s.defaults.clone())));
     let board = Arc::new(Board::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = HubMetrics::register(&mut registry);
 
     let rc_api: Api<RemoteCluster> = Api::namespaced(client.clone(), &s.namespace);
     let (store, writer) = reflector::store();
@@ -63,6 +68,10 @@ pub async fn run(
     let services = watcher(Api::<Service>::namespaced(client.clone(), &s.namespace));
     tokio::spawn(feed(services, index.clone(), Kind::Services, board.clone()));
 
+    let reporter = Reporter {
+        controller: "tether-hub".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let status = StatusWriter {
         api: rc_api,
         store,
@@ -70,8 +79,25 @@ pub async fn run(
         board: board.clone(),
         interval: s.status_interval,
         retire_timeout: s.retire_timeout,
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
     };
     tokio::spawn(status.run());
+
+    let ready_index = index.clone();
+    let ready: tether_proto::admin::Ready =
+        Arc::new(move || ready_index.read().expect("index lock").is_synced());
+    let streams_board = board.clone();
+    let admin = tether_proto::admin::router(Arc::new(registry), ready).route(
+        "/streams",
+        axum::routing::get(move || async move { axum::Json(streams_board.to_json()) }),
+    );
+    let admin_listener = tether_proto::admin::serve(s.admin_addr, admin, shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(error) = admin_listener.await {
+            warn!(%error, "admin server failed");
+        }
+    });
 
     let tls = ReloadingServerConfig::load(s.tls.clone()).context("loading the hub's TLS files")?;
     tokio::spawn(tls.clone().watch(Duration::from_secs(2)));
@@ -82,7 +108,22 @@ pub async fn run(
     let (conn_tx, conn_rx) = mpsc::channel(128);
     tokio::spawn(accept(listener, tls, conn_tx, shutdown.clone()));
 
-    let sync = SyncService::new(index, board, s.trust_domain, s.namespace, shutdown.clone());
+    // Standard probes on the same (mTLS) port: grpc.health.v1 and server reflection.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SyncServer<SyncService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tether_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let sync = SyncService::new(
+        index,
+        board,
+        s.trust_domain,
+        s.namespace,
+        shutdown.clone(),
+        metrics,
+    );
     let mut shutdown_signal = shutdown.clone();
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(s.keepalive_interval))
@@ -94,6 +135,8 @@ pub async fn run(
                 .max_decoding_message_size(s.max_message_bytes)
                 .max_encoding_message_size(s.max_message_bytes),
         )
+        .add_service(health_service)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>),
             async move { stopped(&mut shutdown_signal).await },

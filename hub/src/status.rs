@@ -9,11 +9,13 @@ use crate::crd::{
     AgentStatus, FINALIZER, NackStatus, RemoteCluster, RemoteClusterStatus, SyncStatus,
 };
 use crate::index::{Desired, Index};
+use crate::metrics::HubMetrics;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -127,6 +129,7 @@ pub fn compute(
         sync: Some(SyncStatus {
             desired_version: version.to_string(),
             acked_version: stream.acked_version.clone(),
+            last_ack: stream.last_ack.map(time),
             last_nack: stream.last_nack.as_ref().map(|n| NackStatus {
                 version: n.version.clone(),
                 message: n.message.clone(),
@@ -162,6 +165,8 @@ pub struct StatusWriter {
     pub board: Arc<Board>,
     pub interval: Duration,
     pub retire_timeout: Duration,
+    pub recorder: Recorder,
+    pub metrics: HubMetrics,
 }
 
 impl StatusWriter {
@@ -213,6 +218,13 @@ impl StatusWriter {
                 &Patch::Apply(&patch),
             )
             .await?;
+        self.metrics.status_writes.inc();
+        for event in transitions(rc.status.as_ref(), &status) {
+            // Events are for people; failing to record one never blocks status.
+            if let Err(error) = self.recorder.publish(&event, &rc.object_ref(&())).await {
+                warn!(cluster = %name, %error, "could not record event");
+            }
+        }
         Ok(())
     }
 
@@ -245,6 +257,56 @@ impl StatusWriter {
         self.board.remove(&name);
         Ok(())
     }
+}
+
+/// Events for what changed between two statuses: agent connected or disconnected, a new NACK.
+pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus) -> Vec<Event> {
+    let cond = |s: Option<&RemoteClusterStatus>, t: &str| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let mut events = Vec::new();
+    let (was, now) = (cond(old, "Connected"), cond(Some(new), "Connected"));
+    if was.as_ref().map(|c| &c.0) != now.as_ref().map(|c| &c.0)
+        && let Some((status, reason, message)) = now
+        && reason != "NeverConnected"
+    {
+        let type_ = if status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        events.push(Event {
+            type_,
+            reason,
+            note: Some(message),
+            action: "Stream".into(),
+            secondary: None,
+        });
+    }
+    let nack = |s: Option<&RemoteClusterStatus>| {
+        s.and_then(|s| s.sync.as_ref())
+            .and_then(|s| s.last_nack.clone())
+    };
+    if let Some(n) = nack(Some(new))
+        && nack(old) != Some(n.clone())
+    {
+        let reason = cond(Some(new), "Synced")
+            .map(|c| c.1)
+            .filter(|r| r == "Conflict")
+            .unwrap_or_else(|| "Nacked".into());
+        let note = format!("agent rejected version {}: {}", n.version, n.message);
+        // The API server caps an event note at 1 KiB.
+        let note: String = note.chars().take(1000).collect();
+        events.push(Event {
+            type_: EventType::Warning,
+            reason,
+            note: Some(note),
+            action: "Apply".into(),
+            secondary: None,
+        });
+    }
+    events
 }
 
 /// Equal as the API server would store them.

@@ -8,6 +8,7 @@
 //!  tls        cert/key/CA files ──► rustls configs (TLS 1.3, client cert required), reloaded on change
 //! ```
 
+pub mod admin;
 pub mod cli;
 pub mod identity;
 pub mod tls;

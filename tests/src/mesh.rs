@@ -66,6 +66,9 @@ pub struct Mesh {
     pub dir: PathBuf,
     pub ca: Ca,
     pub hub_port: u16,
+    /// Admin HTTP port of the hub; of each agent in `agent_admin_ports`.
+    pub hub_admin_port: u16,
+    pub agent_admin_ports: HashMap<String, u16>,
     pub central: Client,
     pub remotes: HashMap<String, Client>,
     hub: Option<Proc>,
@@ -106,6 +109,11 @@ impl Mesh {
             dir,
             ca,
             hub_port: free_port(),
+            hub_admin_port: free_port(),
+            agent_admin_ports: remotes
+                .iter()
+                .map(|r| (r.to_string(), free_port()))
+                .collect(),
             central,
             remotes: remote_clients,
             hub: None,
@@ -153,6 +161,10 @@ impl Mesh {
         cmd.arg("serve")
             .args(["--namespace", &self.ns])
             .args(["--grpc-addr", &self.hub_addr()])
+            .args([
+                "--admin-addr",
+                &format!("127.0.0.1:{}", self.hub_admin_port),
+            ])
             .arg("--tls-dir")
             .arg(self.dir.join("hub-tls"))
             .args(["--trust-domain", TRUST_DOMAIN])
@@ -194,6 +206,16 @@ impl Mesh {
         let mut cmd = Command::new(bin_dir().join("tether-agent"));
         cmd.args(["--cluster", claims])
             .args(["--hub-addr", &self.hub_addr()])
+            .args([
+                "--admin-addr",
+                &format!(
+                    "127.0.0.1:{}",
+                    self.agent_admin_ports
+                        .get(cluster)
+                        .copied()
+                        .unwrap_or_else(free_port)
+                ),
+            ])
             .arg("--tls-dir")
             .arg(self.dir.join(format!("tls-{tls}")))
             .args(["--namespace", &self.ns])
@@ -214,6 +236,39 @@ impl Mesh {
         if let Some(mut p) = self.agents.remove(cluster) {
             p.kill();
         }
+    }
+
+    /// `GET http://127.0.0.1:<port><path>` on an admin server: (status code, body).
+    pub async fn admin_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await?;
+        let mut raw = String::new();
+        conn.read_to_string(&mut raw).await?;
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("no HTTP header end"))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("bad status line"))?;
+        Ok((code, body.to_string()))
+    }
+
+    /// Runs `tether-hub <args>` against the central cluster; (exit code, stdout, stderr).
+    pub fn hub_cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin_dir().join("tether-hub"))
+            .args(args)
+            .env("KUBECONFIG", self.planes.get("central").kubeconfig())
+            .output()
+            .expect("run tether-hub");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     pub fn log(&self, name: &str) -> String {

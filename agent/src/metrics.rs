@@ -1,0 +1,83 @@
+//! The agent's metrics. One registry, built in `run` and passed to the admin server.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Write {
+    pub kind: String,
+    /// apply | delete
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectKind {
+    pub kind: String,
+}
+
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub connected: Gauge,
+    /// By how the previous stream ended: connect | refused | permission_denied | broken | closed | tls_files
+    pub reconnects: Family<Reason, Counter>,
+    pub snapshots_applied: Counter,
+    pub apply_errors: Family<ObjectKind, Counter>,
+    /// API writes by kind and verb; a failed write counts too (it reached the API server).
+    pub api_writes: Family<Write, Counter>,
+}
+
+impl AgentMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            connected: Gauge::default(),
+            reconnects: Family::default(),
+            snapshots_applied: Counter::default(),
+            apply_errors: Family::default(),
+            api_writes: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("tether_agent");
+        r.register(
+            "connected",
+            "1 while a stream to the hub is open",
+            m.connected.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Stream reconnects, by how the previous one ended",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "snapshots_applied",
+            "Snapshots applied (ACKed or NACKed)",
+            m.snapshots_applied.clone(),
+        );
+        r.register(
+            "apply_errors",
+            "Objects that failed to apply, by kind",
+            m.apply_errors.clone(),
+        );
+        r.register(
+            "api_writes",
+            "Writes to the local API server, by kind and verb",
+            m.api_writes.clone(),
+        );
+        m
+    }
+
+    pub fn write(&self, kind: &str, verb: &str) {
+        self.api_writes
+            .get_or_create(&Write {
+                kind: kind.into(),
+                verb: verb.into(),
+            })
+            .inc();
+    }
+}

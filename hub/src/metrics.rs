@@ -1,0 +1,91 @@
+//! The hub's metrics. One registry, built in the wiring and passed to the admin server.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+impl Reason {
+    pub fn of(reason: &str) -> Self {
+        Self {
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct HubMetrics {
+    pub streams_connected: Gauge,
+    pub snapshots_pushed: Counter,
+    pub acks: Counter,
+    /// reason: conflict | rejected
+    pub nacks: Family<Reason, Counter>,
+    /// Snapshot sent -> its ACK received.
+    pub push_ack_seconds: Histogram,
+    /// The hub saw the central change (watch event) -> the agent ACKed the state containing it.
+    pub propagation_seconds: Histogram,
+    /// Streams refused, by reason: unknown_cluster | identity_mismatch | no_hello | not_ready | bad_certificate
+    pub streams_refused: Family<Reason, Counter>,
+    pub status_writes: Counter,
+}
+
+impl HubMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let latency = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let m = Self {
+            streams_connected: Gauge::default(),
+            snapshots_pushed: Counter::default(),
+            acks: Counter::default(),
+            nacks: Family::default(),
+            push_ack_seconds: latency(),
+            propagation_seconds: latency(),
+            streams_refused: Family::default(),
+            status_writes: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("tether_hub");
+        r.register(
+            "streams_connected",
+            "Agent streams open now",
+            m.streams_connected.clone(),
+        );
+        r.register(
+            "snapshots_pushed",
+            "Snapshots sent to agents",
+            m.snapshots_pushed.clone(),
+        );
+        r.register("acks", "Snapshots acknowledged by agents", m.acks.clone());
+        r.register(
+            "nacks",
+            "Snapshots rejected by agents, by reason",
+            m.nacks.clone(),
+        );
+        r.register(
+            "push_ack_seconds",
+            "Time from sending a snapshot to its ACK",
+            m.push_ack_seconds.clone(),
+        );
+        r.register(
+            "propagation_seconds",
+            "Time from the hub seeing a central change to the agent's ACK of it",
+            m.propagation_seconds.clone(),
+        );
+        r.register(
+            "streams_refused",
+            "Agent streams refused, by reason",
+            m.streams_refused.clone(),
+        );
+        r.register(
+            "status_writes",
+            "RemoteCluster status writes",
+            m.status_writes.clone(),
+        );
+        m
+    }
+}

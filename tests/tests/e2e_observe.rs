@@ -1,0 +1,301 @@
+//! End-to-end observability: `tether-hub status` in every state, the admin servers' metrics moving as
+//! the system acts, readiness, gRPC health, and Kubernetes Events on the RemoteCluster.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tether_agent::client::{Settings, connect};
+use tether_proto::tls::TlsFiles;
+use tether_proto::v1::sync_client::SyncClient;
+use tether_proto::v1::{AgentMessage, Hello, HubMessage, agent_message};
+use tether_tests::eventually;
+use tether_tests::fixtures::{SOON, synced_mesh, synced_mesh_with};
+use tether_tests::mesh::Mesh;
+
+fn client_settings(mesh: &Mesh, tls: &str, cluster: &str) -> Settings {
+    Settings {
+        cluster: cluster.into(),
+        hub_addr: mesh.hub_addr(),
+        server_name: None,
+        tls: TlsFiles::in_dir(&mesh.dir.join(format!("tls-{tls}"))),
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
+    }
+}
+
+/// An agent that says Hello, takes snapshots and never answers: a stuck agent, as the hub sees it.
+async fn silent_agent(
+    mesh: &Mesh,
+    cluster: &str,
+) -> (
+    tokio::sync::mpsc::Sender<AgentMessage>,
+    tonic::Streaming<HubMessage>,
+) {
+    mesh.write_agent_cert(cluster, cluster, false).unwrap();
+    let channel = connect(&client_settings(mesh, cluster, cluster))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello {
+        cluster: cluster.into(),
+        agent_version: "9.9.9-silent".into(),
+        applied_version: String::new(),
+    };
+    tx.send(AgentMessage {
+        message: Some(agent_message::Message::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut stream = SyncClient::new(channel)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap();
+    assert!(first.is_some(), "the hub sends a snapshot");
+    (tx, stream)
+}
+
+fn state_of<'a>(table: &'a str, cluster: &str) -> &'a str {
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(cluster))
+        .unwrap_or_else(|| panic!("no row for {cluster}:\n{table}"));
+    let rest = line[cluster.len()..].trim_start();
+    if rest.starts_with("NEVER CONNECTED") {
+        "NEVER CONNECTED"
+    } else {
+        rest.split_whitespace().next().unwrap()
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn events_for(mesh: &Mesh, rc: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(mesh.central.clone(), &mesh.ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(rc))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn status_command_reports_every_state_with_its_reason() {
+    let foreign: Service = serde_json::from_value(
+        json!({"metadata": {"name": "istiod"}, "spec": {"ports": [{"port": 8080}]}}),
+    )
+    .unwrap();
+    let mut mesh = synced_mesh_with(|mesh| {
+        let api: Api<Service> = Api::namespaced(mesh.remote("remote-2").clone(), &mesh.ns);
+        let foreign = foreign.clone();
+        async move {
+            api.create(&PostParams::default(), &foreign).await.unwrap();
+        }
+    })
+    .await;
+    mesh.create_remote_cluster("slow", json!({})).await.unwrap();
+    mesh.create_remote_cluster("never", json!({}))
+        .await
+        .unwrap();
+    mesh.wait_phase("remote-1", "Synced", SOON).await;
+    mesh.wait_phase("remote-2", "Degraded", SOON).await;
+    let _silent = silent_agent(&mesh, "slow").await;
+    mesh.wait_phase("slow", "Connected", SOON).await;
+    mesh.wait_phase("never", "Pending", SOON).await;
+
+    let admin = format!("http://127.0.0.1:{}", mesh.hub_admin_port);
+    let (code, table, _) =
+        mesh.hub_cli(&["status", "--namespace", &mesh.ns, "--admin-url", &admin]);
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(state_of(&table, "remote-1"), "SYNCED", "{table}");
+    assert_eq!(state_of(&table, "remote-2"), "NACKED", "{table}");
+    assert_eq!(state_of(&table, "slow"), "STALE", "{table}");
+    assert_eq!(state_of(&table, "never"), "NEVER CONNECTED", "{table}");
+    let nacked_row = table.lines().find(|l| l.starts_with("remote-2")).unwrap();
+    assert!(
+        nacked_row.contains("managed-by"),
+        "the last error says why: {nacked_row}"
+    );
+
+    let (code, json_out, _) = mesh.hub_cli(&["status", "--namespace", &mesh.ns, "-o", "json"]);
+    assert_eq!(code, 0);
+    let rows: Vec<Value> = serde_json::from_str(&json_out).unwrap();
+    let by_name = |n: &str| rows.iter().find(|r| r["cluster"] == n).unwrap().clone();
+    assert_eq!(by_name("remote-1")["state"], "SYNCED");
+    assert_eq!(
+        by_name("remote-1")["ackedVersion"],
+        by_name("remote-1")["desiredVersion"]
+    );
+    assert_eq!(
+        by_name("remote-1")["agentVersion"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(by_name("slow")["agentVersion"], "9.9.9-silent");
+    assert_eq!(by_name("never")["state"], "NEVER_CONNECTED");
+    let (code, yaml_out, _) = mesh.hub_cli(&["status", "--namespace", &mesh.ns, "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert!(yaml_out.contains("state: NACKED"), "{yaml_out}");
+
+    let (code, _, stderr) = mesh.hub_cli(&[
+        "status",
+        "--namespace",
+        &mesh.ns,
+        "--wait",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(code, 2, "--wait times out when remotes are not synced");
+    for r in ["remote-2", "slow", "never"] {
+        assert!(stderr.contains(r), "{stderr}");
+    }
+
+    let status = mesh.status("remote-2").await.unwrap();
+    assert!(
+        status["sync"]["lastNack"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("managed-by")
+    );
+    eventually("Events on the RemoteClusters", SOON, || async {
+        let r1 = events_for(&mesh, "remote-1").await;
+        let r2 = events_for(&mesh, "remote-2").await;
+        anyhow::ensure!(
+            r1.iter().any(|(reason, _)| reason == "AgentConnected"),
+            "remote-1: {r1:?}"
+        );
+        anyhow::ensure!(
+            r2.iter()
+                .any(|(reason, note)| reason == "Conflict" && note.contains("managed-by")),
+            "remote-2: {r2:?}"
+        );
+        Ok(())
+    })
+    .await;
+
+    mesh.kill_agent("remote-1");
+    mesh.wait_phase("remote-1", "Disconnected", Duration::from_secs(10))
+        .await;
+    let (_, table, _) = mesh.hub_cli(&["status", "--namespace", &mesh.ns]);
+    assert_eq!(state_of(&table, "remote-1"), "DISCONNECTED", "{table}");
+    eventually("a disconnect Event", SOON, || async {
+        let r1 = events_for(&mesh, "remote-1").await;
+        anyhow::ensure!(
+            r1.iter().any(|(reason, _)| reason == "AgentDisconnected"),
+            "{r1:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_move_as_the_system_acts_and_health_says_serving() {
+    let mesh = synced_mesh().await;
+    let hub = mesh.hub_admin_port;
+    let agent = mesh.agent_admin_ports["remote-1"];
+    for port in [hub, agent] {
+        assert_eq!(Mesh::admin_get(port, "/ready").await.unwrap().0, 200);
+        assert_eq!(Mesh::admin_get(port, "/live").await.unwrap().0, 200);
+    }
+    let (code, before) = Mesh::admin_get(hub, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&before, "tether_hub_streams_connected"),
+        2.0,
+        "{before}"
+    );
+    let agent_before = Mesh::admin_get(agent, "/metrics").await.unwrap().1;
+    assert_eq!(metric(&agent_before, "tether_agent_connected"), 1.0);
+
+    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
+        .await
+        .unwrap();
+    eventually("hub counters to move", SOON, || async {
+        let now = Mesh::admin_get(hub, "/metrics").await?.1;
+        for name in [
+            "tether_hub_snapshots_pushed_total",
+            "tether_hub_acks_total",
+            "tether_hub_propagation_seconds_count",
+            "tether_hub_push_ack_seconds_count",
+        ] {
+            anyhow::ensure!(
+                metric(&now, name) >= metric(&before, name) + 2.0,
+                "{name} did not grow by one per remote"
+            );
+        }
+        Ok(())
+    })
+    .await;
+    eventually("agent write counters to move", SOON, || async {
+        let now = Mesh::admin_get(agent, "/metrics").await?.1;
+        let slice_writes = |t: &str| {
+            metric(
+                t,
+                "tether_agent_api_writes_total{kind=\"EndpointSlice\",verb=\"apply\"}",
+            )
+        };
+        anyhow::ensure!(
+            slice_writes(&now) > slice_writes(&agent_before),
+            "no EndpointSlice write counted:\n{now}"
+        );
+        anyhow::ensure!(
+            metric(&now, "tether_agent_snapshots_applied_total")
+                > metric(&agent_before, "tether_agent_snapshots_applied_total")
+        );
+        Ok(())
+    })
+    .await;
+
+    let (code, streams) = Mesh::admin_get(hub, "/streams").await.unwrap();
+    assert_eq!(code, 200);
+    let streams: Value = serde_json::from_str(&streams).unwrap();
+    assert_eq!(streams["remote-1"]["streams"], 1);
+
+    // grpc.health.v1 on the hub's mTLS port, with an agent's certificate.
+    let channel = connect(&client_settings(&mesh, "remote-1", "remote-1"))
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "tether.sync.v1.Sync"] {
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.into_inner().status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+
+    let (code, _, stderr) = mesh.hub_cli(&[
+        "status",
+        "--namespace",
+        &mesh.ns,
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    assert_eq!(
+        code, 0,
+        "--wait returns 0 once every remote is synced: {stderr}"
+    );
+}
