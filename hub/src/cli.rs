@@ -32,6 +32,43 @@ pub enum Command {
     Crd,
     /// Show whether every remote is synced (like `istioctl proxy-status`).
     Status(crate::report::StatusArgs),
+    /// Certificates: `certs init` makes the hub CA and the hub's serving certificate.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Add a remote: create its RemoteCluster, mint its agent certificate, write the agent chart values.
+    Join(crate::join::JoinArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Create the hub CA and the hub's serving certificate as files (and optionally a Secret manifest).
+    Init(CertsInitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertsInitArgs {
+    /// Where to write ca.crt, ca.key and hub/{tls.crt,tls.key,ca.crt}. Keep ca.key safe: it mints agents.
+    #[arg(long, default_value = "tether-certs")]
+    pub out_dir: PathBuf,
+    /// DNS names of the hub's serving certificate (how agents address the hub).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tether-hub,tether-hub.istio-system.svc"
+    )]
+    pub hub_dns: Vec<String>,
+    /// IP addresses of the hub's serving certificate.
+    #[arg(long, value_delimiter = ',')]
+    pub hub_ip: Vec<std::net::IpAddr>,
+    /// Lifetime of the CA and hub certificates.
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    pub validity: Duration,
+    /// Also write hub/secret.yaml: a kubernetes.io/tls Secret with this name for the hub chart.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Namespace of that Secret.
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
 }
 
 #[derive(Args, Debug)]

@@ -10,10 +10,12 @@
 //! `index`, `snapshot`, `board` are pure; `grpc` has no kube; `serve` wires them to Kubernetes.
 
 pub mod board;
+pub mod certs;
 pub mod cli;
 pub mod crd;
 pub mod grpc;
 pub mod index;
+pub mod join;
 pub mod metrics;
 pub mod report;
 pub mod serve;

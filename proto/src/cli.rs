@@ -37,7 +37,7 @@ pub fn init_logging(args: &LogArgs) {
     }
 }
 
-/// `250ms`, `5s`, `2m`; a bare number is seconds.
+/// `250ms`, `5s`, `2m`, `12h`, `90d`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -45,12 +45,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .unwrap_or((s, "s"));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?}: expected a number with ms, s or m"))?;
+        .map_err(|_| format!("{s:?}: expected a number with ms, s, m, h or d"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86400)),
+        _ => Err(format!("{s:?}: unit must be ms, s, m, h or d")),
     }
 }
 
@@ -89,6 +91,10 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
+        assert!(parse_duration("5y").is_err());
     }
 }

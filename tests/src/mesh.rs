@@ -75,6 +75,11 @@ pub struct Mesh {
     agents: HashMap<String, Proc>,
     /// Extra arguments for the next hub start.
     pub hub_args: Vec<String>,
+    /// The hub's TLS folder (tls.crt, tls.key, ca.crt); default `<dir>/hub-tls`.
+    pub hub_tls_dir: PathBuf,
+    /// Per-cluster overrides for the next agent start: its kubeconfig and its TLS folder.
+    pub agent_kubeconfig: HashMap<String, PathBuf>,
+    pub agent_tls_dir: HashMap<String, PathBuf>,
 }
 
 impl Mesh {
@@ -106,7 +111,7 @@ impl Mesh {
         let mesh = Self {
             planes,
             ns,
-            dir,
+            dir: dir.clone(),
             ca,
             hub_port: free_port(),
             hub_admin_port: free_port(),
@@ -119,6 +124,9 @@ impl Mesh {
             hub: None,
             agents: HashMap::new(),
             hub_args: Vec::new(),
+            hub_tls_dir: dir.join("hub-tls"),
+            agent_kubeconfig: HashMap::new(),
+            agent_tls_dir: HashMap::new(),
         };
         for r in remotes {
             mesh.write_agent_cert(r, r, false)?;
@@ -166,7 +174,7 @@ impl Mesh {
                 &format!("127.0.0.1:{}", self.hub_admin_port),
             ])
             .arg("--tls-dir")
-            .arg(self.dir.join("hub-tls"))
+            .arg(&self.hub_tls_dir)
             .args(["--trust-domain", TRUST_DOMAIN])
             .args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
             .args(["--status-interval", "100ms", "--retire-timeout", "20s"])
@@ -198,10 +206,18 @@ impl Mesh {
         claims: &str,
         tls: &str,
     ) -> anyhow::Result<()> {
-        let kubeconfig = self
-            .planes
+        let kubeconfig = match self.agent_kubeconfig.get(cluster) {
+            Some(path) => path.clone(),
+            None => self
+                .planes
+                .get(cluster)
+                .user_kubeconfig(&self.agent_user(cluster), Some("system:masters"))?,
+        };
+        let tls_dir = self
+            .agent_tls_dir
             .get(cluster)
-            .user_kubeconfig(&self.agent_user(cluster), Some("system:masters"))?;
+            .cloned()
+            .unwrap_or_else(|| self.dir.join(format!("tls-{tls}")));
         let log = std::fs::File::create(self.dir.join(format!("agent-{cluster}.log")))?;
         let mut cmd = Command::new(bin_dir().join("tether-agent"));
         cmd.args(["--cluster", claims])
@@ -217,7 +233,7 @@ impl Mesh {
                 ),
             ])
             .arg("--tls-dir")
-            .arg(self.dir.join(format!("tls-{tls}")))
+            .arg(tls_dir)
             .args(["--namespace", &self.ns])
             // Tests share remote clusters: one field manager per test keeps their agents apart.
             .args(["--field-manager", &format!("tether-agent-{}", self.ns)])

@@ -1,0 +1,348 @@
+//! Installing on clusters: the Helm charts (lint, render, accepted by a real API server, exactly the
+//! design's RBAC), an agent running with exactly the chart's permissions, `certs init` + `join`, and
+//! certificate rotation without restarts.
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::collections::BTreeSet;
+use tether_tests::charts::{THIRD_PARTY_CRDS, apply_all, chart, run_helm, template};
+use tether_tests::fixtures::{CLUSTERS, REMOTES, SOON, synced_mesh_with};
+use tether_tests::mesh::Mesh;
+use tether_tests::{ControlPlanes, eventually, fresh_namespace};
+
+/// (apiGroup, resource, verb) triples of a set of rules.
+fn grants(rules: &[k8s_openapi::api::rbac::v1::PolicyRule]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for r in rules {
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for v in &r.verbs {
+                    out.insert((g.clone(), res.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn set(items: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)> {
+    items
+        .iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn agent_role() -> BTreeSet<(String, String, String)> {
+    let rw: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+    set(&[
+        ("", "services", rw),
+        ("", "endpoints", rw),
+        ("discovery.k8s.io", "endpointslices", rw),
+    ])
+}
+
+fn agent_cluster_role() -> BTreeSet<(String, String, String)> {
+    set(&[("", "namespaces", &["get", "list", "watch", "patch"])])
+}
+
+#[tokio::test]
+async fn charts_lint_render_and_are_accepted_by_the_api_server_with_exactly_the_designed_rbac() {
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let client = planes.get("central").client().await.unwrap();
+    let (ok, out) = run_helm(&["lint", chart("tether-hub").to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = run_helm(&[
+        "lint",
+        chart("tether-agent").to_str().unwrap(),
+        "--set",
+        "cluster=r1",
+        "--set",
+        "hub.address=hub:15012",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = run_helm(&["lint", chart("tether-agent").to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("cluster"),
+        "the agent chart requires a cluster name:\n{out}"
+    );
+
+    let crds: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(THIRD_PARTY_CRDS)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    apply_all(&client, &crds).await.unwrap();
+    let crd: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart("tether-hub").join("crds/remoteclusters.tether.io.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    apply_all(&client, &[crd]).await.unwrap();
+
+    let full_hub = tether_tests::controlplane::repo_root().join("tests/charts/hub-full.yaml");
+    let full_agent = tether_tests::controlplane::repo_root().join("tests/charts/agent-full.yaml");
+    let renders = [
+        ("tether-hub", vec![]),
+        ("tether-hub", vec!["-f", full_hub.to_str().unwrap()]),
+        (
+            "tether-agent",
+            vec![
+                "--set",
+                "cluster=remote-1",
+                "--set",
+                "hub.address=hub.example.com:15012",
+            ],
+        ),
+        ("tether-agent", vec!["-f", full_agent.to_str().unwrap()]),
+    ];
+    for (chart_name, extra) in renders {
+        let ns = fresh_namespace(&client, "chart").await.unwrap();
+        let objects = template(chart_name, chart_name, &ns, &extra);
+        // The third-party CRDs take a moment to be served.
+        let applied = eventually(&format!("{chart_name} {extra:?} applied"), SOON, || {
+            apply_all(&client, &objects)
+        })
+        .await;
+        let kinds: BTreeSet<&str> = applied.iter().map(|(k, _)| k.as_str()).collect();
+        match (chart_name, extra.is_empty()) {
+            ("tether-hub", true) => assert_eq!(
+                kinds,
+                BTreeSet::from([
+                    "Deployment",
+                    "PodDisruptionBudget",
+                    "Role",
+                    "RoleBinding",
+                    "Service",
+                    "ServiceAccount"
+                ])
+            ),
+            ("tether-hub", false) => {
+                for k in ["ServiceMonitor", "Issuer", "Certificate", "ConfigMap"] {
+                    assert!(kinds.contains(k), "{k} missing from {kinds:?}");
+                }
+            }
+            (_, _) => assert!(
+                kinds.contains("ClusterRole")
+                    && kinds.contains("Role")
+                    && kinds.contains("Deployment")
+            ),
+        }
+        let roles = Api::<Role>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap();
+        assert_eq!(roles.items.len(), 1, "one Role per chart");
+        let got = grants(roles.items[0].rules.as_deref().unwrap_or_default());
+        if chart_name == "tether-hub" {
+            let want = set(&[
+                ("", "pods", &["get", "list", "watch"]),
+                ("", "services", &["get", "list", "watch"]),
+                (
+                    "tether.io",
+                    "remoteclusters",
+                    &["get", "list", "watch", "patch"],
+                ),
+                ("tether.io", "remoteclusters/status", &["patch"]),
+                ("tether.io", "remoteclusters/finalizers", &["update"]),
+                ("events.k8s.io", "events", &["create", "patch"]),
+            ]);
+            assert_eq!(got, want, "hub Role");
+            assert!(
+                !applied.iter().any(|(k, _)| k == "ClusterRole"),
+                "the hub needs no cluster-wide access"
+            );
+        } else {
+            assert_eq!(got, agent_role(), "agent Role");
+            let name = &applied.iter().find(|(k, _)| k == "ClusterRole").unwrap().1;
+            let cr = Api::<ClusterRole>::all(client.clone())
+                .get(name)
+                .await
+                .unwrap();
+            assert_eq!(
+                grants(cr.rules.as_deref().unwrap_or_default()),
+                agent_cluster_role(),
+                "agent ClusterRole"
+            );
+        }
+    }
+}
+
+/// A kubeconfig for a ServiceAccount: a real token from the API server's TokenRequest.
+async fn service_account_kubeconfig(mesh: &Mesh, cluster: &str, sa: &str) -> std::path::PathBuf {
+    let c = mesh.planes.get(cluster);
+    let client = c.client().await.unwrap();
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let token = Api::<ServiceAccount>::namespaced(client, &mesh.ns)
+        .create_token_request(sa, &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let ca = std::fs::read_to_string(c.dir.join("ca.crt")).unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(ca);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {b64}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
+        c.server
+    );
+    let path = mesh.dir.join(format!("kubeconfig-sa-{cluster}"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn agent_with_exactly_the_chart_permissions_syncs_and_reports_a_denial() {
+    let mut mesh = synced_mesh_with(|mesh| {
+        let objects = template(
+            "tether-agent",
+            "tether-agent",
+            &mesh.ns,
+            &["--set", "cluster=remote-1", "--set", "hub.address=unused:1"],
+        );
+        let client = mesh.remote("remote-1").clone();
+        async move {
+            apply_all(&client, &objects).await.unwrap();
+        }
+    })
+    .await;
+    // Replace remote-1's agent with one that runs as the chart's ServiceAccount.
+    mesh.kill_agent("remote-1");
+    let kubeconfig = service_account_kubeconfig(&mesh, "remote-1", "tether-agent").await;
+    mesh.agent_kubeconfig.insert("remote-1".into(), kubeconfig);
+    mesh.start_agent("remote-1").unwrap();
+    mesh.wait_phase("remote-1", "Synced", SOON).await;
+    let writes_by_sa = mesh
+        .planes
+        .get("remote-1")
+        .audit_writes()
+        .unwrap()
+        .into_iter()
+        .filter(|w| {
+            w.user == format!("system:serviceaccount:{}:tether-agent", mesh.ns) && w.code < 300
+        })
+        .count();
+    assert!(writes_by_sa > 0, "the ServiceAccount did the writing");
+
+    // Take away one permission: EndpointSlices. The next change is refused and says why.
+    let roles: Api<Role> = Api::namespaced(mesh.remote("remote-1").clone(), &mesh.ns);
+    let narrowed = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "tether-agent"},
+        "rules": [{"apiGroups": [""], "resources": ["services", "endpoints"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]});
+    roles
+        .patch(
+            "tether-agent",
+            &PatchParams::apply("chart-test").force(),
+            &Patch::Apply(&narrowed),
+        )
+        .await
+        .unwrap();
+    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
+        .await
+        .unwrap();
+    let status = mesh.wait_phase("remote-1", "Degraded", SOON).await;
+    let message = status["sync"]["lastNack"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("forbidden") && message.contains("endpointslices"),
+        "{message}"
+    );
+    // The other remote, with its own permissions intact, takes the same change.
+    let other = mesh.wait_phase("remote-2", "Synced", SOON).await;
+    assert_eq!(other["sync"]["endpoints"], 3);
+}
+
+#[tokio::test]
+async fn certs_init_and_join_then_the_generated_values_sync_a_remote() {
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let mut mesh = Mesh::new(planes, REMOTES).await.unwrap();
+    let certs = mesh.dir.join("tether-certs");
+    let (code, out, err) = mesh.hub_cli(&[
+        "certs",
+        "init",
+        "--out-dir",
+        certs.to_str().unwrap(),
+        "--hub-ip",
+        "127.0.0.1",
+        "--hub-dns",
+        "localhost",
+        "--secret",
+        "tether-hub-tls",
+        "--namespace",
+        &mesh.ns,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(certs.join("hub/secret.yaml").exists());
+    let (code, _, err) = mesh.hub_cli(&["certs", "init", "--out-dir", certs.to_str().unwrap()]);
+    assert_ne!(code, 0, "a second init must not replace the CA");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+
+    mesh.create_istiod_service().await.unwrap();
+    mesh.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
+        .await
+        .unwrap();
+    mesh.hub_tls_dir = certs.join("hub");
+    mesh.start_hub().unwrap();
+
+    let values = mesh.dir.join("remote-2.values.yaml");
+    let (code, out, err) = mesh.hub_cli(&[
+        "join",
+        "remote-2",
+        "--namespace",
+        &mesh.ns,
+        "--ca-dir",
+        certs.to_str().unwrap(),
+        "--hub-addr",
+        &mesh.hub_addr(),
+        "--trust-domain",
+        tether_tests::mesh::TRUST_DOMAIN,
+        "--validity",
+        "1d",
+        "--out",
+        values.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("helm install tether-agent"),
+        "join prints the next step:\n{out}"
+    );
+    let v: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&values).unwrap()).unwrap();
+    assert!(v["tls"]["key"].as_str().unwrap().contains("PRIVATE KEY"));
+    assert!(
+        !std::fs::read_to_string(&values)
+            .unwrap()
+            .contains(&std::fs::read_to_string(certs.join("ca.key")).unwrap()),
+        "the CA key never leaves"
+    );
+
+    // The values render with the agent chart...
+    let objects = template(
+        "tether-agent",
+        "tether-agent",
+        &mesh.ns,
+        &["-f", values.to_str().unwrap()],
+    );
+    assert!(objects.iter().any(|o| o["kind"] == "Secret"));
+    // ...and the agent started from them (files as the Secret volume would hold them) syncs.
+    let tls = mesh.dir.join("tls-from-values");
+    std::fs::create_dir_all(&tls).unwrap();
+    for (file, key) in [("tls.crt", "cert"), ("tls.key", "key"), ("ca.crt", "ca")] {
+        std::fs::write(tls.join(file), v["tls"][key].as_str().unwrap()).unwrap();
+    }
+    mesh.agent_tls_dir.insert("remote-2".into(), tls);
+    mesh.start_agent("remote-2").unwrap();
+    mesh.wait_phase("remote-2", "Synced", SOON).await;
+    assert_eq!(
+        mesh.status("remote-2").await.unwrap()["sync"]["endpoints"],
+        1
+    );
+}
