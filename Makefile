@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build controlplane test lint fmt demo clean-harness
+.PHONY: all build controlplane helm test lint fmt demo clean-harness
 
 all: build
 
@@ -13,9 +13,13 @@ build:
 controlplane:
 	@bash tests/controlplane/build.sh >/dev/null
 
+## helm, pinned, from `go install` (the chart tests use it)
+helm:
+	@bash tests/controlplane/helm.sh >/dev/null
+
 ## Every test: unit tests, harness tests and end-to-end tests against real API servers.
 ## The end-to-end tests run the hub and agent binaries, so those are built first.
-test: controlplane build
+test: controlplane helm build
 	$(CARGO) test --workspace
 
 lint:

@@ -23,10 +23,14 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error(
+        "{path}: the certificate expired at {not_after}; mint a new one (`tether-hub join` for an agent)"
+    )]
+    Expired { path: PathBuf, not_after: String },
 }
 
-/// (modified time, size) of each file, as last loaded; None where a file was unreadable.
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// (modified time, size, inode) of each file, as last loaded; None where a file was unreadable.
+type Stamp = Vec<Option<(SystemTime, u64, u64)>>;
 
 /// Where one side's certificate, key and trusted CA live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,13 +51,14 @@ impl TlsFiles {
     }
 
     fn stamp(&self) -> Stamp {
-        // metadata() follows symlinks, so a Secret volume's `..data` swap shows as a new mtime/size.
+        // metadata() follows symlinks, so a Secret volume's `..data` swap shows as new files (inodes).
+        use std::os::unix::fs::MetadataExt;
         [&self.cert, &self.key, &self.ca]
             .iter()
             .map(|p| {
                 std::fs::metadata(p)
                     .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+                    .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())))
             })
             .collect()
     }
@@ -113,20 +118,44 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(&files.ca)?), provider())
             .build()?;
+    let certs = load_certs(&files.cert)?;
+    check_not_expired(&files.cert, &certs)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+        .with_single_cert(certs, load_key(&files.key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 
+/// Refuses a leaf certificate whose validity has ended, so the operator reads "expired" here instead of
+/// a handshake alert from the other side.
+fn check_not_expired(path: &Path, certs: &[CertificateDer<'_>]) -> Result<(), TlsError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Some(leaf) = certs.first() else {
+        return Ok(());
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(leaf.as_ref()) else {
+        return Ok(());
+    };
+    let not_after = cert.validity().not_after;
+    if not_after.timestamp() < x509_parser::time::ASN1Time::now().timestamp() {
+        return Err(TlsError::Expired {
+            path: path.to_path_buf(),
+            not_after: not_after.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// The agent's config: TLS 1.3, h2, the hub verified against the CA, our certificate presented.
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
+    let certs = load_certs(&files.cert)?;
+    check_not_expired(&files.cert, &certs)?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(load_roots(&files.ca)?)
-        .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+        .with_client_auth_cert(certs, load_key(&files.key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
@@ -181,5 +210,69 @@ impl ReloadingServerConfig {
             tick.tick().await;
             self.reload_if_changed();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_files(dir: &Path, expired: bool) -> TlsFiles {
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+        TlsFiles::in_dir(dir)
+    }
+
+    #[test]
+    fn expired_certificate_is_refused_at_load_with_a_clear_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_files(dir.path(), true);
+        let err = client_config(&files).unwrap_err().to_string();
+        assert!(err.contains("expired") && err.contains("tls.crt"), "{err}");
+        assert!(server_config(&files).is_err());
+        let good = write_files(dir.path(), false);
+        client_config(&good).unwrap();
+        server_config(&good).unwrap();
+    }
+
+    #[test]
+    fn missing_files_name_the_path() {
+        let err = client_config(&TlsFiles::in_dir(Path::new("/nonexistent/tls")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/tls/tls.crt") && err.contains("mounted"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reload_picks_up_replaced_files_and_keeps_the_old_config_on_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_files(dir.path(), false);
+        let reloading = ReloadingServerConfig::load(files).unwrap();
+        let first = reloading.current();
+        assert!(!reloading.reload_if_changed(), "nothing changed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        write_files(dir.path(), false);
+        assert!(reloading.reload_if_changed());
+        assert!(!Arc::ptr_eq(&first, &reloading.current()));
+        let second = reloading.current();
+        std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
+        assert!(!reloading.reload_if_changed(), "a broken file is not taken");
+        assert!(Arc::ptr_eq(&second, &reloading.current()));
     }
 }
