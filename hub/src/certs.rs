@@ -83,6 +83,18 @@ fn issuer(ca: &Pem) -> Result<Issuer<'static, KeyPair>, CertError> {
     )?)
 }
 
+/// Signs a leaf certificate (fresh key, digital-signature usage, `valid_for` from now) with the CA.
+fn leaf(ca: &Pem, mut params: CertificateParams, valid_for: Duration) -> Result<Pem, CertError> {
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, valid_for);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer(ca)?)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
 /// The hub's serving certificate for `dns` names and `ips`.
 pub fn hub_cert(
     ca: &Pem,
@@ -96,14 +108,7 @@ pub fn hub_cert(
         .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.distinguished_name = dn("tether-hub");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, valid_for);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer(ca)?)?;
-    Ok(Pem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
+    leaf(ca, params, valid_for)
 }
 
 /// An agent's client certificate: URI SAN `spiffe://<trust_domain>/cluster/<cluster>`.
@@ -121,14 +126,7 @@ pub fn agent_cert(
     let uri = tether_proto::identity::spiffe_uri(trust_domain, cluster);
     params.subject_alt_names = vec![SanType::URI(rcgen::string::Ia5String::try_from(uri)?)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, valid_for);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer(ca)?)?;
-    Ok(Pem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
+    leaf(ca, params, valid_for)
 }
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {

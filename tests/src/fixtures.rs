@@ -52,3 +52,23 @@ pub async fn synced_mesh() -> Mesh {
     }
     mesh
 }
+
+/// Stream settings for a test-side client dialing the mesh's hub with the TLS folder `tls_dir`.
+pub fn client_settings(
+    mesh: &Mesh,
+    tls_dir: &std::path::Path,
+    claims: &str,
+) -> tether_agent::client::Settings {
+    tether_agent::client::Settings {
+        cluster: claims.into(),
+        hub_addr: mesh.hub_addr(),
+        server_name: None,
+        tls: tether_proto::tls::TlsFiles::in_dir(tls_dir),
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
+    }
+}

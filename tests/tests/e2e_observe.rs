@@ -6,28 +6,12 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tether_agent::client::{Settings, connect};
-use tether_proto::tls::TlsFiles;
+use tether_agent::client::connect;
 use tether_proto::v1::sync_client::SyncClient;
 use tether_proto::v1::{AgentMessage, Hello, HubMessage, agent_message};
 use tether_tests::eventually;
-use tether_tests::fixtures::{SOON, synced_mesh, synced_mesh_with};
+use tether_tests::fixtures::{SOON, client_settings, synced_mesh, synced_mesh_with};
 use tether_tests::mesh::Mesh;
-
-fn client_settings(mesh: &Mesh, tls: &str, cluster: &str) -> Settings {
-    Settings {
-        cluster: cluster.into(),
-        hub_addr: mesh.hub_addr(),
-        server_name: None,
-        tls: TlsFiles::in_dir(&mesh.dir.join(format!("tls-{tls}"))),
-        keepalive_interval: Duration::from_secs(1),
-        keepalive_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(5),
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(1),
-        max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
-    }
-}
 
 /// An agent that says Hello, takes snapshots and never answers: a stuck agent, as the hub sees it.
 async fn silent_agent(
@@ -38,9 +22,13 @@ async fn silent_agent(
     tonic::Streaming<HubMessage>,
 ) {
     mesh.write_agent_cert(cluster, cluster, false).unwrap();
-    let channel = connect(&client_settings(mesh, cluster, cluster))
-        .await
-        .unwrap();
+    let channel = connect(&client_settings(
+        mesh,
+        &mesh.dir.join(format!("tls-{cluster}")),
+        cluster,
+    ))
+    .await
+    .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = Hello {
         cluster: cluster.into(),
@@ -268,9 +256,13 @@ async fn metrics_move_as_the_system_acts_and_health_says_serving() {
     assert_eq!(streams["remote-1"]["streams"], 1);
 
     // grpc.health.v1 on the hub's mTLS port, with an agent's certificate.
-    let channel = connect(&client_settings(&mesh, "remote-1", "remote-1"))
-        .await
-        .unwrap();
+    let channel = connect(&client_settings(
+        &mesh,
+        &mesh.dir.join("tls-remote-1"),
+        "remote-1",
+    ))
+    .await
+    .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     for service in ["", "tether.sync.v1.Sync"] {
         let resp = health
