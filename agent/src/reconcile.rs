@@ -1,6 +1,8 @@
 //! The reconciler owns the applier. It applies the newest command (latest wins: a snapshot that
 //! arrives while another is being applied replaces any older one still waiting) and repairs drift
 //! when the watches ring, with the snapshot it last applied. Results go back to the stream as ACK/NACK.
+//! A snapshot that did not apply completely is retried with capped exponential backoff, and ACKed
+//! (same version and nonce) once it applies: a NACK never sticks after its cause is gone.
 
 use crate::apply::Applier;
 use std::sync::Arc;
@@ -34,6 +36,10 @@ pub struct State {
     pub retired: bool,
 }
 
+/// First retry of a snapshot that did not apply completely; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 pub async fn run(
     mut applier: Applier,
     mut commands: watch::Receiver<Option<Command>>,
@@ -44,8 +50,11 @@ pub async fn run(
     info!("local watches synced");
     let drift = applier.live().drift.clone();
     let mut current: Option<Arc<Snapshot>> = None;
+    // Set while the current snapshot has failures: when to try again, and the next delay.
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     loop {
-        tokio::select! {
+        let retry_at = retry.map(|(at, _)| at);
+        let from_hub = tokio::select! {
             changed = commands.changed() => {
                 if changed.is_err() {
                     return;
@@ -53,38 +62,76 @@ pub async fn run(
                 let Some(cmd) = commands.borrow_and_update().clone() else { continue };
                 match cmd {
                     Command::Apply(snap) => {
-                        let outcome = applier.apply(&snap).await;
-                        let ok = outcome.failures.is_empty();
-                        state.send_modify(|s| {
-                            s.first_applied = true;
-                            s.retired = false;
-                            if ok {
-                                s.applied_version = snap.version.clone();
-                            }
-                        });
-                        let _ = results.send(Applied { version: snap.version.clone(), nonce: snap.nonce.clone(), failures: outcome.failures }).await;
                         current = Some(snap);
+                        true
                     }
                     Command::Retire { nonce } => {
                         let outcome = applier.retire().await;
                         current = None;
-                        state.send_modify(|s| { s.retired = true; s.applied_version.clear(); });
-                        let _ = results.send(Applied { version: tether_proto::RETIRED_VERSION.into(), nonce, failures: outcome.failures }).await;
+                        retry = None;
+                        state.send_modify(|s| {
+                            s.retired = true;
+                            s.applied_version.clear();
+                        });
+                        let version = tether_proto::RETIRED_VERSION.into();
+                        let _ = results.send(Applied { version, nonce, failures: outcome.failures }).await;
+                        continue;
                     }
                 }
             }
             _ = drift.notified(), if current.is_some() => {
                 // Let a burst of watch events (a list, our own writes) settle into one pass.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let snap = current.clone().expect("guarded");
-                let outcome = applier.apply(&snap).await;
-                if outcome.writes > 0 {
-                    info!(writes = outcome.writes, "repaired drift");
-                }
-                for f in &outcome.failures {
-                    warn!(kind = %f.kind, name = %f.name, message = %f.message, "drift repair failed for object");
-                }
+                false
             }
+            _ = sleep_until(retry_at), if retry_at.is_some() => false,
+        };
+        let Some(snap) = current.clone() else {
+            continue;
+        };
+        let was_failing = retry.is_some();
+        let outcome = applier.apply(&snap).await;
+        let ok = outcome.failures.is_empty();
+        if !from_hub && outcome.writes > 0 {
+            info!(writes = outcome.writes, "repaired drift");
         }
+        retry = match (ok, retry) {
+            (true, _) => None,
+            (false, Some((_, delay))) if !from_hub => {
+                let next = (delay * 2).min(RETRY_MAX);
+                Some((tokio::time::Instant::now() + next, next))
+            }
+            (false, _) => Some((tokio::time::Instant::now() + RETRY_FIRST, RETRY_FIRST)),
+        };
+        if let Some((_, delay)) = retry {
+            warn!(
+                failures = outcome.failures.len(),
+                ?delay,
+                "snapshot not fully applied; retrying"
+            );
+        }
+        state.send_modify(|s| {
+            s.first_applied = true;
+            s.retired = false;
+            if ok {
+                s.applied_version = snap.version.clone();
+            }
+        });
+        // Answer every snapshot from the hub; answer again when a failing one finally applied.
+        if from_hub || (ok && was_failing) {
+            let answer = Applied {
+                version: snap.version.clone(),
+                nonce: snap.nonce.clone(),
+                failures: outcome.failures,
+            };
+            let _ = results.send(answer).await;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

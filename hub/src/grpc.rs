@@ -313,6 +313,25 @@ impl Outbox {
         }
     }
 
+    /// A NACKed snapshot stays answerable: the agent retries what failed and ACKs the same nonce once it
+    /// applied everything. Older entries are dropped. False for a nonce this stream did not send.
+    fn nacked(&mut self, nonce: &str, version: &str) -> bool {
+        match self
+            .sent
+            .iter()
+            .position(|s| s.nonce == nonce && s.version == version)
+        {
+            Some(i) => {
+                self.sent.drain(..i);
+                true
+            }
+            None => {
+                warn!(%nonce, %version, "answer for a nonce this stream did not send; ignored");
+                false
+            }
+        }
+    }
+
     /// Forgets `nonce` (and anything older) and returns it. None for a nonce this stream did not send.
     fn answered(&mut self, nonce: &str, version: &str) -> Option<Sent> {
         match self
@@ -362,7 +381,7 @@ impl Outbox {
                 });
             }
             Some(agent_message::Message::Nack(nack)) => {
-                if self.answered(&nack.nonce, &nack.version).is_none() {
+                if !self.nacked(&nack.nonce, &nack.version) {
                     return;
                 }
                 let conflict = nack.failures.iter().any(|f| f.conflict);
@@ -444,6 +463,26 @@ mod tests {
         assert_eq!(board.get("r1").acked_version, "v1");
         // A replayed answer is not accepted twice.
         out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
+    }
+
+    #[test]
+    fn a_nacked_snapshot_can_still_be_acked_once_the_agent_recovers() {
+        let board = Board::default();
+        let m = HubMetrics::register(&mut Default::default());
+        let mut out = Outbox::default();
+        out.message_for(&desired("v1"));
+        let nack = AgentMessage {
+            message: Some(agent_message::Message::Nack(tether_proto::v1::Nack {
+                version: "v1".into(),
+                nonce: "1".into(),
+                error_detail: "API server down".into(),
+                failures: vec![],
+            })),
+        };
+        out.on_agent_message(nack, &board, "r1", &m);
+        assert!(board.get("r1").last_nack.is_some());
+        out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
+        assert_eq!(board.get("r1").acked_version, "v1");
     }
 
     #[test]

@@ -249,6 +249,27 @@ impl Apply<Service> for Kind {
     }
 }
 
+/// What a refused handshake most likely means, in an operator's words.
+fn handshake_hint(error: &std::io::Error) -> &'static str {
+    let e = error.to_string();
+    if e.contains("Tls12NotOffered") || e.contains("ProtocolVersion") {
+        "the client does not speak TLS 1.3, which Tether requires"
+    } else if e.contains("UnknownIssuer") || e.contains("BadSignature") {
+        "the client certificate is not signed by the hub CA"
+    } else if e.contains("xpired") {
+        "the client certificate has expired; mint a new one with `tether-hub join`"
+    } else if e.contains("NoCertificatesPresented") || e.contains("CertificateRequired") {
+        "the client presented no certificate"
+    } else if e.contains("InvalidContentType")
+        || e.contains("corrupt message")
+        || e.contains("InvalidMessage")
+    {
+        "not TLS: a plaintext client, or something else on this port"
+    } else {
+        "see the error"
+    }
+}
+
 /// Accepts TCP connections and runs each TLS handshake on its own task with the config current at that
 /// moment, so a slow or hostile client never holds up the others and rotated certificates apply to the
 /// next connection.
@@ -278,8 +299,14 @@ async fn accept(
                 Ok(Ok(stream)) => {
                     let _ = out.send(stream).await;
                 }
-                Ok(Err(error)) => warn!(%peer, %error, "TLS handshake refused"),
-                Err(_) => warn!(%peer, "TLS handshake timed out"),
+                // A client that left mid-handshake is noise (scanners, probes, floods), not a refusal.
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    debug!(%peer, %error, "client left during the TLS handshake")
+                }
+                Ok(Err(error)) => {
+                    warn!(%peer, %error, hint = handshake_hint(&error), "TLS handshake refused")
+                }
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         });
     }

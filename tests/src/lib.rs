@@ -13,11 +13,13 @@
 pub mod charts;
 pub mod cluster;
 pub mod controlplane;
+pub mod faults;
 pub mod fixtures;
 pub mod mesh;
 pub mod pki;
 pub mod pods;
 pub mod procs;
+pub mod proxy;
 
 pub use cluster::{AuditWrite, Cluster};
 

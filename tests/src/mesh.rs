@@ -80,6 +80,8 @@ pub struct Mesh {
     /// Per-cluster overrides for the next agent start: its kubeconfig and its TLS folder.
     pub agent_kubeconfig: HashMap<String, PathBuf>,
     pub agent_tls_dir: HashMap<String, PathBuf>,
+    /// Where an agent dials instead of the hub (a proxy).
+    pub agent_hub_addr: HashMap<String, String>,
 }
 
 impl Mesh {
@@ -127,6 +129,7 @@ impl Mesh {
             hub_tls_dir: dir.join("hub-tls"),
             agent_kubeconfig: HashMap::new(),
             agent_tls_dir: HashMap::new(),
+            agent_hub_addr: HashMap::new(),
         };
         for r in remotes {
             mesh.write_agent_cert(r, r, false)?;
@@ -221,7 +224,10 @@ impl Mesh {
         let log = std::fs::File::create(self.dir.join(format!("agent-{cluster}.log")))?;
         let mut cmd = Command::new(bin_dir().join("tether-agent"));
         cmd.args(["--cluster", claims])
-            .args(["--hub-addr", &self.hub_addr()])
+            .args([
+                "--hub-addr",
+                self.agent_hub_addr.get(cluster).unwrap_or(&self.hub_addr()),
+            ])
             .args([
                 "--admin-addr",
                 &format!(

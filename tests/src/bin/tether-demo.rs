@@ -169,6 +169,11 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
+    step("What an operator sees: `tether-hub status` (like istioctl proxy-status)");
+    let admin = format!("http://127.0.0.1:{}", mesh.hub_admin_port);
+    let (_, table, _) = mesh.hub_cli(&["status", "--namespace", NS, "--admin-url", &admin]);
+    print!("{table}");
+
     step("Both remotes follow the central control plane. Look around with kubectl:");
     for c in planes.all() {
         println!(
