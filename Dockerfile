@@ -1,6 +1,7 @@
 # Both binaries in one minimal image; the charts run /tether-hub or /tether-agent.
+# (Not built in CI: the build machines have no Docker engine. Rust 1.95 is what the code is tested with.)
 #   docker build -t ghcr.io/tether/tether:0.1.0 .
-FROM rust:1.89-slim-bookworm AS build
+FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY proto proto

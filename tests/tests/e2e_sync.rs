@@ -183,19 +183,27 @@ async fn pod_replaced_turning_not_ready_and_deleted_shows_in_both_remotes() {
         &vec![ep("10.10.0.2", false, 16010), ep("10.10.0.3", true, 15010)],
     )
     .await;
+    // Legacy Endpoints are written after the slices in the same pass: wait for them too.
     for r in REMOTES {
-        let eps = Api::<Endpoints>::namespaced(mesh.remote(r).clone(), &mesh.ns)
-            .get("istiod")
-            .await
-            .unwrap();
-        let not_ready: Vec<String> = eps
-            .subsets
-            .unwrap()
-            .into_iter()
-            .flat_map(|s| s.not_ready_addresses.unwrap_or_default())
-            .map(|a| a.ip)
-            .collect();
-        assert_eq!(not_ready, ["10.10.0.2"]);
+        eventually(
+            &format!("{r} Endpoints to list 10.10.0.2 as not ready"),
+            T,
+            || async {
+                let eps = Api::<Endpoints>::namespaced(mesh.remote(r).clone(), &mesh.ns)
+                    .get("istiod")
+                    .await?;
+                let not_ready: Vec<String> = eps
+                    .subsets
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|s| s.not_ready_addresses.unwrap_or_default())
+                    .map(|a| a.ip)
+                    .collect();
+                anyhow::ensure!(not_ready == ["10.10.0.2"], "{not_ready:?}");
+                Ok(())
+            },
+        )
+        .await;
     }
 
     pods.delete("istiod-b", &DeleteParams::default().grace_period(0))
