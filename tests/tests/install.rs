@@ -256,8 +256,12 @@ async fn agent_with_exactly_the_chart_permissions_syncs_and_reports_a_denial() {
         "{message}"
     );
     // The other remote, with its own permissions intact, takes the same change.
-    let other = mesh.wait_phase("remote-2", "Synced", SOON).await;
-    assert_eq!(other["sync"]["endpoints"], 3);
+    eventually("remote-2 to take the change", SOON, || async {
+        let s = mesh.status("remote-2").await?;
+        anyhow::ensure!(s["phase"] == "Synced" && s["sync"]["endpoints"] == 3, "{s}");
+        Ok(())
+    })
+    .await;
 }
 
 #[tokio::test]
