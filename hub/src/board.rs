@@ -107,6 +107,28 @@ impl Board {
         serde_json::Value::Object(out)
     }
 
+    /// The first time this hub sees `cluster`, takes the agent and ACK it last recorded in status.
+    pub fn seed(&self, cluster: &str, status: Option<&crate::crd::RemoteClusterStatus>) {
+        let mut remotes = self.remotes.lock().expect("board lock");
+        if remotes.contains_key(cluster) {
+            return;
+        }
+        let mut state = StreamState::default();
+        if let Some(status) = status
+            && let Some(agent) = &status.agent
+        {
+            state.ever_connected = true;
+            state.agent_version = agent.version.clone();
+            state.peer = agent.peer.clone();
+            state.last_seen = agent.last_seen.as_ref().map(|t| t.0);
+            if let Some(sync) = &status.sync {
+                state.acked_version = sync.acked_version.clone();
+                state.last_ack = sync.last_ack.as_ref().map(|t| t.0);
+            }
+        }
+        remotes.insert(cluster.to_string(), state);
+    }
+
     /// Forget a remote whose RemoteCluster is gone.
     pub fn remove(&self, cluster: &str) {
         self.remotes.lock().expect("board lock").remove(cluster);
@@ -128,6 +150,30 @@ mod tests {
         board.disconnected("r1");
         assert_eq!(board.get("r1").streams, 0);
         assert!(board.get("r1").ever_connected);
+    }
+
+    #[test]
+    fn a_restarted_hub_remembers_an_agent_from_status_as_disconnected() {
+        use crate::crd::{AgentStatus, RemoteClusterStatus, SyncStatus};
+        let board = Board::default();
+        let status = RemoteClusterStatus {
+            agent: Some(AgentStatus {
+                version: "0.1.0".into(),
+                ..Default::default()
+            }),
+            sync: Some(SyncStatus {
+                acked_version: "v1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        board.seed("r1", Some(&status));
+        let s = board.get("r1");
+        assert!(s.ever_connected && s.streams == 0 && s.acked_version == "v1");
+        // Only the first time: live state wins afterwards.
+        board.connected("r1", "0.2.0", "p", "");
+        board.seed("r1", Some(&status));
+        assert_eq!(board.get("r1").agent_version, "0.2.0");
     }
 
     #[test]

@@ -188,6 +188,9 @@ impl StatusWriter {
         let Some(desired) = self.index.read().expect("index lock").desired(&name) else {
             return Ok(());
         };
+        // A restarted hub knows nothing of the streams before it: start from what the status recorded,
+        // so a remote reads Disconnected until its agent is back, not "never connected".
+        self.board.seed(&name, rc.status.as_ref());
         let stream = self.board.get(&name);
         if rc.metadata.deletion_timestamp.is_some() {
             return self.release(rc, &stream).await;
