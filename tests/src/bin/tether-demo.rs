@@ -89,11 +89,17 @@ async fn watch(mesh: &Mesh, timeout: Duration, done: impl Fn(&str) -> bool) -> a
     )
 }
 
-fn synced_with(table: &str, ips: &[&str]) -> bool {
+/// Every remote Synced at a version other than `not_version` (the status lags the slices by up to one
+/// status interval, so the old version can still read Synced), with exactly these addresses.
+fn synced_with(table: &str, ips: &[&str], not_version: &str) -> bool {
     let rows: Vec<&str> = table.lines().skip(1).collect();
     rows.len() == REMOTES.len()
         && rows.iter().all(|row| {
-            row.contains(" Synced ")
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            // Synced, desired == acked, and exactly these addresses in the remote's slices.
+            cols.get(1) == Some(&"Synced")
+                && cols.get(2) == cols.get(3)
+                && cols.get(2) != Some(&not_version)
                 && ips.iter().all(|ip| row.contains(ip))
                 && row.matches("10.10.0.").count() == ips.len()
         })
@@ -154,10 +160,14 @@ async fn main() -> anyhow::Result<()> {
         mesh.start_agent(r)?;
     }
     watch(&mesh, Duration::from_secs(60), |t| {
-        synced_with(t, &["10.10.0.1", "10.10.0.2"])
+        synced_with(t, &["10.10.0.1", "10.10.0.2"], "-")
     })
     .await?;
 
+    let before = mesh.status(REMOTES[0]).await?["sync"]["desiredVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     step("Replacing istiod-a (10.10.0.1) with istiod-c (10.10.0.3), as a rollout would");
     mesh.central_pods()
         .delete("istiod-a", &DeleteParams::default().grace_period(0))
@@ -165,13 +175,22 @@ async fn main() -> anyhow::Result<()> {
     mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
         .await?;
     watch(&mesh, Duration::from_secs(60), |t| {
-        synced_with(t, &["10.10.0.2", "10.10.0.3"])
+        synced_with(t, &["10.10.0.2", "10.10.0.3"], &before)
     })
     .await?;
 
     step("What an operator sees: `tether-hub status` (like istioctl proxy-status)");
     let admin = format!("http://127.0.0.1:{}", mesh.hub_admin_port);
-    let (_, table, _) = mesh.hub_cli(&["status", "--namespace", NS, "--admin-url", &admin]);
+    let (_, table, _) = mesh.hub_cli(&[
+        "status",
+        "--namespace",
+        NS,
+        "--admin-url",
+        &admin,
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
     print!("{table}");
 
     step("Both remotes follow the central control plane. Look around with kubectl:");
