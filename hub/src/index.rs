@@ -101,10 +101,6 @@ impl Index {
         }
     }
 
-    pub fn defaults(&self) -> &Defaults {
-        &self.defaults
-    }
-
     /// True once every watch has delivered its first list: before that, "no such RemoteCluster" or
     /// "no endpoints" may only mean "not listed yet".
     pub fn is_synced(&self) -> bool {

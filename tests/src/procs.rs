@@ -79,20 +79,6 @@ impl Proc {
             let _ = child.wait();
         }
     }
-
-    /// Sends a signal without reaping (for example SIGTERM to test graceful shutdown).
-    pub fn signal(&self, sig: libc::c_int) {
-        if let Some(pid) = self.id() {
-            // SAFETY: plain kill(2) on a pid we own and have not reaped yet.
-            unsafe { libc::kill(pid as libc::pid_t, sig) };
-        }
-    }
-
-    /// Waits for the process to exit and returns its status.
-    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().expect("process already reaped");
-        child.wait()
-    }
 }
 
 impl Drop for Proc {
