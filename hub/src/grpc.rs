@@ -3,9 +3,12 @@
 //!
 //! ```text
 //!  peer cert ─identity─► cluster ── Hello must agree ──► index.subscribe(cluster)
-//!  watch::Receiver<Desired> ─latest wins─► next ─reserve()─► Snapshot/Retire ─► agent
-//!  agent ─► Ack/Nack (nonce must be one we sent) ─► Board
+//!  watch::Receiver<Desired> ─latest wins─► next ─(nothing in flight)─► Snapshot/Retire ─► agent
+//!  agent ─► Ack/Nack (nonce must be one we sent) ─► Board, and frees the stream for `next`
 //! ```
+//! Paced by the agent's answers: at most one message is in flight per stream. An idle stream sends at
+//! once; a busy or slow one (churn, a thin link, a slow remote API server) gets only the newest state
+//! when it answers, instead of a queue of states that are stale on arrival.
 
 use crate::board::{Board, Nacked};
 use crate::index::{Desired, Index};
@@ -26,6 +29,9 @@ use tracing::{Instrument, debug, info, warn};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sent-but-unacknowledged snapshots remembered per stream (latest wins, so few are ever outstanding).
 const MAX_OUTSTANDING: usize = 16;
+/// How long a stream waits for the answer to its message in flight before it sends a newer state anyway.
+/// The agent answers every snapshot (a NACK when it fails), so this only matters for a stuck agent.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct SyncService {
     index: Arc<RwLock<Index>>,
@@ -193,19 +199,24 @@ impl Stream {
         let mut out = Outbox::default();
         let mut next: Option<HubMessage> = out.message_for(&desired.borrow_and_update().clone());
         let reason = loop {
+            let stalled = out.in_flight_since().map(|t| t + ANSWER_TIMEOUT);
             tokio::select! {
                 changed = desired.changed() => match changed {
                     Ok(()) => {
                         let d = desired.borrow_and_update().clone();
                         // Latest wins: a newer state replaces one not yet sent.
-                        if let Some(m) = out.message_for(&d) { next = Some(m) }
+                        if let Some(m) = out.message_for(&d)
+                            && let Some(old) = next.replace(m)
+                        {
+                            out.superseded(&old, next.as_ref().expect("just set"));
+                        }
                     }
                     Err(_) => {
                         let _ = tx.send(Err(Status::permission_denied("RemoteCluster deleted"))).await;
                         break "RemoteCluster deleted";
                     }
                 },
-                permit = tx.reserve(), if next.is_some() => match permit {
+                permit = tx.reserve(), if next.is_some() && stalled.is_none() => match permit {
                     Ok(permit) => {
                         let msg = next.take().expect("guarded");
                         out.mark_sent(&msg, &metrics);
@@ -213,6 +224,11 @@ impl Stream {
                     }
                     Err(_) => break "agent went away",
                 },
+                _ = tokio::time::sleep_until(stalled.unwrap_or_else(Instant::now).into()),
+                    if next.is_some() && stalled.is_some() => {
+                    warn!(timeout = ?ANSWER_TIMEOUT, "agent has not answered; sending the newer state anyway");
+                    out.give_up_waiting();
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => out.on_agent_message(m, &board, &cluster, &metrics),
                     Ok(None) => break "agent closed the stream",
@@ -241,6 +257,8 @@ struct Outbox {
     next_nonce: u64,
     last_sent: String,
     retire_sent: bool,
+    /// The message that left and has no answer yet: its nonce and when it left.
+    in_flight: Option<(u64, Instant)>,
 }
 
 struct Sent {
@@ -298,18 +316,50 @@ impl Outbox {
         nonce
     }
 
-    /// Records that `msg` left now.
+    /// Records that `msg` left now: nothing else leaves until the agent answers it.
     fn mark_sent(&mut self, msg: &HubMessage, metrics: &HubMetrics) {
-        let nonce = match &msg.message {
-            Some(hub_message::Message::Snapshot(s)) => {
-                metrics.snapshots_pushed.inc();
-                &s.nonce
-            }
-            Some(hub_message::Message::Retire(r)) => &r.nonce,
-            None => return,
-        };
-        if let Some(sent) = self.sent.iter_mut().find(|s| &s.nonce == nonce) {
-            sent.sent_at = Some(Instant::now());
+        if matches!(msg.message, Some(hub_message::Message::Snapshot(_))) {
+            metrics.snapshots_pushed.inc();
+        }
+        let nonce = nonce_of(msg);
+        let now = Instant::now();
+        if let Some(sent) = self.sent.iter_mut().find(|s| s.nonce == nonce) {
+            sent.sent_at = Some(now);
+        }
+        self.in_flight = nonce.parse().ok().map(|n| (n, now));
+    }
+
+    /// When the message in flight left, if it has no answer yet.
+    fn in_flight_since(&self) -> Option<Instant> {
+        self.in_flight.map(|(_, at)| at)
+    }
+
+    fn give_up_waiting(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// `new` replaces `old` before `old` was sent: the change `old` carried is first delivered by `new`,
+    /// so `new` measures propagation from the earlier change.
+    fn superseded(&mut self, old: &HubMessage, new: &HubMessage) {
+        let first = self
+            .sent
+            .iter()
+            .find(|s| s.nonce == nonce_of(old))
+            .and_then(|s| s.changed_at);
+        if let Some(s) = self.sent.iter_mut().find(|s| s.nonce == nonce_of(new)) {
+            s.changed_at = match (first, s.changed_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+
+    /// An answer for `nonce` (or a newer one) frees the stream.
+    fn answer_arrived(&mut self, nonce: &str) {
+        if let (Some((waiting, _)), Ok(n)) = (self.in_flight, nonce.parse::<u64>())
+            && n >= waiting
+        {
+            self.in_flight = None;
         }
     }
 
@@ -323,6 +373,7 @@ impl Outbox {
         {
             Some(i) => {
                 self.sent.drain(..i);
+                self.answer_arrived(nonce);
                 true
             }
             None => {
@@ -339,7 +390,10 @@ impl Outbox {
             .iter()
             .position(|s| s.nonce == nonce && s.version == version)
         {
-            Some(i) => self.sent.drain(..=i).next_back(),
+            Some(i) => {
+                self.answer_arrived(nonce);
+                self.sent.drain(..=i).next_back()
+            }
             None => {
                 warn!(%nonce, %version, "answer for a nonce this stream did not send; ignored");
                 None
@@ -410,6 +464,14 @@ impl Outbox {
             Some(agent_message::Message::Hello(_)) => warn!("second Hello on one stream; ignored"),
             None => warn!("empty message; ignored"),
         }
+    }
+}
+
+fn nonce_of(msg: &HubMessage) -> &str {
+    match &msg.message {
+        Some(hub_message::Message::Snapshot(s)) => &s.nonce,
+        Some(hub_message::Message::Retire(r)) => &r.nonce,
+        None => "",
     }
 }
 
@@ -508,5 +570,54 @@ mod tests {
             &m,
         );
         assert!(board.get("r1").retired);
+    }
+
+    #[test]
+    fn one_message_in_flight_until_the_agent_answers() {
+        let board = Board::default();
+        let m = HubMetrics::register(&mut Default::default());
+        let mut out = Outbox::default();
+        let first = out.message_for(&desired("v1")).unwrap();
+        out.mark_sent(&first, &m);
+        assert!(out.in_flight_since().is_some(), "v1 waits for its answer");
+        // v2 and v3 arrive meanwhile; v3 replaces v2 before anything leaves.
+        let v2 = out.message_for(&desired("v2")).unwrap();
+        let v3 = out.message_for(&desired("v3")).unwrap();
+        out.superseded(&v2, &v3);
+        // An answer for a nonce never sent does not free the stream; the real one does.
+        out.on_agent_message(ack("v1", "77"), &board, "r1", &m);
+        assert!(out.in_flight_since().is_some());
+        out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
+        assert!(out.in_flight_since().is_none());
+        out.mark_sent(&v3, &m);
+        // A NACK is an answer too.
+        let nack = AgentMessage {
+            message: Some(agent_message::Message::Nack(tether_proto::v1::Nack {
+                version: "v3".into(),
+                nonce: nonce_of(&v3).into(),
+                ..Default::default()
+            })),
+        };
+        out.on_agent_message(nack, &board, "r1", &m);
+        assert!(out.in_flight_since().is_none());
+    }
+
+    #[test]
+    fn a_coalesced_message_measures_from_the_first_change_it_carries() {
+        let mut out = Outbox::default();
+        let early = Instant::now();
+        let d2 = Desired {
+            changed_at: Some(early),
+            ..desired("v2")
+        };
+        let d3 = Desired {
+            changed_at: Some(early + Duration::from_millis(40)),
+            ..desired("v3")
+        };
+        let v2 = out.message_for(&d2).unwrap();
+        let v3 = out.message_for(&d3).unwrap();
+        out.superseded(&v2, &v3);
+        let carried = out.sent.iter().find(|s| s.nonce == nonce_of(&v3)).unwrap();
+        assert_eq!(carried.changed_at, Some(early));
     }
 }
