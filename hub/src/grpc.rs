@@ -338,13 +338,14 @@ impl Outbox {
         self.in_flight = None;
     }
 
-    /// `new` replaces `old` before `old` was sent: the change `old` carried is first delivered by `new`,
-    /// so `new` measures propagation from the earlier change.
+    /// `new` replaces `old` before `old` was sent: `old` is forgotten (it never left), and since the
+    /// change it carried is first delivered by `new`, `new` measures propagation from that change.
     fn superseded(&mut self, old: &HubMessage, new: &HubMessage) {
         let first = self
             .sent
             .iter()
-            .find(|s| s.nonce == nonce_of(old))
+            .position(|s| s.nonce == nonce_of(old))
+            .and_then(|i| self.sent.remove(i))
             .and_then(|s| s.changed_at);
         if let Some(s) = self.sent.iter_mut().find(|s| s.nonce == nonce_of(new)) {
             s.changed_at = match (first, s.changed_at) {
@@ -580,21 +581,26 @@ mod tests {
         let first = out.message_for(&desired("v1")).unwrap();
         out.mark_sent(&first, &m);
         assert!(out.in_flight_since().is_some(), "v1 waits for its answer");
-        // v2 and v3 arrive meanwhile; v3 replaces v2 before anything leaves.
-        let v2 = out.message_for(&desired("v2")).unwrap();
-        let v3 = out.message_for(&desired("v3")).unwrap();
-        out.superseded(&v2, &v3);
+        let mut pending = out.message_for(&desired("v2")).unwrap();
+        // However many states replace each other while v1 waits, v1 stays answerable.
+        for i in 3..40 {
+            let newer = out.message_for(&desired(&format!("v{i}"))).unwrap();
+            out.superseded(&pending, &newer);
+            pending = newer;
+        }
+        assert_eq!(out.sent.len(), 2, "v1 in flight and the newest pending");
         // An answer for a nonce never sent does not free the stream; the real one does.
-        out.on_agent_message(ack("v1", "77"), &board, "r1", &m);
+        out.on_agent_message(ack("v1", "999"), &board, "r1", &m);
         assert!(out.in_flight_since().is_some());
         out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
         assert!(out.in_flight_since().is_none());
-        out.mark_sent(&v3, &m);
+        let v39 = pending;
+        out.mark_sent(&v39, &m);
         // A NACK is an answer too.
         let nack = AgentMessage {
             message: Some(agent_message::Message::Nack(tether_proto::v1::Nack {
-                version: "v3".into(),
-                nonce: nonce_of(&v3).into(),
+                version: "v39".into(),
+                nonce: nonce_of(&v39).into(),
                 ..Default::default()
             })),
         };

@@ -70,3 +70,19 @@ pub async fn endpoints(mesh: &Mesh, cluster: &str) -> anyhow::Result<Vec<(String
     out.sort();
     Ok(out)
 }
+
+/// Creates `n` more ready istiod pods (`istiod-N`, 10.10.1.N..) serving the named port on 15010,
+/// eight at a time.
+pub async fn more_istiod_pods(mesh: &Mesh, n: usize) {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let ip = format!("10.10.{}.{}", 1 + i / 250, 1 + i % 250);
+            mesh.create_istiod_pod(&format!("istiod-{i}"), &ip, 15010, true)
+                .await
+                .unwrap();
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+}

@@ -1,6 +1,6 @@
 //! A TCP proxy between an agent and the hub, for partition tests: pass traffic, cut it (close every
 //! connection and refuse new ones), drop it silently (a half-open network: connections stay up, bytes
-//! vanish), or delay it. Runs on the test's runtime; stops when dropped.
+//! vanish), delay it, or throttle it to a bandwidth. Runs on the test's runtime; stops when dropped.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +17,8 @@ pub enum Mode {
     Blackhole,
     /// Forward each chunk after this delay (each way).
     Delay(Duration),
+    /// At most this many bytes per second, each way.
+    Throttle(u64),
 }
 
 pub struct Proxy {
@@ -67,8 +69,13 @@ async fn pump(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        // Throttled: read in slices of a tenth of a second's worth, so pacing stays smooth.
+        let limit = match *mode.borrow() {
+            Mode::Throttle(rate) => (rate as usize / 10).clamp(1, buf.len()),
+            _ => buf.len(),
+        };
         let n = tokio::select! {
-            r = from.read(&mut buf) => match r {
+            r = from.read(&mut buf[..limit]) => match r {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             },
@@ -85,6 +92,9 @@ async fn pump(
             Mode::Cut => return,
             Mode::Blackhole => continue,
             Mode::Delay(d) => tokio::time::sleep(d).await,
+            Mode::Throttle(rate) => {
+                tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate.max(1) as f64)).await
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

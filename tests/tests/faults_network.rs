@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 use tether_tests::eventually;
-use tether_tests::faults::{churn, endpoints, mesh_through_proxy};
+use tether_tests::faults::{churn, endpoints, mesh_through_proxy, more_istiod_pods};
 use tether_tests::fixtures::SOON;
 use tether_tests::proxy::Mode;
 
@@ -147,4 +147,55 @@ async fn latency_slows_nothing_down_into_stream_churn() {
         connects, 1,
         "the stream survived the latency (no reconnects)"
     );
+}
+
+#[tokio::test]
+async fn a_thin_link_gets_the_newest_state_without_stream_churn() {
+    let (mesh, proxy) = mesh_through_proxy().await;
+    // ~150 endpoints make each snapshot several KiB: at 16 KiB/s one takes a good part of a second,
+    // far longer than the 250 ms between changes. Queuing every state would back the link up for
+    // minutes and starve the 2 s keepalive; the hub must send only the newest state when one is answered.
+    let t = Instant::now();
+    more_istiod_pods(&mesh, 150).await;
+    println!("150 pods created in {:?}", t.elapsed());
+    eventually("remote-1 to have all 152 endpoints", SOON, || async {
+        let n = endpoints(&mesh, "remote-1").await?.len();
+        anyhow::ensure!(n == 152, "{n}");
+        Ok(())
+    })
+    .await;
+    proxy.set(Mode::Throttle(16 * 1024));
+    let churning = churn(&mesh, Duration::from_millis(250));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    churning.abort();
+    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, false)
+        .await
+        .unwrap();
+    let last_change = Instant::now();
+    eventually(
+        "remote-1 to reach the final state through 16 KiB/s",
+        SOON,
+        || async {
+            let got = endpoints(&mesh, "remote-1").await?;
+            let c = got.iter().find(|(ip, _)| ip == "10.10.0.3");
+            anyhow::ensure!(
+                got.len() == 153 && c == Some(&ep("10.10.0.3", false)),
+                "{c:?}"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    let took = last_change.elapsed();
+    mesh.wait_phase("remote-1", "Synced", SOON).await;
+    let connects = mesh
+        .log("hub")
+        .lines()
+        .filter(|l| l.contains("agent connected cluster=remote-1"))
+        .count();
+    assert_eq!(
+        connects, 1,
+        "the stream survived the thin link (no reconnects)"
+    );
+    println!("final state {took:?} after the last change through 16 KiB/s");
 }
