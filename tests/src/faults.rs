@@ -86,3 +86,145 @@ pub async fn more_istiod_pods(mesh: &Mesh, n: usize) {
         .collect::<Vec<()>>()
         .await;
 }
+
+/// What Tether manages in the mesh namespace on `cluster`: Service names, EndpointSlices as
+/// (service, addresses), Endpoints names — each sorted. Found by the managed-by label, so orphans show.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Inventory {
+    pub services: Vec<String>,
+    pub slices: Vec<(String, Vec<String>)>,
+    pub endpoints: Vec<String>,
+}
+
+pub async fn inventory(mesh: &Mesh, cluster: &str) -> anyhow::Result<Inventory> {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    let client = mesh.remote(cluster).clone();
+    let managed = ListParams::default().labels("app.kubernetes.io/managed-by=tether-agent");
+    let names = |items: Vec<Option<String>>| {
+        let mut v: Vec<String> = items.into_iter().flatten().collect();
+        v.sort();
+        v
+    };
+    let services = Api::<Service>::namespaced(client.clone(), &mesh.ns)
+        .list(&managed)
+        .await?;
+    let endpoints = Api::<Endpoints>::namespaced(client.clone(), &mesh.ns)
+        .list(&managed)
+        .await?;
+    let mut slices: Vec<(String, Vec<String>)> = Api::<EndpointSlice>::namespaced(client, &mesh.ns)
+        .list(&managed)
+        .await?
+        .items
+        .into_iter()
+        .map(|s| {
+            let svc = s
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .remove("kubernetes.io/service-name")
+                .unwrap_or_default();
+            let mut ips: Vec<String> = s.endpoints.into_iter().flat_map(|e| e.addresses).collect();
+            ips.sort();
+            (svc, ips)
+        })
+        .collect();
+    slices.sort();
+    Ok(Inventory {
+        services: names(
+            services
+                .items
+                .into_iter()
+                .map(|s| s.metadata.name)
+                .collect(),
+        ),
+        slices,
+        endpoints: names(
+            endpoints
+                .items
+                .into_iter()
+                .map(|s| s.metadata.name)
+                .collect(),
+        ),
+    })
+}
+
+/// The inventory of a remote that mirrors `services`, each backed by exactly the pods at `ips`
+/// (one IPv4 slice per service: fewer than 100 endpoints).
+pub fn expected_inventory(services: &[String], ips: &[&str]) -> Inventory {
+    let mut services = services.to_vec();
+    services.sort();
+    let mut ips: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
+    ips.sort();
+    Inventory {
+        slices: services.iter().map(|s| (s.clone(), ips.clone())).collect(),
+        endpoints: services.clone(),
+        services,
+    }
+}
+
+/// Creates central Services `svc-0`..`svc-{n-1}`, each selecting the istiod pods on port 15010.
+pub async fn more_central_services(mesh: &Mesh, n: usize) -> Vec<String> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Service;
+    let api: Api<Service> = Api::namespaced(mesh.central.clone(), &mesh.ns);
+    let names: Vec<String> = (0..n).map(|i| format!("svc-{i}")).collect();
+    futures::stream::iter(names.clone())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let svc: Service = serde_json::from_value(json!({
+                    "metadata": {"name": name},
+                    "spec": {"selector": {"app": "istiod"},
+                             "ports": [{"name": "grpc", "port": 15010, "protocol": "TCP"}]}
+                }))
+                .unwrap();
+                api.create(&Default::default(), &svc).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    names
+}
+
+/// Sets the RemoteCluster's mirrored services (by name).
+pub async fn set_mirrored_services(mesh: &Mesh, cluster: &str, services: &[String]) {
+    let services: Vec<serde_json::Value> = services.iter().map(|s| json!({"name": s})).collect();
+    mesh.remote_clusters()
+        .patch(
+            cluster,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"services": services}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Polls (every 10 ms) until some but not all of `services` are mirrored on `cluster`: the agent is
+/// in the middle of applying them. Returns how many were there.
+pub async fn wait_mid_apply(mesh: &Mesh, cluster: &str, services: &[String]) -> usize {
+    use k8s_openapi::api::core::v1::Service;
+    let api: Api<Service> = Api::namespaced(mesh.remote(cluster).clone(), &mesh.ns);
+    let managed = ListParams::default().labels("app.kubernetes.io/managed-by=tether-agent");
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let n = api
+            .list(&managed)
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|s| services.contains(s.metadata.name.as_ref().unwrap()))
+                    .count()
+            })
+            .unwrap_or(0);
+        if n > 0 {
+            return n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new Service appeared on {cluster}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
