@@ -129,3 +129,11 @@ where
         }
     }
 }
+
+/// Sum of the samples of `name` (a metric name, or a name with its labels) in a Prometheus text page.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tether_agent::client::connect;
 use tether_proto::v1::sync_client::SyncClient;
 use tether_proto::v1::{AgentMessage, Hello, HubMessage, agent_message};
-use tether_tests::eventually;
 use tether_tests::fixtures::{SOON, client_settings, synced_mesh, synced_mesh_with};
 use tether_tests::mesh::Mesh;
+use tether_tests::{eventually, metric};
 
 /// An agent that says Hello, takes snapshots and never answers: a stuck agent, as the hub sees it.
 async fn silent_agent(
@@ -61,13 +61,6 @@ fn state_of<'a>(table: &'a str, cluster: &str) -> &'a str {
     } else {
         rest.split_whitespace().next().unwrap()
     }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn events_for(mesh: &Mesh, rc: &str) -> Vec<(String, String)> {

@@ -3,22 +3,15 @@
 //! Its own binary: it stops the control plane the other tests would share.
 
 use std::time::Duration;
-use tether_tests::controlplane::free_port;
 use tether_tests::eventually;
 use tether_tests::faults::endpoints;
-use tether_tests::fixtures::{REMOTES, SOON, synced_mesh_with};
+use tether_tests::fixtures::{REMOTES, SOON, synced_mesh};
 use tether_tests::mesh::Mesh;
 
 #[tokio::test]
 async fn central_api_server_outage_keeps_remotes_served_then_resumes() {
-    let mut mesh = synced_mesh_with(|_| async {}).await;
-    let agent_port = free_port();
-    mesh.agent_admin_ports.insert("remote-1".into(), agent_port);
-    mesh.kill_agent("remote-1");
-    mesh.start_agent("remote-1").unwrap();
-    for r in REMOTES {
-        mesh.wait_phase(r, "Synced", SOON).await;
-    }
+    let mut mesh = synced_mesh().await;
+    let agent_port = mesh.agent_admin_ports["remote-1"];
     let before = endpoints(&mesh, "remote-1").await.unwrap();
 
     let central = mesh.planes.get("central");

@@ -1,0 +1,130 @@
+//! 1,000 pod changes in 10 s across 52 control-plane pods. The hub sends each agent only the newest
+//! state once it answered the previous one, so the changes coalesce; every remote ends exactly on
+//! the final state, and the agents write at most the two objects a change touches per state applied.
+
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tether_tests::faults::{endpoints, more_istiod_pods};
+use tether_tests::fixtures::{REMOTES, SOON, synced_mesh};
+use tether_tests::mesh::Mesh;
+use tether_tests::{eventually, metric};
+
+const CHANGES: usize = 1000;
+const PODS: usize = 50;
+const WORKERS: usize = 10;
+
+#[tokio::test]
+async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
+    let mesh = synced_mesh().await;
+    more_istiod_pods(&mesh, PODS).await;
+    for r in REMOTES {
+        eventually(&format!("{r} to have every pod"), SOON, || async {
+            let n = endpoints(&mesh, r).await?.len();
+            anyhow::ensure!(n == PODS + 2, "{n}");
+            Ok(())
+        })
+        .await;
+        mesh.wait_phase(r, "Synced", SOON).await;
+    }
+    let hub_metrics = || async {
+        let (_, text) = Mesh::admin_get(mesh.hub_admin_port, "/metrics")
+            .await
+            .unwrap();
+        metric(&text, "tether_hub_snapshots_pushed_total")
+    };
+    let pushed_before = hub_metrics().await;
+    let writes_before: BTreeMap<&str, usize> = REMOTES
+        .iter()
+        .map(|r| (*r, mesh.agent_writes(r).len()))
+        .collect();
+    let mut applied_before = BTreeMap::new();
+    for r in REMOTES {
+        applied_before.insert(*r, applied(&mesh, r).await);
+    }
+
+    // Each worker owns PODS / WORKERS pods and flips their readiness at 10 changes/s.
+    let started = Instant::now();
+    let pods = mesh.central_pods();
+    let finals: Vec<Vec<(String, bool)>> = futures::stream::iter(0..WORKERS)
+        .map(|w| {
+            let pods = pods.clone();
+            async move {
+                let mine: Vec<usize> = (0..PODS).filter(|i| i % WORKERS == w).collect();
+                let mut ready: BTreeMap<usize, bool> = mine.iter().map(|i| (*i, true)).collect();
+                let mut tick = tokio::time::interval(Duration::from_millis(
+                    10_000 * WORKERS as u64 / CHANGES as u64,
+                ));
+                for n in 0..CHANGES / WORKERS {
+                    tick.tick().await;
+                    let i = mine[n % mine.len()];
+                    let r = !ready[&i];
+                    let ip = format!("10.10.1.{}", 1 + i);
+                    tether_tests::pods::set_pod_status(&pods, &format!("istiod-{i}"), &[&ip], r)
+                        .await
+                        .unwrap();
+                    ready.insert(i, r);
+                }
+                ready
+                    .into_iter()
+                    .map(|(i, r)| (format!("10.10.1.{}", 1 + i), r))
+                    .collect()
+            }
+        })
+        .buffer_unordered(WORKERS)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    let mut want: Vec<(String, bool)> = finals.into_iter().flatten().collect();
+    want.push(("10.10.0.1".into(), true));
+    want.push(("10.10.0.2".into(), true));
+    want.sort();
+
+    for r in REMOTES {
+        eventually(&format!("{r} to end on the final state"), SOON, || async {
+            let got = endpoints(&mesh, r).await?;
+            anyhow::ensure!(
+                got == want,
+                "{} of {} right",
+                got.iter().filter(|e| want.contains(e)).count(),
+                want.len()
+            );
+            Ok(())
+        })
+        .await;
+        mesh.wait_phase(r, "Synced", SOON).await;
+    }
+    let pushed = (hub_metrics().await - pushed_before) as usize;
+    println!(
+        "{CHANGES} changes written in {took:?}; hub pushed {pushed} snapshots to {} remotes",
+        REMOTES.len()
+    );
+    let mut total_writes = 0;
+    for r in REMOTES {
+        let writes = mesh.agent_writes(r).len() - writes_before[r];
+        total_writes += writes;
+        let applied = applied(&mesh, r).await - applied_before[r];
+        println!("{r}: {applied} snapshots applied, {writes} API writes for {CHANGES} changes");
+        assert!(
+            applied < CHANGES,
+            "{r}: changes were coalesced ({applied} snapshots applied for {CHANGES} changes)"
+        );
+        // Each state applied changes one EndpointSlice and the legacy Endpoints: never more.
+        assert!(
+            writes <= 2 * applied,
+            "{r}: {writes} writes for {applied} snapshots applied"
+        );
+    }
+    // Exactly the objects a change touches: one EndpointSlice and one Endpoints per state pushed.
+    assert!(
+        total_writes <= 2 * pushed,
+        "{total_writes} writes for {pushed} snapshots pushed"
+    );
+}
+
+/// Apply passes the agent on `cluster` made (from its own metrics).
+async fn applied(mesh: &Mesh, cluster: &str) -> usize {
+    let port = mesh.agent_admin_ports[cluster];
+    let (_, text) = Mesh::admin_get(port, "/metrics").await.unwrap();
+    metric(&text, "tether_agent_snapshots_applied_total") as usize
+}
