@@ -324,6 +324,21 @@ impl Applier {
             .map(|n| n.name_any())
             .collect();
         names.sort();
+        let mut missing: Vec<&str> = listed
+            .iter()
+            .copied()
+            .filter(|n| names.binary_search_by(|x| x.as_str().cmp(n)).is_err())
+            .collect();
+        missing.sort();
+        for name in missing {
+            // Not an error of ours to fix, but the spec is not in effect there: the namespace watch
+            // brings a new pass (and the ACK) when it is created.
+            let msg = format!(
+                "namespace {name:?} is listed for injection but does not exist on this cluster; it is labelled once it is created"
+            );
+            out.failures
+                .push(failure(Kind::Namespace, "", name, msg, false));
+        }
         for name in names {
             let Some(live) = self.current(Kind::Namespace, &name) else {
                 continue;

@@ -93,8 +93,26 @@ pub fn compute(
             &format!("waiting for the agent to apply version {version}"),
         ),
     };
-    let spec = if desired.errors.is_empty() {
+    let empty: Vec<&str> = desired
+        .snapshot
+        .iter()
+        .flat_map(|s| s.services.iter())
+        .filter(|svc| svc.endpoints.is_empty())
+        .map(|svc| svc.name.as_str())
+        .collect();
+    let spec = if desired.errors.is_empty() && empty.is_empty() {
         cond("SpecValid", true, "Valid", "spec computed")
+    } else if desired.errors.is_empty() {
+        // Valid, and mirrored as asked, but probably not what was meant: say so where people look.
+        cond(
+            "SpecValid",
+            true,
+            "NoEndpoints",
+            &format!(
+                "no running pod with an IP matches the selector of: {}; their mirrors have no endpoints",
+                empty.join(", ")
+            ),
+        )
     } else {
         let kept = if desired.snapshot.is_some() {
             " (the previous spec stays in effect)"
@@ -262,7 +280,8 @@ impl StatusWriter {
     }
 }
 
-/// Events for what changed between two statuses: agent connected or disconnected, a new NACK.
+/// Events for what changed between two statuses: agent connected or disconnected, a new spec problem
+/// (invalid, or a mirror with no endpoints), a new NACK.
 pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus) -> Vec<Event> {
     let cond = |s: Option<&RemoteClusterStatus>, t: &str| {
         s.and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
@@ -284,6 +303,19 @@ pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus)
             reason,
             note: Some(message),
             action: "Stream".into(),
+            secondary: None,
+        });
+    }
+    let (was, now) = (cond(old, "SpecValid"), cond(Some(new), "SpecValid"));
+    if was != now
+        && let Some((_, reason, message)) = now
+        && reason != "Valid"
+    {
+        events.push(Event {
+            type_: EventType::Warning,
+            reason,
+            note: Some(message.chars().take(1000).collect()),
+            action: "ComputeSpec".into(),
             secondary: None,
         });
     }
@@ -402,5 +434,37 @@ mod tests {
         let first = compute(&desired("v1"), &connected("v1"), None);
         let second = compute(&desired("v1"), &connected("v1"), Some(&first));
         assert!(same_status(&first, &second));
+    }
+
+    #[test]
+    fn a_mirror_without_endpoints_is_named_and_announced_once() {
+        let mut d = desired("v1");
+        d.snapshot = Some(Arc::new(Snapshot {
+            version: "v1".into(),
+            services: vec![tether_proto::v1::Service {
+                name: "istiod-canary".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }));
+        let status = compute(&d, &connected("v1"), None);
+        assert_eq!(status.phase.as_deref(), Some("Synced"), "valid and applied");
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SpecValid")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "NoEndpoints")
+        );
+        assert!(c.message.contains("istiod-canary"));
+        let before = compute(&desired("v1"), &connected("v1"), None);
+        let events = transitions(Some(&before), &status);
+        assert_eq!(
+            events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+            ["NoEndpoints"]
+        );
+        assert!(transitions(Some(&status), &status).is_empty(), "once");
     }
 }

@@ -365,6 +365,21 @@ impl Mesh {
         Ok(())
     }
 
+    /// (reason, note) of the Events regarding the RemoteCluster `rc`.
+    pub async fn events_for(&self, rc: &str) -> Vec<(String, String)> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.central.clone(), &self.ns);
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(rc))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
     /// Writes the agent on `cluster` made (API calls that change state), from the audit log.
     pub fn agent_writes(&self, cluster: &str) -> Vec<crate::AuditWrite> {
         let user = self.agent_user(cluster);

@@ -2,8 +2,7 @@
 //! the system acts, readiness, gRPC health, and Kubernetes Events on the RemoteCluster.
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tether_agent::client::connect;
@@ -61,19 +60,6 @@ fn state_of<'a>(table: &'a str, cluster: &str) -> &'a str {
     } else {
         rest.split_whitespace().next().unwrap()
     }
-}
-
-async fn events_for(mesh: &Mesh, rc: &str) -> Vec<(String, String)> {
-    let events: Api<Event> = Api::namespaced(mesh.central.clone(), &mesh.ns);
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(rc))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect()
 }
 
 #[tokio::test]
@@ -154,8 +140,8 @@ async fn status_command_reports_every_state_with_its_reason() {
             .contains("managed-by")
     );
     eventually("Events on the RemoteClusters", SOON, || async {
-        let r1 = events_for(&mesh, "remote-1").await;
-        let r2 = events_for(&mesh, "remote-2").await;
+        let r1 = mesh.events_for("remote-1").await;
+        let r2 = mesh.events_for("remote-2").await;
         anyhow::ensure!(
             r1.iter().any(|(reason, _)| reason == "AgentConnected"),
             "remote-1: {r1:?}"
@@ -175,7 +161,7 @@ async fn status_command_reports_every_state_with_its_reason() {
     let (_, table, _) = mesh.hub_cli(&["status", "--namespace", &mesh.ns]);
     assert_eq!(state_of(&table, "remote-1"), "DISCONNECTED", "{table}");
     eventually("a disconnect Event", SOON, || async {
-        let r1 = events_for(&mesh, "remote-1").await;
+        let r1 = mesh.events_for("remote-1").await;
         anyhow::ensure!(
             r1.iter().any(|(reason, _)| reason == "AgentDisconnected"),
             "{r1:?}"
