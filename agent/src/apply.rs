@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tether_proto::v1::{Injection, ObjectFailure, Snapshot};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// What one pass did.
 #[derive(Debug, Default)]
@@ -189,6 +189,23 @@ impl Applier {
     pub async fn apply(&mut self, snap: &Snapshot) -> Outcome {
         self.prune_overlay();
         let mut out = Outcome::default();
+        let problems = tether_proto::check::snapshot(snap);
+        if !problems.is_empty() {
+            // Refused whole: applying part of a malformed state could remove what is right.
+            let message = format!(
+                "malformed snapshot refused, nothing applied: {}",
+                problems.join("; ")
+            );
+            warn!(version = %snap.version, %message);
+            out.failures.push(ObjectFailure {
+                kind: "Snapshot".into(),
+                namespace: snap.namespace.clone(),
+                name: snap.version.clone(),
+                message,
+                conflict: false,
+            });
+            return out;
+        }
         let ns = self.namespace.clone();
         if snap.namespace != ns {
             let msg = format!(

@@ -174,7 +174,7 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not key=value"))?;
-    crate::snapshot::validate_label(k, v)?;
+    tether_proto::check::validate_label(k, v)?;
     Ok((k.to_string(), v.to_string()))
 }
 

@@ -7,6 +7,7 @@ use crate::index::Defaults;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use tether_proto::check::{is_service_name, validate_label};
 use tether_proto::identity::is_dns_label;
 use tether_proto::v1::{Endpoint, Injection, Port, Service as SnapService, Snapshot};
 
@@ -180,6 +181,12 @@ pub fn build(
             labels,
         }),
     };
+    // What the agent would refuse is reported here instead (the central objects come from an API
+    // server that validated them, so this is a safety net).
+    let problems = tether_proto::check::snapshot(&snap);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     snap.version = tether_proto::version::of(&snap);
     Ok(snap)
 }
@@ -189,7 +196,7 @@ fn mirror_service(
     services: &HashMap<String, CentralService>,
     pods: &HashMap<String, PodInfo>,
 ) -> Result<SnapService, String> {
-    if !is_dns_label(&mirror.name) {
+    if !is_service_name(&mirror.name) {
         return Err("not a valid Service name".into());
     }
     let central = services.get(&mirror.name);
@@ -229,7 +236,18 @@ fn mirror_service(
             });
         }
     }
-    endpoints.sort_by(|a, b| (&a.ip, &a.pod_name).cmp(&(&b.ip, &b.pod_name)));
+    // One endpoint per address and ports: two live pods can claim one IP (a pod the kubelet lost
+    // touch with, its IP reused). The ready one wins.
+    endpoints.sort_by(|a, b| {
+        (&a.ip, &a.target_ports, !a.ready, &a.pod_name).cmp(&(
+            &b.ip,
+            &b.target_ports,
+            !b.ready,
+            &b.pod_name,
+        ))
+    });
+    endpoints
+        .dedup_by(|later, kept| later.ip == kept.ip && later.target_ports == kept.target_ports);
     Ok(SnapService {
         name: mirror.name.clone(),
         headless: mirror.headless.unwrap_or(false),
@@ -277,42 +295,6 @@ fn validate_ports(ports: &[MirrorPort]) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Kubernetes label syntax: `[prefix/]name` with a DNS-subdomain prefix; value up to 63 characters.
-pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(p) = prefix
-        && (p.is_empty() || p.len() > 253 || !p.split('.').all(is_dns_label))
-    {
-        return Err(format!("key prefix {p:?} is not a DNS subdomain"));
-    }
-    if !is_label_name(name, false) {
-        return Err(format!(
-            "key name {name:?} must be 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
-        ));
-    }
-    if !is_label_name(value, true) {
-        return Err(format!(
-            "value {value:?} must be at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
-        ));
-    }
-    Ok(())
-}
-
-fn is_label_name(s: &str, empty_ok: bool) -> bool {
-    if s.is_empty() {
-        return empty_ok;
-    }
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    s.len() <= 63
-        && edge(s.chars().next())
-        && edge(s.chars().last())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[cfg(test)]
@@ -477,6 +459,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn two_pods_claiming_one_address_give_one_endpoint_the_ready_one() {
+        let pods = [
+            mk_pod("lost", "istiod", &["10.0.0.1"], false, &[("xds", 15010)]),
+            mk_pod("new", "istiod", &["10.0.0.1"], true, &[("xds", 15010)]),
+            // Same address on other ports (host network): a separate endpoint.
+            mk_pod("host", "istiod", &["10.0.0.1"], true, &[("xds", 16010)]),
+        ];
+        let (services, pods) = state(&pods);
+        let snap = build(&Default::default(), &defaults(), &services, &pods).unwrap();
+        let got: Vec<(&str, bool, i32)> = snap.services[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.pod_name.as_str(), e.ready, e.target_ports[0]))
+            .collect();
+        assert_eq!(got, [("new", true, 15010), ("host", true, 16010)]);
+        assert_eq!(tether_proto::check::snapshot(&snap), Vec::<String>::new());
+    }
+
+    #[test]
     fn dual_stack_pod_gives_one_endpoint_per_ip() {
         let (services, pods) = state(&[mk_pod("a", "istiod", &["10.0.0.1", "fd00::1"], true, &[])]);
         let snap = build(&Default::default(), &defaults(), &services, &pods).unwrap();
@@ -600,22 +601,6 @@ pub(crate) mod tests {
         for (spec, want) in cases {
             let errs = build(&spec, &defaults(), &services, &pods).unwrap_err();
             assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
-        }
-    }
-
-    #[test]
-    fn label_syntax() {
-        assert!(validate_label("istio.io/rev", "canary-1").is_ok());
-        assert!(validate_label("istio-injection", "").is_ok());
-        for (k, v) in [
-            ("", "x"),
-            ("a/", "x"),
-            ("/a", "x"),
-            ("a b", "x"),
-            ("k", "-x"),
-            ("k", &"v".repeat(64)),
-        ] {
-            assert!(validate_label(k, v).is_err(), "{k}={v}");
         }
     }
 }

@@ -4,11 +4,13 @@
 //! ```text
 //!  sync.proto ──protox + tonic-prost-build──► v1::{Snapshot, Ack, Nack, ..}, v1::sync_{client,server}
 //!  identity   cluster name  ◄── URI SAN spiffe://<trust-domain>/cluster/<name> of the peer certificate
+//!  check      is a Snapshot well formed (the agent refuses one that is not, whole)
 //!  version    Snapshot content ──sha256──► version string (same state, same version, on any replica)
 //!  tls        cert/key/CA files ──► rustls configs (TLS 1.3, client cert required), reloaded on change
 //! ```
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod identity;
 pub mod tls;
