@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build controlplane helm test lint fmt demo clean-harness
+.PHONY: all build controlplane helm test lint fmt demo bench clean-harness
 
 all: build
 
@@ -21,6 +21,11 @@ helm:
 ## The end-to-end tests run the hub and agent binaries, so those are built first.
 test: controlplane helm build
 	$(CARGO) test --workspace
+
+## Benchmarks (release build): prints figures and rewrites docs/benchmarks.md. Not part of `make test`.
+bench: controlplane
+	$(CARGO) build --release --workspace --bins
+	./target/release/tether-bench
 
 lint:
 	$(CARGO) fmt --all -- --check

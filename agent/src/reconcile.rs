@@ -39,6 +39,8 @@ pub struct State {
 /// First retry of a snapshot that did not apply completely; doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long watch events may keep arriving before a drift pass runs.
+const DRIFT_SETTLE: Duration = Duration::from_millis(50);
 
 pub async fn run(
     mut applier: Applier,
@@ -52,6 +54,9 @@ pub async fn run(
     let mut current: Option<Arc<Snapshot>> = None;
     // Set while the current snapshot has failures: when to try again, and the next delay.
     let mut retry: Option<(tokio::time::Instant, Duration)> = None;
+    // When the pending drift pass runs: a burst of watch events (a list, our own writes) settles
+    // into one pass, and a snapshot from the hub never waits for it.
+    let mut drift_at: Option<tokio::time::Instant> = None;
     loop {
         let retry_at = retry.map(|(at, _)| at);
         let from_hub = tokio::select! {
@@ -79,9 +84,12 @@ pub async fn run(
                     }
                 }
             }
-            _ = drift.notified(), if current.is_some() => {
-                // Let a burst of watch events (a list, our own writes) settle into one pass.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            _ = drift.notified(), if current.is_some() && drift_at.is_none() => {
+                drift_at = Some(tokio::time::Instant::now() + DRIFT_SETTLE);
+                continue;
+            }
+            _ = sleep_until(drift_at), if drift_at.is_some() => {
+                drift_at = None;
                 false
             }
             _ = sleep_until(retry_at), if retry_at.is_some() => false,
@@ -89,6 +97,8 @@ pub async fn run(
         let Some(snap) = current.clone() else {
             continue;
         };
+        // This pass reads the live state afresh: it covers any drift noticed so far.
+        drift_at = None;
         let was_failing = retry.is_some();
         let outcome = applier.apply(&snap).await;
         let ok = outcome.failures.is_empty();

@@ -26,10 +26,14 @@ pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let exe = std::env::current_exe().expect("current exe");
+        let release = exe.components().any(|c| c.as_os_str() == "release");
         let status = Command::new(cargo)
             .current_dir(repo_root())
-            // The same set as `make build`, so both share one compile of the dependencies.
+            // The same set as `make build`, so both share one compile of the dependencies; release
+            // binaries for a release build (the benchmarks).
             .args(["build", "--workspace", "--bins"])
+            .args(release.then_some("--release"))
             .status()
             .expect("running cargo build for the hub and agent binaries");
         assert!(
@@ -37,7 +41,6 @@ pub fn bin_dir() -> &'static Path {
             "building tether-hub and tether-agent failed"
         );
         // target/<profile>/deps/<test-binary>, or target/<profile>/<binary> for the demo.
-        let exe = std::env::current_exe().expect("current exe");
         let dir = exe.parent().expect("exe has a folder");
         let dir = if dir.ends_with("deps") {
             dir.parent().expect("target/<profile>")
@@ -82,6 +85,11 @@ pub struct Mesh {
     pub agent_tls_dir: HashMap<String, PathBuf>,
     /// Where an agent dials instead of the hub (a proxy).
     pub agent_hub_addr: HashMap<String, String>,
+    /// Short keepalives, backoff and status interval so tests see effects in seconds. Benchmarks
+    /// turn this off to run with the production defaults.
+    pub test_timing: bool,
+    /// `TETHER_LOG` for the hub and agents.
+    pub log_filter: Option<String>,
 }
 
 impl Mesh {
@@ -130,6 +138,8 @@ impl Mesh {
             agent_kubeconfig: HashMap::new(),
             agent_tls_dir: HashMap::new(),
             agent_hub_addr: HashMap::new(),
+            test_timing: true,
+            log_filter: None,
         };
         for r in remotes {
             mesh.write_agent_cert(r, r, false)?;
@@ -178,17 +188,32 @@ impl Mesh {
             ])
             .arg("--tls-dir")
             .arg(&self.hub_tls_dir)
-            .args(["--trust-domain", TRUST_DOMAIN])
-            .args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
-            .args(["--status-interval", "100ms", "--retire-timeout", "20s"])
-            .args(&self.hub_args)
+            .args(["--trust-domain", TRUST_DOMAIN]);
+        if self.test_timing {
+            cmd.args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
+                .args(["--status-interval", "100ms", "--retire-timeout", "20s"]);
+        }
+        cmd.args(&self.hub_args)
             .env("KUBECONFIG", self.planes.get("central").kubeconfig())
-            .env("TETHER_LOG", "info,tether_hub=debug")
+            .env(
+                "TETHER_LOG",
+                self.log_filter
+                    .as_deref()
+                    .unwrap_or("info,tether_hub=debug"),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         self.hub = Some(spawn(cmd)?);
         Ok(())
+    }
+
+    pub fn hub_pid(&self) -> Option<u32> {
+        self.hub.as_ref().and_then(|p| p.id())
+    }
+
+    pub fn agent_pid(&self, cluster: &str) -> Option<u32> {
+        self.agents.get(cluster).and_then(|p| p.id())
     }
 
     /// SIGKILL, as a crash would.
@@ -221,7 +246,11 @@ impl Mesh {
             .get(cluster)
             .cloned()
             .unwrap_or_else(|| self.dir.join(format!("tls-{tls}")));
-        let log = std::fs::File::create(self.dir.join(format!("agent-{cluster}.log")))?;
+        // Appended: a restarted agent's log follows the previous one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("agent-{cluster}.log")))?;
         let mut cmd = Command::new(bin_dir().join("tether-agent"));
         cmd.args(["--cluster", claims])
             .args([
@@ -242,11 +271,18 @@ impl Mesh {
             .arg(tls_dir)
             .args(["--namespace", &self.ns])
             // Tests share remote clusters: one field manager per test keeps their agents apart.
-            .args(["--field-manager", &format!("tether-agent-{}", self.ns)])
-            .args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
-            .args(["--backoff-initial", "100ms", "--backoff-max", "1s"])
-            .env("KUBECONFIG", kubeconfig)
-            .env("TETHER_LOG", "info,tether_agent=debug")
+            .args(["--field-manager", &format!("tether-agent-{}", self.ns)]);
+        if self.test_timing {
+            cmd.args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
+                .args(["--backoff-initial", "100ms", "--backoff-max", "1s"]);
+        }
+        cmd.env("KUBECONFIG", kubeconfig)
+            .env(
+                "TETHER_LOG",
+                self.log_filter
+                    .as_deref()
+                    .unwrap_or("info,tether_agent=debug"),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

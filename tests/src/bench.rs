@@ -1,0 +1,180 @@
+//! Measuring helpers for `make bench` (`src/bin/tether-bench.rs`): process CPU and memory from
+//! /proc, percentiles, and a load generator of agent streams that answer without an API server.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tether_agent::client::Settings;
+use tether_agent::metrics::AgentMetrics;
+use tether_agent::reconcile::{Applied, Command, State};
+use tokio::sync::{mpsc, watch};
+
+/// CPU seconds used so far and memory of a process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cpu_secs: f64,
+    pub rss_kib: u64,
+    /// Peak resident set (VmHWM).
+    pub peak_kib: u64,
+}
+
+pub fn usage(pid: u32) -> Usage {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu_secs = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces) start at field 3.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Usage {
+        cpu_secs,
+        rss_kib: field("VmRSS:"),
+        peak_kib: field("VmHWM:"),
+    }
+}
+
+/// Samples a process's CPU every `every` until stopped; the highest share of one core seen.
+pub struct CpuPeak {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl CpuPeak {
+    pub fn start(pid: u32, every: Duration) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut peak: f64 = 0.0;
+            let mut last = (Instant::now(), usage(pid).cpu_secs);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => return peak,
+                }
+                let now = (Instant::now(), usage(pid).cpu_secs);
+                let share = (now.1 - last.1) / (now.0 - last.0).as_secs_f64();
+                peak = peak.max(share);
+                last = now;
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Peak CPU as a fraction of one core (1.0 = one core busy).
+    pub async fn finish(self) -> f64 {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or(0.0)
+    }
+}
+
+/// Nearest-rank percentile of `values` (sorted here); 0 when empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+pub fn ms(d: f64) -> String {
+    format!("{:.1} ms", d * 1000.0)
+}
+
+/// What one load-generator stream saw: a snapshot version, when it arrived.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub stream: usize,
+    pub version: String,
+    pub at: Instant,
+}
+
+/// N agent streams: the real agent stream client (TLS, keepalive, backoff with jitter, Hello,
+/// ACK/NACK), with the applier replaced by an immediate ACK. Every snapshot is reported on `seen`.
+pub struct LoadGen {
+    tasks: tokio::task::JoinSet<()>,
+    pub seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+impl LoadGen {
+    pub fn start(settings: Vec<Settings>) -> Self {
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let mut tasks = tokio::task::JoinSet::new();
+        let metrics = AgentMetrics::register(&mut Default::default());
+        for (i, s) in settings.into_iter().enumerate() {
+            let (commands, mut cmd_rx) = watch::channel::<Option<Command>>(None);
+            let (results_tx, results) = mpsc::channel::<Applied>(4);
+            let (_state_tx, state) = watch::channel(State::default());
+            let seen_tx = seen_tx.clone();
+            tasks.spawn(tether_agent::client::run(
+                s,
+                commands,
+                results,
+                state,
+                metrics.clone(),
+            ));
+            tasks.spawn(async move {
+                let _keep_state = _state_tx;
+                while cmd_rx.changed().await.is_ok() {
+                    let cmd = cmd_rx.borrow_and_update().clone();
+                    let Some(Command::Apply(snap)) = cmd else {
+                        continue;
+                    };
+                    let _ = seen_tx.send(Seen {
+                        stream: i,
+                        version: snap.version.clone(),
+                        at: Instant::now(),
+                    });
+                    let answer = Applied {
+                        version: snap.version.clone(),
+                        nonce: snap.nonce.clone(),
+                        failures: vec![],
+                    };
+                    if results_tx.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Self { tasks, seen }
+    }
+
+    /// Waits until `n` distinct streams saw a snapshot that satisfies `pred`, or `timeout`.
+    /// Returns the arrival time at each stream that got there.
+    pub async fn wait_all(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        mut pred: impl FnMut(&Seen) -> bool,
+    ) -> HashMap<usize, Instant> {
+        let mut got = HashMap::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while got.len() < n {
+            match tokio::time::timeout_at(deadline, self.seen.recv()).await {
+                Ok(Some(s)) if pred(&s) => {
+                    got.entry(s.stream).or_insert(s.at);
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        got
+    }
+
+    pub fn stop(mut self) {
+        self.tasks.abort_all();
+    }
+}
