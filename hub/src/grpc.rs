@@ -198,6 +198,10 @@ impl Stream {
         metrics.streams_connected.inc();
         let mut out = Outbox::default();
         let mut next: Option<HubMessage> = out.message_for(&desired.borrow_and_update().clone());
+        // What a new stream gets first is no change of state: it does not measure propagation.
+        if let Some(first) = out.sent.back_mut() {
+            first.changed_at = None;
+        }
         let reason = loop {
             let stalled = out.in_flight_since().map(|t| t + ANSWER_TIMEOUT);
             tokio::select! {
