@@ -121,6 +121,11 @@ pub struct ServeArgs {
     /// Status writes are coalesced to at most one per remote per interval.
     #[arg(long, env = "TETHER_STATUS_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub status_interval: Duration,
+    /// A status whose phase and conditions did not change (only versions, endpoint count, last ACK) is
+    /// rewritten at most this often per remote: pod churn costs O(remotes) writes per refresh, not per
+    /// change. Phase or condition changes are written at the next interval.
+    #[arg(long, env = "TETHER_STATUS_REFRESH", default_value = "10s", value_parser = parse_duration)]
+    pub status_refresh: Duration,
     /// How long a deleted RemoteCluster waits for its agent to acknowledge Retire.
     #[arg(long, env = "TETHER_RETIRE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub retire_timeout: Duration,
@@ -144,6 +149,7 @@ impl ServeArgs {
             max_message_bytes,
             max_concurrent_streams,
             status_interval,
+            status_refresh,
             retire_timeout,
         } = self;
         let defaults = Defaults {
@@ -165,6 +171,7 @@ impl ServeArgs {
             max_message_bytes,
             max_concurrent_streams,
             status_interval,
+            status_refresh,
             retire_timeout,
         }
     }

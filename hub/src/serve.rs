@@ -43,6 +43,7 @@ pub struct Settings {
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
     pub status_interval: Duration,
+    pub status_refresh: Duration,
     pub retire_timeout: Duration,
 }
 
@@ -78,6 +79,8 @@ pub async fn run(
         index: index.clone(),
         board: board.clone(),
         interval: s.status_interval,
+        refresh: s.status_refresh,
+        written: Default::default(),
         retire_timeout: s.retire_timeout,
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),

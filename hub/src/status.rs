@@ -1,7 +1,9 @@
 //! RemoteCluster status: computed from the index (desired state, spec errors) and the board (streams,
 //! ACK/NACK), written with server-side apply on the status subresource under field manager `tether-hub`.
 //! Coalesced: one pass every `interval` writes only the remotes whose status differs from what the API
-//! server already has, so pod churn never turns into a status-write storm. The same pass releases the
+//! server already has; a difference in versions and counts alone (pod churn: every remote's desired
+//! version moves with each change) is written at most once per `refresh`, so churn costs O(remotes)
+//! writes per refresh instead of per change. The same pass releases the
 //! finalizer of deleted remotes once their agent acknowledged `Retire` (or the retire timeout passed).
 
 use crate::board::{Board, StreamState};
@@ -182,6 +184,10 @@ pub struct StatusWriter {
     pub index: Arc<RwLock<Index>>,
     pub board: Arc<Board>,
     pub interval: Duration,
+    /// Minimum time between writes of a status that only refreshes versions and counts.
+    pub refresh: Duration,
+    /// When each remote's status was last written.
+    pub written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub retire_timeout: Duration,
     pub recorder: Recorder,
     pub metrics: HubMetrics,
@@ -222,12 +228,19 @@ impl StatusWriter {
                 .await?;
         }
         let status = compute(&desired, &stream, rc.status.as_ref());
-        if rc
-            .status
-            .as_ref()
-            .is_some_and(|old| same_status(old, &status))
-        {
-            return Ok(());
+        if let Some(old) = rc.status.as_ref() {
+            if same_status(old, &status) {
+                return Ok(());
+            }
+            let recent = self
+                .written
+                .lock()
+                .expect("written lock")
+                .get(&name)
+                .is_some_and(|at| at.elapsed() < self.refresh);
+            if recent && !significant(old, &status) {
+                return Ok(());
+            }
         }
         let patch = serde_json::json!({
             "apiVersion": "tether.io/v1alpha1", "kind": "RemoteCluster", "status": status,
@@ -240,6 +253,10 @@ impl StatusWriter {
             )
             .await?;
         self.metrics.status_writes.inc();
+        self.written
+            .lock()
+            .expect("written lock")
+            .insert(name.clone(), std::time::Instant::now());
         for event in transitions(rc.status.as_ref(), &status) {
             // Events are for people; failing to record one never blocks status.
             if let Err(error) = self.recorder.publish(&event, &rc.object_ref(&())).await {
@@ -342,6 +359,29 @@ pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus)
         });
     }
     events
+}
+
+/// A change someone watching must see at once: phase, a condition's status or reason, the spec
+/// generation answered, the agent's connection, a new NACK. Versions, the endpoint count and the last
+/// ACK time alone can wait for the refresh.
+pub fn significant(old: &RemoteClusterStatus, new: &RemoteClusterStatus) -> bool {
+    let conditions = |s: &RemoteClusterStatus| -> Vec<(String, String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    };
+    let agent = |s: &RemoteClusterStatus| {
+        s.agent
+            .as_ref()
+            .map(|a| (a.peer.clone(), a.version.clone(), a.connected_since.clone()))
+    };
+    let nack = |s: &RemoteClusterStatus| s.sync.as_ref().and_then(|x| x.last_nack.clone());
+    old.phase != new.phase
+        || conditions(old) != conditions(new)
+        || old.observed_generation != new.observed_generation
+        || agent(old) != agent(new)
+        || nack(old) != nack(new)
 }
 
 /// Equal as the API server would store them.
@@ -466,5 +506,19 @@ mod tests {
             ["NoEndpoints"]
         );
         assert!(transitions(Some(&status), &status).is_empty(), "once");
+    }
+
+    #[test]
+    fn only_phase_condition_connection_and_nack_changes_are_significant() {
+        let v1 = compute(&desired("v1"), &connected("v1"), None);
+        let v2 = compute(&desired("v2"), &connected("v2"), Some(&v1));
+        assert!(!significant(&v1, &v2), "Synced v1 -> Synced v2 can wait");
+        // Waiting for the agent is a phase of its own (Connected): shown at once.
+        let pending = compute(&desired("v3"), &connected("v2"), Some(&v2));
+        assert!(significant(&v2, &pending));
+        let mut gone = connected("v2");
+        gone.streams = 0;
+        let disconnected = compute(&desired("v2"), &gone, Some(&v2));
+        assert!(significant(&v2, &disconnected));
     }
 }

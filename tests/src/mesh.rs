@@ -191,7 +191,8 @@ impl Mesh {
             .args(["--trust-domain", TRUST_DOMAIN]);
         if self.test_timing {
             cmd.args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
-                .args(["--status-interval", "100ms", "--retire-timeout", "20s"]);
+                .args(["--status-interval", "100ms", "--retire-timeout", "20s"])
+                .args(["--status-refresh", "100ms"]);
         }
         cmd.args(&self.hub_args)
             .env("KUBECONFIG", self.planes.get("central").kubeconfig())
