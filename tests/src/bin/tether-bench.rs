@@ -331,8 +331,8 @@ async fn propagation(planes: &'static ControlPlanes, out: &mut String) -> anyhow
          By kind of change (remote-1): readiness flip {:.2}, new pod {:.2}, deleted pod {:.2} writes. A flip \
          or a new pod changes two objects (the istiod EndpointSlice and the legacy Endpoints). A deletion \
          is two states, as with the Kubernetes EndpointSlice controller: the endpoint first turns \
-         terminating (pods are deleted gracefully), then goes; so 3 writes when the agent sees both (2 when \
-         they arrive together and are coalesced). Writes after a hub restart and a restart of every agent, \
+         terminating (pods are deleted gracefully), then goes; so up to 4 writes (2 when both states \
+         arrive together and are coalesced). Writes after a hub restart and a restart of every agent, \
          nothing changed: **{reconnect_writes}** (should be 0).\n",
         writes[0],
         writes[1],
@@ -438,6 +438,7 @@ struct FanoutRow {
     missing: usize,
     connect_secs: f64,
     kib_per_stream: f64,
+    hub_rss_kib: u64,
     idle_cpu_per_stream: f64,
     cpu_per_change: f64,
     apiserver_cpu_per_change: f64,
@@ -489,6 +490,7 @@ async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
         missing,
         connect_secs: f.connect_secs,
         kib_per_stream,
+        hub_rss_kib: idle.rss_kib,
         idle_cpu_per_stream,
         cpu_per_change: (hub1 - hub0) / FANOUT_CHANGES as f64,
         apiserver_cpu_per_change: (api1 - api0) / FANOUT_CHANGES as f64,
@@ -631,20 +633,21 @@ async fn main() -> anyhow::Result<()> {
          API server behind them. N RemoteClusters exist on the central API server. {FANOUT_CHANGES} readiness \
          flips of one istiod pod; for each, the time from just before the central write until the last of \
          the N streams received the new snapshot (it ACKs at once).\n\n\
-         | streams | connect all | all received, p50 | p99 | streams missing | hub RSS per stream | hub CPU idle per stream | hub CPU per change | central API server CPU per change | status writes |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+         | streams | connect all | all received, p50 | p99 | streams missing | hub RSS | hub RSS per stream | hub CPU idle per stream | hub CPU per change | central API server CPU per change | status writes |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for row in &rows {
         match row {
             Ok(r) => {
                 let _ = writeln!(
                     doc,
-                    "| {} | {:.1} s | {} | {} | {} | {:.1} KiB | {:.1} µs/s | {:.0} ms | {:.0} ms | {:.0} |",
+                    "| {} | {:.1} s | {} | {} | {} | {:.0} MiB | {:.1} KiB | {:.1} µs/s | {:.0} ms | {:.0} ms | {:.0} |",
                     r.n,
                     r.connect_secs,
                     ms(percentile(&r.all_acked, 50.0)),
                     ms(percentile(&r.all_acked, 99.0)),
                     r.missing,
+                    r.hub_rss_kib as f64 / 1024.0,
                     r.kib_per_stream,
                     r.idle_cpu_per_stream * 1e6,
                     r.cpu_per_change * 1000.0,
@@ -653,7 +656,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             Err(e) => {
-                let _ = writeln!(doc, "| failed: {e} | | | | | | | | | |");
+                let _ = writeln!(doc, "| failed: {e} | | | | | | | | | | |");
             }
         }
     }
