@@ -293,6 +293,7 @@ impl StatusWriter {
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         self.board.remove(&name);
+        self.written.lock().expect("written lock").remove(&name);
         Ok(())
     }
 }
