@@ -117,7 +117,7 @@ impl LoadGen {
         for (i, s) in settings.into_iter().enumerate() {
             let (commands, mut cmd_rx) = watch::channel::<Option<Command>>(None);
             let (results_tx, results) = mpsc::channel::<Applied>(4);
-            let (_state_tx, state) = watch::channel(State::default());
+            let (state_tx, state) = watch::channel(State::default());
             let seen_tx = seen_tx.clone();
             tasks.spawn(tether_agent::client::run(
                 s,
@@ -127,7 +127,8 @@ impl LoadGen {
                 metrics.clone(),
             ));
             tasks.spawn(async move {
-                let _keep_state = _state_tx;
+                // The stream reads applied_version from here; it must outlive the stream.
+                let _state_tx = state_tx;
                 while cmd_rx.changed().await.is_ok() {
                     let cmd = cmd_rx.borrow_and_update().clone();
                     let Some(Command::Apply(snap)) = cmd else {

@@ -138,11 +138,7 @@ async fn latency_slows_nothing_down_into_stream_churn() {
     )
     .await;
     mesh.wait_phase("remote-1", "Synced", SOON).await;
-    let connects = mesh
-        .log("hub")
-        .lines()
-        .filter(|l| l.contains("agent connected cluster=remote-1"))
-        .count();
+    let connects = hub_connects(&mesh, "remote-1");
     assert_eq!(
         connects, 1,
         "the stream survived the latency (no reconnects)"
@@ -188,14 +184,19 @@ async fn a_thin_link_gets_the_newest_state_without_stream_churn() {
     .await;
     let took = last_change.elapsed();
     mesh.wait_phase("remote-1", "Synced", SOON).await;
-    let connects = mesh
-        .log("hub")
-        .lines()
-        .filter(|l| l.contains("agent connected cluster=remote-1"))
-        .count();
+    let connects = hub_connects(&mesh, "remote-1");
     assert_eq!(
         connects, 1,
         "the stream survived the thin link (no reconnects)"
     );
     println!("final state {took:?} after the last change through 16 KiB/s");
+}
+
+/// Streams the hub accepted from `cluster`'s agent (one per connection, from the hub's log).
+fn hub_connects(mesh: &tether_tests::mesh::Mesh, cluster: &str) -> usize {
+    let needle = format!("agent connected cluster={cluster} ");
+    mesh.log("hub")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
 }
