@@ -8,10 +8,11 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{reflector, watcher};
 use kube::{Api, Client};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tether_proto::retry::ApiRetry;
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -56,16 +57,27 @@ impl Live {
             let events = reflector(
                 writer,
                 watcher(api(client, namespace, kind), watcher::Config::default()),
-            )
-            .default_backoff();
+            );
             let bell = drift.clone();
             tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let mut events = std::pin::pin!(events);
+                let mut retry = ApiRetry::default();
                 while let Some(event) = events.next().await {
                     match event {
-                        Ok(_) => bell.notify_one(),
-                        Err(error) => warn!(kind = kind.as_str(), %error,
-                            "watch failed; retrying with backoff (check the agent's Role and ClusterRole)"),
+                        Ok(_) => {
+                            retry.succeeded();
+                            bell.notify_one()
+                        }
+                        Err(error) => {
+                            // 410 Gone: the watch fell behind (as after an outage); a relist follows.
+                            let gone =
+                                matches!(&error, watcher::Error::WatchError(s) if s.code == 410);
+                            let wait = retry.failed(gone);
+                            warn!(kind = kind.as_str(), %error, ?wait,
+                                "watch failed; retrying with backoff (check the agent's Role and ClusterRole)");
+                            // The watcher retries when polled again.
+                            tokio::time::sleep(wait).await;
+                        }
                     }
                 }
             }));

@@ -18,13 +18,14 @@ use anyhow::Context;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, reflector};
+use kube::runtime::reflector;
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tether_proto::cli::stopped;
+use tether_proto::retry::ApiRetry;
 use tether_proto::tls::ReloadingServerConfig;
 use tether_proto::v1::sync_server::SyncServer;
 use tokio::net::TcpListener;
@@ -58,15 +59,20 @@ pub async fn run(
     let metrics = HubMetrics::register(&mut registry);
 
     let rc_api: Api<RemoteCluster> = Api::namespaced(client.clone(), &s.namespace);
+    // Retried by `feed` when they fail (see tether_proto::retry).
+    let cfg = watcher::Config::default;
     let (store, writer) = reflector::store();
     let rc_events = reflector(
         writer,
-        watcher(rc_api.clone()).map(|e| e.map(strip_managed_fields)),
+        watcher(rc_api.clone(), cfg()).map(|e| e.map(strip_managed_fields)),
     );
     tokio::spawn(feed(rc_events, index.clone(), Kind::Remotes, board.clone()));
-    let pods = watcher(Api::<Pod>::namespaced(client.clone(), &s.namespace));
+    let pods = watcher(Api::<Pod>::namespaced(client.clone(), &s.namespace), cfg());
     tokio::spawn(feed(pods, index.clone(), Kind::Pods, board.clone()));
-    let services = watcher(Api::<Service>::namespaced(client.clone(), &s.namespace));
+    let services = watcher(
+        Api::<Service>::namespaced(client.clone(), &s.namespace),
+        cfg(),
+    );
     tokio::spawn(feed(services, index.clone(), Kind::Services, board.clone()));
 
     let reporter = Reporter {
@@ -148,11 +154,9 @@ pub async fn run(
     Ok(())
 }
 
-fn watcher<K>(api: Api<K>) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watcher::watcher(api, watcher::Config::default()).default_backoff()
+/// `410 Gone`: the watch fell behind the server's history (as after an outage); a relist follows.
+fn is_gone(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 fn strip_managed_fields<K: Resource>(mut event: Event<K>) -> Event<K> {
@@ -184,7 +188,11 @@ async fn feed<K>(
 {
     let mut events = std::pin::pin!(events);
     let mut listing: Vec<K> = Vec::new();
+    let mut retry = ApiRetry::default();
     while let Some(event) = events.next().await {
+        if event.is_ok() {
+            retry.succeeded();
+        }
         match event {
             Ok(Event::Init) => listing.clear(),
             Ok(Event::InitApply(o)) => listing.push(o),
@@ -200,9 +208,12 @@ async fn feed<K>(
                     board.remove(&o.name_any());
                 }
             }
-            // default_backoff() retries; say so once per failure so operators see RBAC or network trouble.
+            // Say so once per failure so operators see RBAC or network trouble; the watcher retries
+            // when polled again.
             Err(error) => {
-                warn!(?kind, %error, "watch failed; retrying with backoff (check the hub's RBAC and API server)")
+                let wait = retry.failed(is_gone(&error));
+                warn!(?kind, %error, ?wait, "watch failed; retrying with backoff (check the hub's RBAC and API server)");
+                tokio::time::sleep(wait).await;
             }
         }
     }

@@ -20,6 +20,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tether_proto::retry::ApiRetry;
 use tracing::{info, warn};
 
 pub const FIELD_MANAGER: &str = "tether-hub";
@@ -177,6 +178,15 @@ fn time(t: Timestamp) -> Time {
     Time(Timestamp::from_second(t.as_second()).expect("in range"))
 }
 
+/// The central API server did not answer, or answered that it cannot serve now (429, 5xx).
+fn server_unavailable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        _ => false,
+    }
+}
+
 /// Writes statuses and releases finalizers until the task is dropped.
 pub struct StatusWriter {
     pub api: Api<RemoteCluster>,
@@ -197,11 +207,31 @@ impl StatusWriter {
     pub async fn run(self) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = ApiRetry::default();
         loop {
             tick.tick().await;
+            let mut unreachable = None;
             for rc in self.store.state() {
-                if let Err(error) = self.reconcile(&rc).await {
-                    warn!(cluster = %rc.name_any(), %error, "status update failed; retrying next pass");
+                match self.reconcile(&rc).await {
+                    Ok(()) => {}
+                    // No answer, or an overloaded server: the next writes would fail the same way.
+                    // One warning, then wait.
+                    Err(error) if server_unavailable(&error) => {
+                        unreachable = Some(error);
+                        break;
+                    }
+                    // This object's trouble; the others go on.
+                    Err(error) => {
+                        warn!(cluster = %rc.name_any(), %error, "status update failed; retrying next pass")
+                    }
+                }
+            }
+            match unreachable {
+                None => retry.succeeded(),
+                Some(error) => {
+                    let wait = retry.failed(false);
+                    warn!(%error, ?wait, "central API server unreachable; status writes paused");
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -395,6 +425,29 @@ mod tests {
     use super::*;
     use crate::board::Nacked;
     use tether_proto::v1::Snapshot;
+
+    #[test]
+    fn only_an_unavailable_server_pauses_all_status_writes() {
+        let answered = |code| {
+            kube::Error::Api(Box::new(
+                kube::core::Status::failure("x", "y").with_code(code),
+            ))
+        };
+        assert!(server_unavailable(&answered(503)));
+        assert!(server_unavailable(&answered(429)));
+        assert!(
+            !server_unavailable(&answered(409)),
+            "a conflict is one object's"
+        );
+        assert!(
+            !server_unavailable(&answered(422)),
+            "an invalid status is one object's"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(server_unavailable(&kube::Error::Service(Box::new(refused))));
+        let bad_json = serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(!server_unavailable(&kube::Error::SerdeError(bad_json)));
+    }
 
     fn desired(version: &str) -> Desired {
         Desired {

@@ -7,12 +7,14 @@
 //!  check      is a Snapshot well formed (the agent refuses one that is not, whole)
 //!  version    Snapshot content ──sha256──► version string (same state, same version, on any replica)
 //!  tls        cert/key/CA files ──► rustls configs (TLS 1.3, client cert required), reloaded on change
+//!  retry      how long a failed Kubernetes watch waits before it is polled again
 //! ```
 
 pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod identity;
+pub mod retry;
 pub mod tls;
 pub mod version;
 
