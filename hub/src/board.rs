@@ -5,6 +5,7 @@
 use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StreamState {
@@ -35,9 +36,21 @@ pub struct Nacked {
 #[derive(Default)]
 pub struct Board {
     remotes: Mutex<HashMap<String, StreamState>>,
+    /// Counts changes (see [`Board::revision`]); bumped under the lock, after the change.
+    revision: AtomicU64,
 }
 
 impl Board {
+    /// Moves with every change to any remote's state: a reader that saw the same revision saw the
+    /// same board.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.revision.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn get(&self, cluster: &str) -> StreamState {
         self.remotes
             .lock()
@@ -48,12 +61,9 @@ impl Board {
     }
 
     pub fn update(&self, cluster: &str, f: impl FnOnce(&mut StreamState)) {
-        f(self
-            .remotes
-            .lock()
-            .expect("board lock")
-            .entry(cluster.to_string())
-            .or_default());
+        let mut remotes = self.remotes.lock().expect("board lock");
+        f(remotes.entry(cluster.to_string()).or_default());
+        self.changed();
     }
 
     pub fn connected(&self, cluster: &str, agent_version: &str, peer: &str, applied_version: &str) {
@@ -127,17 +137,50 @@ impl Board {
             }
         }
         remotes.insert(cluster.to_string(), state);
+        self.changed();
     }
 
     /// Forget a remote whose RemoteCluster is gone.
     pub fn remove(&self, cluster: &str) {
-        self.remotes.lock().expect("board lock").remove(cluster);
+        let mut remotes = self.remotes.lock().expect("board lock");
+        if remotes.remove(cluster).is_some() {
+            self.changed();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revision_moves_with_every_change_and_only_then() {
+        let board = Board::default();
+        let r0 = board.revision();
+        board.seed("r1", None);
+        let r1 = board.revision();
+        assert!(r1 > r0, "a seeded remote is a change");
+        board.seed("r1", None);
+        assert_eq!(
+            board.revision(),
+            r1,
+            "seeding a known remote changes nothing"
+        );
+        let _ = board.get("r1");
+        let _ = board.to_json();
+        assert_eq!(board.revision(), r1, "reading changes nothing");
+        board.update("r1", |s| s.acked_version = "v1".into());
+        let r2 = board.revision();
+        assert!(r2 > r1);
+        board.remove("r2");
+        assert_eq!(
+            board.revision(),
+            r2,
+            "removing an unknown remote changes nothing"
+        );
+        board.remove("r1");
+        assert!(board.revision() > r2);
+    }
 
     #[test]
     fn second_stream_keeps_remote_connected_until_both_close() {

@@ -126,6 +126,10 @@ pub struct ServeArgs {
     /// change. Phase or condition changes are written at the next interval.
     #[arg(long, env = "TETHER_STATUS_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub status_refresh: Duration,
+    /// Status writes in flight at once against the central API server. More settles a large fleet's
+    /// statuses sooner at the cost of central API server CPU (see docs/benchmarks.md).
+    #[arg(long, env = "TETHER_STATUS_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub status_writers: u16,
     /// How long a deleted RemoteCluster waits for its agent to acknowledge Retire.
     #[arg(long, env = "TETHER_RETIRE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub retire_timeout: Duration,
@@ -150,6 +154,7 @@ impl ServeArgs {
             max_concurrent_streams,
             status_interval,
             status_refresh,
+            status_writers,
             retire_timeout,
         } = self;
         let defaults = Defaults {
@@ -172,6 +177,7 @@ impl ServeArgs {
             max_concurrent_streams,
             status_interval,
             status_refresh,
+            status_writers: status_writers.into(),
             retire_timeout,
         }
     }

@@ -88,9 +88,22 @@ pub struct Index {
     pods: HashMap<String, PodInfo>,
     services: HashMap<String, CentralService>,
     remotes: HashMap<String, Remote>,
+    /// Counts the watch events applied (see [`Index::revision`]).
+    revision: u64,
 }
 
 impl Index {
+    /// Moves with every watch event applied, including a RemoteCluster's own status: a reader that
+    /// saw the same revision saw the same central state.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Called by the watch feed after it applied an event.
+    pub fn note_change(&mut self) {
+        self.revision += 1;
+    }
+
     pub fn new(defaults: Defaults) -> Self {
         Self {
             defaults,
@@ -98,6 +111,7 @@ impl Index {
             pods: HashMap::new(),
             services: HashMap::new(),
             remotes: HashMap::new(),
+            revision: 0,
         }
     }
 

@@ -45,6 +45,7 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     pub status_interval: Duration,
     pub status_refresh: Duration,
+    pub status_writers: usize,
     pub retire_timeout: Duration,
 }
 
@@ -86,7 +87,8 @@ pub async fn run(
         board: board.clone(),
         interval: s.status_interval,
         refresh: s.status_refresh,
-        written: Default::default(),
+        concurrency: s.status_writers,
+        seen: Default::default(),
         retire_timeout: s.retire_timeout,
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
@@ -197,13 +199,21 @@ async fn feed<K>(
             Ok(Event::Init) => listing.clear(),
             Ok(Event::InitApply(o)) => listing.push(o),
             Ok(Event::InitDone) => {
-                kind.reset(&mut index.write().expect("index lock"), &listing);
+                let mut index = index.write().expect("index lock");
+                kind.reset(&mut index, &listing);
+                index.note_change();
                 debug!(?kind, objects = listing.len(), "watch listed");
                 listing.clear();
             }
-            Ok(Event::Apply(o)) => kind.apply(&mut index.write().expect("index lock"), &o),
+            Ok(Event::Apply(o)) => {
+                let mut index = index.write().expect("index lock");
+                kind.apply(&mut index, &o);
+                index.note_change();
+            }
             Ok(Event::Delete(o)) => {
-                kind.delete(&mut index.write().expect("index lock"), &o.name_any());
+                let mut index = index.write().expect("index lock");
+                kind.delete(&mut index, &o.name_any());
+                index.note_change();
                 if matches!(kind, Kind::Remotes) {
                     board.remove(&o.name_any());
                 }

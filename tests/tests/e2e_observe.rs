@@ -8,7 +8,7 @@ use std::time::Duration;
 use tether_agent::client::connect;
 use tether_proto::v1::sync_client::SyncClient;
 use tether_proto::v1::{AgentMessage, Hello, HubMessage, agent_message};
-use tether_tests::fixtures::{SOON, client_settings, synced_mesh, synced_mesh_with};
+use tether_tests::fixtures::{REMOTES, SOON, client_settings, synced_mesh, synced_mesh_with};
 use tether_tests::mesh::Mesh;
 use tether_tests::{eventually, metric};
 
@@ -268,5 +268,62 @@ async fn metrics_move_as_the_system_acts_and_health_says_serving() {
     assert_eq!(
         code, 0,
         "--wait returns 0 once every remote is synced: {stderr}"
+    );
+}
+
+/// RemoteCluster status is written when it changes, not on every pass of the writer: nothing while
+/// idle, a few writes per remote for one pod change (desired moved, then acked).
+#[tokio::test]
+async fn status_is_written_per_change_not_per_pass() {
+    let mesh = synced_mesh().await;
+    let hub = mesh.hub_admin_port;
+    let writes = || async {
+        let text = Mesh::admin_get(hub, "/metrics").await.unwrap().1;
+        metric(&text, "tether_hub_status_writes_total")
+    };
+    let acked = |status: &Value| {
+        status["sync"]["ackedVersion"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut before = Vec::new();
+    for r in REMOTES {
+        before.push(acked(&mesh.wait_phase(r, "Synced", SOON).await));
+    }
+    // Settle: anything the start-up left (a refresh of versions) is written within a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_start = writes().await;
+    // 30 passes of the writer (--status-interval 100ms in tests).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(writes().await, idle_start, "an idle hub writes no status");
+
+    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
+        .await
+        .unwrap();
+    for (r, old) in REMOTES.iter().zip(&before) {
+        eventually(
+            &format!("{r} to report the new version acked"),
+            SOON,
+            || async {
+                let status = mesh.status(r).await?;
+                let sync = &status["sync"];
+                anyhow::ensure!(
+                    status["phase"] == "Synced"
+                        && acked(&status) != *old
+                        && sync["desiredVersion"] == sync["ackedVersion"],
+                    "{status}"
+                );
+                Ok(())
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_change = writes().await - idle_start;
+    assert!(
+        (REMOTES.len() as f64..=3.0 * REMOTES.len() as f64).contains(&per_change),
+        "{per_change} status writes for one pod change on {} remotes",
+        REMOTES.len()
     );
 }

@@ -443,6 +443,41 @@ struct FanoutRow {
     cpu_per_change: f64,
     apiserver_cpu_per_change: f64,
     status_writes: f64,
+    /// From the last change until every RemoteCluster's status shows it acked; None past the timeout.
+    status_lag: Option<f64>,
+}
+
+/// When every one of the `n` RemoteClusters' status says `version` (any, if None) is desired and
+/// acked (polled every second, up to 5 minutes).
+async fn status_settled(
+    mesh: &Mesh,
+    version: Option<&str>,
+    n: usize,
+) -> anyhow::Result<Option<Instant>> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let list = mesh.remote_clusters().list(&Default::default()).await?;
+        let settled = list
+            .items
+            .iter()
+            .filter(|rc| {
+                let sync = &rc.data["status"]["sync"];
+                let desired = sync["desiredVersion"].as_str().unwrap_or("");
+                !desired.is_empty()
+                    && sync["ackedVersion"] == desired
+                    && version.is_none_or(|v| v == desired)
+            })
+            .count();
+        if settled == n {
+            return Ok(Some(Instant::now()));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(None)
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("> 300 s".into(), |s| format!("{s:.1} s"))
 }
 
 async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
@@ -450,6 +485,16 @@ async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
     let hub_pid = f.mesh.hub_pid().unwrap();
     let central_pids = f.mesh.planes.get("central").pids();
     let cpu = |pids: &[u32]| pids.iter().map(|p| usage(*p).cpu_secs).sum::<f64>();
+    // Idle means after the first statuses are written too (10,000 of them take tens of seconds).
+    let t = Instant::now();
+    anyhow::ensure!(
+        status_settled(&f.mesh, None, f.n).await?.is_some(),
+        "statuses did not settle after connecting"
+    );
+    println!(
+        "  statuses settled {:.1} s after the streams",
+        t.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let settled = usage(hub_pid);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -462,6 +507,8 @@ async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
     let pods = f.mesh.central_pods();
     let mut all_acked = Vec::new();
     let mut missing = 0;
+    let mut last_version = String::new();
+    let mut last_change = Instant::now();
     for i in 0..FANOUT_CHANGES {
         let ready = i % 2 == 1;
         while f.load.seen.try_recv().is_ok() {}
@@ -480,9 +527,13 @@ async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
         if let Some(last) = got.values().max() {
             all_acked.push((*last - t0).as_secs_f64());
         }
+        last_version = version.unwrap_or_default();
+        last_change = t0;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (hub1, api1) = (usage(hub_pid).cpu_secs, cpu(&central_pids));
+    let status_lag = status_settled(&f.mesh, Some(&last_version), f.n).await?;
+    let status_lag = status_lag.map(|at| (at - last_change).as_secs_f64());
     let status_writes =
         metric(f.mesh.hub_admin_port, "tether_hub_status_writes_total").await - status_before;
     let row = FanoutRow {
@@ -495,16 +546,18 @@ async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
         cpu_per_change: (hub1 - hub0) / FANOUT_CHANGES as f64,
         apiserver_cpu_per_change: (api1 - api0) / FANOUT_CHANGES as f64,
         status_writes,
+        status_lag,
         all_acked,
     };
     println!(
-        "  all acked p50 {} p99 {}; missing {}; {:.1} KiB/stream; hub CPU/change {:.3} s; status writes {}",
+        "  all acked p50 {} p99 {}; missing {}; {:.1} KiB/stream; hub CPU/change {:.3} s; status writes {}; statuses settled {}",
         ms(percentile(&row.all_acked, 50.0)),
         ms(percentile(&row.all_acked, 99.0)),
         row.missing,
         row.kib_per_stream,
         row.cpu_per_change,
-        row.status_writes
+        row.status_writes,
+        secs(row.status_lag)
     );
     Ok(row)
 }
@@ -633,15 +686,15 @@ async fn main() -> anyhow::Result<()> {
          API server behind them. N RemoteClusters exist on the central API server. {FANOUT_CHANGES} readiness \
          flips of one istiod pod; for each, the time from just before the central write until the last of \
          the N streams received the new snapshot (it ACKs at once).\n\n\
-         | streams | connect all | all received, p50 | p99 | streams missing | hub RSS | hub RSS per stream | hub CPU idle per stream | hub CPU per change | central API server CPU per change | status writes |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+         | streams | connect all | all received, p50 | p99 | streams missing | hub RSS | hub RSS per stream | hub CPU idle per stream | hub CPU per change | central API server CPU per change | status writes | statuses settled |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for row in &rows {
         match row {
             Ok(r) => {
                 let _ = writeln!(
                     doc,
-                    "| {} | {:.1} s | {} | {} | {} | {:.0} MiB | {:.1} KiB | {:.1} µs/s | {:.0} ms | {:.0} ms | {:.0} |",
+                    "| {} | {:.1} s | {} | {} | {} | {:.0} MiB | {:.1} KiB | {:.1} µs/s | {:.0} ms | {:.0} ms | {:.0} | {} |",
                     r.n,
                     r.connect_secs,
                     ms(percentile(&r.all_acked, 50.0)),
@@ -652,11 +705,12 @@ async fn main() -> anyhow::Result<()> {
                     r.idle_cpu_per_stream * 1e6,
                     r.cpu_per_change * 1000.0,
                     r.apiserver_cpu_per_change * 1000.0,
-                    r.status_writes
+                    r.status_writes,
+                    secs(r.status_lag)
                 );
             }
             Err(e) => {
-                let _ = writeln!(doc, "| failed: {e} | | | | | | | | | | |");
+                let _ = writeln!(doc, "| failed: {e} | | | | | | | | | | | |");
             }
         }
     }
