@@ -128,7 +128,7 @@ pub struct ServeArgs {
     pub status_refresh: Duration,
     /// Status writes in flight at once against the central API server. More settles a large fleet's
     /// statuses sooner at the cost of central API server CPU (see docs/benchmarks.md).
-    #[arg(long, env = "TETHER_STATUS_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "TETHER_STATUS_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub status_writers: u16,
     /// How long a deleted RemoteCluster waits for its agent to acknowledge Retire.
     #[arg(long, env = "TETHER_RETIRE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

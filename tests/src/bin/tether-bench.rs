@@ -666,7 +666,7 @@ async fn main() -> anyhow::Result<()> {
         doc,
         "# Benchmarks\n\nWritten by `make bench` (`cargo run --release -p tether-tests --bin tether-bench`) on \
          {}; the whole run took {:.0} s. Machine: {}. Hub and agents are release builds, run as separate \
-         processes with production defaults (keepalive 5 s, status interval 250 ms, agent backoff 0.5 s..30 s \
+         processes with production defaults (keepalive 5 s, status interval 250 ms, 2 status writers, agent backoff 0.5 s..30 s \
          with 50% jitter), mTLS on every stream. Figures are from one run; rerun to compare.\n",
         std::process::Command::new("date")
             .arg("-u")
