@@ -14,13 +14,7 @@ use std::time::Duration;
 pub async fn mesh_through_proxy() -> (Mesh, Proxy) {
     let planes = ControlPlanes::shared(CLUSTERS).await;
     let mut mesh = Mesh::new(planes, REMOTES).await.unwrap();
-    mesh.create_istiod_service().await.unwrap();
-    mesh.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
-        .await
-        .unwrap();
-    mesh.create_istiod_pod("istiod-b", "10.10.0.2", 15010, true)
-        .await
-        .unwrap();
+    mesh.create_istiod().await.unwrap();
     for r in REMOTES {
         mesh.create_remote_cluster(r, json!({})).await.unwrap();
     }

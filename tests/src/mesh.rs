@@ -374,6 +374,16 @@ impl Mesh {
         Api::namespaced(self.central.clone(), &self.ns)
     }
 
+    /// The usual central control plane: Service `istiod` and two ready pods, istiod-a (10.10.0.1) and
+    /// istiod-b (10.10.0.2), on 15010.
+    pub async fn create_istiod(&self) -> anyhow::Result<()> {
+        self.create_istiod_service().await?;
+        self.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
+            .await?;
+        self.create_istiod_pod("istiod-b", "10.10.0.2", 15010, true)
+            .await
+    }
+
     /// The central `istiod` Service: grpc-xds 15010 -> named port `grpc-xds`, https-webhook 443 -> 15017.
     pub async fn create_istiod_service(&self) -> anyhow::Result<()> {
         let svc: Service = serde_json::from_value(json!({

@@ -114,11 +114,7 @@ async fn propagation(planes: &'static ControlPlanes, out: &mut String) -> anyhow
     let mut mesh = Mesh::new(planes, REMOTES).await?;
     mesh.test_timing = false;
     mesh.log_filter = Some("info".into());
-    mesh.create_istiod_service().await?;
-    mesh.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
-        .await?;
-    mesh.create_istiod_pod("istiod-b", "10.10.0.2", 15010, true)
-        .await?;
+    mesh.create_istiod().await?;
     for r in REMOTES {
         mesh.create_remote_cluster(r, json!({})).await?;
     }
@@ -367,11 +363,7 @@ async fn fleet(planes: &'static ControlPlanes, n: usize) -> anyhow::Result<Fleet
     let mut mesh = Mesh::new(planes, &[]).await?;
     mesh.test_timing = false;
     mesh.log_filter = Some("warn".into());
-    mesh.create_istiod_service().await?;
-    mesh.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
-        .await?;
-    mesh.create_istiod_pod("istiod-b", "10.10.0.2", 15010, true)
-        .await?;
+    mesh.create_istiod().await?;
     let t = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("lg-{i}")).collect();
     let mut settings = Vec::new();

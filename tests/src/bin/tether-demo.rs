@@ -137,11 +137,7 @@ async fn main() -> anyhow::Result<()> {
     step(
         "Central cluster: Service istiod, pods istiod-a (10.10.0.1) and istiod-b (10.10.0.2), a RemoteCluster per remote",
     );
-    mesh.create_istiod_service().await?;
-    mesh.create_istiod_pod("istiod-a", "10.10.0.1", 15010, true)
-        .await?;
-    mesh.create_istiod_pod("istiod-b", "10.10.0.2", 15010, true)
-        .await?;
+    mesh.create_istiod().await?;
     for r in REMOTES {
         tether_tests::mesh::create_namespace(mesh.remote(r), "demo-app").await?;
         mesh.create_remote_cluster(
