@@ -44,11 +44,16 @@ pub struct Cli {
     pub keepalive_timeout: Duration,
     #[arg(long, env = "TETHER_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// First reconnect delay; doubles (with ±50% jitter) up to --backoff-max, reset after a healthy stream.
+    /// First reconnect delay; doubles (with ±50% jitter) up to --backoff-max, which bounds every
+    /// wait; reset after a healthy stream.
     #[arg(long, env = "TETHER_BACKOFF_INITIAL", default_value = "500ms", value_parser = parse_duration)]
     pub backoff_initial: Duration,
     #[arg(long, env = "TETHER_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
+    /// While another agent with this cluster's identity serves (two agents share one identity), how
+    /// often this one asks to take over.
+    #[arg(long, env = "TETHER_STANDBY_RETRY", default_value = "30s", value_parser = parse_duration)]
+    pub standby_retry: Duration,
     #[arg(long, env = "TETHER_MAX_MESSAGE_BYTES", default_value_t = tether_proto::limits::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 }
@@ -69,6 +74,7 @@ impl Cli {
             connect_timeout,
             backoff_initial,
             backoff_max,
+            standby_retry,
             max_message_bytes,
         } = self;
         let settings = Settings {
@@ -81,6 +87,7 @@ impl Cli {
             connect_timeout,
             backoff_initial,
             backoff_max,
+            standby_retry,
             max_message_bytes,
         };
         (

@@ -1,6 +1,11 @@
 //! The stream client, in three levels (as ztunnel's xDS client): [`run`] loops forever;
-//! `run_loop` classifies each failure and sleeps with jittered exponential backoff (reset after a
-//! healthy stream); `run_internal` is one connection, in its own span.
+//! `run_loop_wait` classifies each failure and sleeps with jittered exponential backoff (reset after
+//! a healthy stream); `run_internal` is one connection, in its own span.
+//!
+//! One agent per cluster identity: when the hub says another agent with this identity took over
+//! (ABORTED) or is connected (ALREADY_EXISTS, to a standby), this agent stands by: it stops applying
+//! and repairing (its snapshot may be older than the other's), turns not ready, and asks again every
+//! `standby_retry` as a standby, which the hub admits only when no other agent is connected.
 //!
 //! ```text
 //!  TLS (fresh config per connect) ─► h2 ─► Sync.Stream
@@ -19,7 +24,7 @@ use tether_proto::v1::sync_client::SyncClient;
 use tether_proto::v1::{Ack, AgentMessage, Hello, Nack, agent_message, hub_message};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Endpoint, Uri};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -34,6 +39,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// How often an agent that another agent of the same identity replaced asks to serve again.
+    pub standby_retry: Duration,
     pub max_message_bytes: usize,
 }
 
@@ -50,6 +57,10 @@ pub enum StreamError {
     },
     #[error("hub refused the stream: {0}")]
     Refused(tonic::Status),
+    #[error("another agent with this cluster's identity took over: {}", .0.message())]
+    Replaced(tonic::Status),
+    #[error("another agent with this cluster's identity is connected: {}", .0.message())]
+    Duplicate(tonic::Status),
     #[error("stream broke: {0}")]
     Broken(tonic::Status),
     #[error("hub closed the stream")]
@@ -65,10 +76,23 @@ impl StreamError {
                 "permission_denied"
             }
             StreamError::Refused(_) => "refused",
+            StreamError::Replaced(_) => "replaced",
+            StreamError::Duplicate(_) => "duplicate",
             StreamError::Broken(_) => "broken",
             StreamError::Closed => "closed",
         }
     }
+}
+
+/// A random name for this process, so the hub can tell a reconnect of the same agent from another
+/// agent with the same identity.
+fn instance_id() -> String {
+    use std::hash::BuildHasher;
+    let seed = (std::process::id(), std::time::SystemTime::now());
+    format!(
+        "{:016x}",
+        std::collections::hash_map::RandomState::new().hash_one(seed)
+    )
 }
 
 /// Runs the stream forever, reconnecting.
@@ -79,19 +103,22 @@ pub async fn run(
     state: watch::Receiver<State>,
     metrics: AgentMetrics,
 ) {
-    let mut backoff = backoff::ExponentialBackoff {
-        initial_interval: s.backoff_initial,
-        max_interval: s.backoff_max,
-        multiplier: 2.0,
-        randomization_factor: 0.5,
-        max_elapsed_time: None,
-        ..Default::default()
-    };
+    let mut backoff = tether_proto::retry::jittered(s.backoff_initial, s.backoff_max);
+    let instance = instance_id();
+    info!(%instance, "agent instance");
+    let mut standby = false;
     let mut attempt: u64 = 0;
     loop {
         attempt += 1;
         let span = tracing::info_span!("stream", cluster = %s.cluster, attempt);
-        let result = run_internal(&s, &commands, &mut results, &state, &metrics)
+        let hello = Hello {
+            cluster: s.cluster.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            applied_version: state.borrow().applied_version.clone(),
+            instance: instance.clone(),
+            standby,
+        };
+        let result = run_internal(&s, hello, &commands, &mut results, &metrics)
             .instrument(span)
             .await;
         metrics.connected.set(0);
@@ -105,14 +132,26 @@ pub async fn run(
                 reason: reason.into(),
             })
             .inc();
-        run_loop_wait(result, &mut backoff).await;
+        standby = match &result {
+            Err(StreamError::Replaced(_) | StreamError::Duplicate(_)) => {
+                // The other agent's snapshot may be newer: applying or repairing with ours would
+                // undo its work. Stand by until the hub lets this agent serve again.
+                commands.send_replace(Some(Command::StandDown));
+                true
+            }
+            // Admitted (even if the stream ended since): serving again.
+            Ok(_) | Err(StreamError::Broken(_) | StreamError::Closed) => false,
+            Err(_) => standby,
+        };
+        run_loop_wait(result, &mut backoff, s.standby_retry).await;
     }
 }
 
 /// Classifies how a connection ended and waits before the next one.
 async fn run_loop_wait(
     result: Result<bool, StreamError>,
-    backoff: &mut backoff::ExponentialBackoff,
+    backoff: &mut tether_proto::retry::Jittered,
+    standby_retry: Duration,
 ) {
     let (healthy, error) = match result {
         Ok(healthy) => (healthy, StreamError::Closed),
@@ -122,23 +161,35 @@ async fn run_loop_wait(
         // The stream worked: the next failure starts the backoff over.
         backoff.reset();
     }
-    let delay = backoff.next_backoff().unwrap_or(backoff.max_interval);
+    let delay = backoff.next_backoff().unwrap_or(backoff.longest());
     match &error {
         StreamError::Closed if healthy => info!(?delay, "hub closed the stream; reconnecting"),
+        StreamError::Replaced(status) => {
+            warn!(message = %status.message(), retry = ?standby_retry,
+                "another agent with this cluster's identity took over; standing by (not applying or repairing) until it is gone")
+        }
+        StreamError::Duplicate(status) => {
+            error!(message = %status.message(), retry = ?standby_retry,
+                "two agents share this cluster's identity and the other one serves; standing by. Stop one of them: each cluster needs its own name and certificate")
+        }
         StreamError::Refused(status) => {
             warn!(reason = error.reason(), message = %status.message(), ?delay, "hub refused this agent")
         }
         _ => warn!(reason = error.reason(), %error, ?delay, "stream ended; reconnecting"),
     }
+    let delay = match &error {
+        StreamError::Replaced(_) | StreamError::Duplicate(_) => standby_retry,
+        _ => delay,
+    };
     tokio::time::sleep(delay).await;
 }
 
 /// One connection. Ok(true) when the stream was healthy (a snapshot answered) before it ended.
 async fn run_internal(
     s: &Settings,
+    hello: Hello,
     commands: &watch::Sender<Option<Command>>,
     results: &mut mpsc::Receiver<Applied>,
-    state: &watch::Receiver<State>,
     metrics: &AgentMetrics,
 ) -> Result<bool, StreamError> {
     let channel = connect(s).await?;
@@ -146,12 +197,6 @@ async fn run_internal(
         .max_decoding_message_size(s.max_message_bytes)
         .max_encoding_message_size(s.max_message_bytes);
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(8);
-    let applied_version = state.borrow().applied_version.clone();
-    let hello = Hello {
-        cluster: s.cluster.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        applied_version,
-    };
     out_tx
         .send(msg(agent_message::Message::Hello(hello)))
         .await
@@ -159,7 +204,10 @@ async fn run_internal(
     let mut inbound = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(out_rx))
         .await
-        .map_err(StreamError::Refused)?
+        .map_err(|status| match status.code() {
+            tonic::Code::AlreadyExists => StreamError::Duplicate(status),
+            _ => StreamError::Refused(status),
+        })?
         .into_inner();
     info!(hub = %s.hub_addr, "connected");
     metrics.connected.set(1);
@@ -181,6 +229,8 @@ async fn run_internal(
                     None => warn!("empty message from the hub; ignored"),
                 },
                 Ok(None) => return Ok(healthy),
+                Err(status) if status.code() == tonic::Code::Aborted => return Err(StreamError::Replaced(status)),
+                Err(status) if status.code() == tonic::Code::AlreadyExists => return Err(StreamError::Duplicate(status)),
                 Err(status) if !healthy && status.code() == tonic::Code::PermissionDenied => return Err(StreamError::Refused(status)),
                 Err(status) => return if healthy { Ok(true) } else { Err(StreamError::Broken(status)) },
             },

@@ -12,9 +12,11 @@
 pub mod apply;
 pub mod cli;
 pub mod client;
+pub mod fields;
 pub mod live;
 pub mod metrics;
 pub mod objects;
+pub mod plan;
 pub mod reconcile;
 
 use std::net::SocketAddr;
@@ -56,7 +58,7 @@ pub async fn run(
     let (state_tx, state_rx) = watch::channel(reconcile::State::default());
 
     let ready_state = state_rx.clone();
-    let ready: tether_proto::admin::Ready = Arc::new(move || ready_state.borrow().first_applied);
+    let ready: tether_proto::admin::Ready = Arc::new(move || ready_state.borrow().ready());
     let admin = tether_proto::admin::serve(
         admin_addr,
         tether_proto::admin::router(Arc::new(registry), ready),

@@ -12,6 +12,7 @@ use kube::runtime::{reflector, watcher};
 use kube::{Api, Client};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tether_proto::retry::ApiRetry;
 use tokio::sync::Notify;
 use tracing::warn;
@@ -19,8 +20,18 @@ use tracing::warn;
 pub struct Live {
     namespace: String,
     stores: HashMap<Kind, (ApiResource, Store<DynamicObject>)>,
+    /// Per kind, the highest resourceVersion any watch event carried (a deletion's included).
+    seen: HashMap<Kind, Arc<AtomicU64>>,
     /// Rung on every change the watches see.
     pub drift: Arc<Notify>,
+}
+
+fn rv_of(o: &DynamicObject) -> u64 {
+    o.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn api_resource(kind: Kind) -> ApiResource {
@@ -45,6 +56,7 @@ impl Live {
     pub fn start(client: &Client, namespace: &str) -> Self {
         let drift = Arc::new(Notify::new());
         let mut stores = HashMap::new();
+        let mut seen = HashMap::new();
         for kind in [
             Kind::Service,
             Kind::EndpointSlice,
@@ -59,13 +71,21 @@ impl Live {
                 watcher(api(client, namespace, kind), watcher::Config::default()),
             );
             let bell = drift.clone();
+            let seen_rv = Arc::new(AtomicU64::new(0));
+            seen.insert(kind, seen_rv.clone());
             tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let mut events = std::pin::pin!(events);
                 let mut retry = ApiRetry::default();
                 while let Some(event) = events.next().await {
                     match event {
-                        Ok(_) => {
+                        Ok(event) => {
                             retry.succeeded();
+                            if let watcher::Event::Apply(o)
+                            | watcher::Event::Delete(o)
+                            | watcher::Event::InitApply(o) = &event
+                            {
+                                seen_rv.fetch_max(rv_of(o), Ordering::AcqRel);
+                            }
                             bell.notify_one()
                         }
                         Err(error) => {
@@ -86,6 +106,7 @@ impl Live {
         Self {
             namespace: namespace.to_string(),
             stores,
+            seen,
             drift,
         }
     }
@@ -103,6 +124,12 @@ impl Live {
             key = key.within(&self.namespace);
         }
         store.get(&key)
+    }
+
+    /// True once the `kind` watch delivered an event at or after resourceVersion `rv`: events come
+    /// in order, so the store has seen the write at `rv` (and anything before it).
+    pub fn has_seen(&self, kind: Kind, rv: u64) -> bool {
+        self.seen[&kind].load(Ordering::Acquire) >= rv
     }
 
     pub fn all(&self, kind: Kind) -> Vec<Arc<DynamicObject>> {

@@ -1,5 +1,5 @@
 //! Translating a snapshot into the Kubernetes objects the agent owns. Pure functions, no I/O: the
-//! applier compares what these return with live state and writes only the difference.
+//! plan compares what these return with live state and writes only the difference.
 //!
 //! Per mirrored service: one selector-less Service; EndpointSlices split by address family and by the
 //! set of resolved ports, at most [`MAX_ENDPOINTS_PER_SLICE`] endpoints each; one legacy Endpoints.
@@ -224,20 +224,6 @@ pub fn endpoints(namespace: &str, svc: &SnapService) -> DesiredObject {
     }
 }
 
-/// True when `live` already has every field of `desired` with the same value (lists must match in
-/// length and element by element). Fields only the server or other managers set are ignored.
-pub fn covers(live: &Value, desired: &Value) -> bool {
-    match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d
-            .iter()
-            .all(|(k, dv)| l.get(k).is_some_and(|lv| covers(lv, dv))),
-        (Value::Array(d), Value::Array(l)) => {
-            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| covers(lv, dv))
-        }
-        _ => desired == live,
-    }
-}
-
 /// True when the object carries Tether's managed-by label.
 pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels
@@ -393,16 +379,5 @@ mod tests {
             empty.body.get("subsets").is_none(),
             "no empty lists: the server would drop them"
         );
-    }
-
-    #[test]
-    fn covers_ignores_server_fields_but_not_ours() {
-        let desired = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"ports": [{"port": 1}]}});
-        let live = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "uid": "x"}, "spec": {"ports": [{"port": 1, "x": 0}], "clusterIP": "10.0.0.1"}});
-        assert!(covers(&live, &desired));
-        let edited = json!({"metadata": {"labels": {"a": "2"}}, "spec": {"ports": [{"port": 1}]}});
-        assert!(!covers(&edited, &desired));
-        let extra_port = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"ports": [{"port": 1}, {"port": 2}]}});
-        assert!(!covers(&extra_port, &desired));
     }
 }

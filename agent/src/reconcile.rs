@@ -2,7 +2,9 @@
 //! arrives while another is being applied replaces any older one still waiting) and repairs drift
 //! when the watches ring, with the snapshot it last applied. Results go back to the stream as ACK/NACK.
 //! A snapshot that did not apply completely is retried with capped exponential backoff, and ACKed
-//! (same version and nonce) once it applies: a NACK never sticks after its cause is gone.
+//! (same version and nonce) once it applies: a NACK never sticks after its cause is gone. The other
+//! way round too: when a later pass (drift, a namespace deleted) finds the snapshot no longer in
+//! effect, it NACKs it again, so the hub never reports Synced for a state the cluster left.
 
 use crate::apply::Applier;
 use std::sync::Arc;
@@ -15,7 +17,12 @@ use tracing::{info, warn};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     Apply(Arc<Snapshot>),
-    Retire { nonce: String },
+    Retire {
+        nonce: String,
+    },
+    /// Another agent with this cluster's identity serves: stop applying and repairing until a
+    /// snapshot comes again.
+    StandDown,
 }
 
 /// The answer the stream forwards to the hub.
@@ -31,9 +38,18 @@ pub struct Applied {
 pub struct State {
     /// Version of the last snapshot applied without failures.
     pub applied_version: String,
-    /// Set once a snapshot has been applied (ready).
+    /// Set once a snapshot has been applied.
     pub first_applied: bool,
     pub retired: bool,
+    /// Another agent with this identity serves; this one applies nothing.
+    pub standing_by: bool,
+}
+
+impl State {
+    /// What `/ready` says: a snapshot applied, and this agent serving.
+    pub fn ready(&self) -> bool {
+        self.first_applied && !self.standing_by
+    }
 }
 
 /// First retry of a snapshot that did not apply completely; doubles up to [`RETRY_MAX`].
@@ -54,6 +70,8 @@ pub async fn run(
     let mut current: Option<Arc<Snapshot>> = None;
     // Set while the current snapshot has failures: when to try again, and the next delay.
     let mut retry: Option<(tokio::time::Instant, Duration)> = None;
+    // Whether the hub last heard that the current snapshot is fully applied.
+    let mut reported_ok = false;
     // When the pending drift pass runs: a burst of watch events (a list, our own writes) settles
     // into one pass, and a snapshot from the hub never waits for it.
     let mut drift_at: Option<tokio::time::Instant> = None;
@@ -68,7 +86,15 @@ pub async fn run(
                 match cmd {
                     Command::Apply(snap) => {
                         current = Some(snap);
+                        state.send_if_modified(|s| std::mem::replace(&mut s.standing_by, false));
                         true
+                    }
+                    Command::StandDown => {
+                        current = None;
+                        retry = None;
+                        drift_at = None;
+                        state.send_modify(|s| s.standing_by = true);
+                        continue;
                     }
                     Command::Retire { nonce } => {
                         let outcome = applier.retire().await;
@@ -99,7 +125,6 @@ pub async fn run(
         };
         // This pass reads the live state afresh: it covers any drift noticed so far.
         drift_at = None;
-        let was_failing = retry.is_some();
         let outcome = applier.apply(&snap).await;
         let ok = outcome.failures.is_empty();
         if !from_hub && outcome.writes > 0 {
@@ -127,8 +152,10 @@ pub async fn run(
                 s.applied_version = snap.version.clone();
             }
         });
-        // Answer every snapshot from the hub; answer again when a failing one finally applied.
-        if from_hub || (ok && was_failing) {
+        // Answer every snapshot from the hub; answer again whenever the snapshot's state changes
+        // (a failing one finally applied, or an applied one no longer in effect).
+        if from_hub || ok != reported_ok {
+            reported_ok = ok;
             let answer = Applied {
                 version: snap.version.clone(),
                 nonce: snap.nonce.clone(),

@@ -6,22 +6,30 @@ use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tether_proto::v1::Hello;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StreamState {
-    /// Open streams from this cluster's agent(s); 0 = disconnected.
+    /// Open streams from this cluster's agent(s); 0 = disconnected. Briefly 2 while a newer stream
+    /// replaces an older one.
     pub streams: u32,
     pub ever_connected: bool,
     pub agent_version: String,
     pub peer: String,
+    /// The serving agent's process (Hello.instance).
+    pub instance: String,
     pub connected_since: Option<Timestamp>,
     pub last_seen: Option<Timestamp>,
+    /// The version the agent last reported applied; cleared when it reports that version no longer
+    /// holds.
     pub acked_version: String,
     /// When the agent last acknowledged a snapshot.
     pub last_ack: Option<Timestamp>,
     pub last_nack: Option<Nacked>,
     /// The agent acknowledged `Retire`: it no longer manages anything.
     pub retired: bool,
+    /// Another agent with this identity asked to serve while one was connected.
+    pub duplicate: Option<Duplicate>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +39,14 @@ pub struct Nacked {
     pub at: Timestamp,
     /// Some object exists on the remote without Tether's managed-by label.
     pub conflict: bool,
+}
+
+/// The last refusal of a second agent with the same identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Duplicate {
+    pub peer: String,
+    pub instance: String,
+    pub at: Timestamp,
 }
 
 #[derive(Default)]
@@ -60,13 +76,15 @@ impl Board {
             .unwrap_or_default()
     }
 
-    pub fn update(&self, cluster: &str, f: impl FnOnce(&mut StreamState)) {
+    fn update(&self, cluster: &str, f: impl FnOnce(&mut StreamState)) {
         let mut remotes = self.remotes.lock().expect("board lock");
         f(remotes.entry(cluster.to_string()).or_default());
         self.changed();
     }
 
-    pub fn connected(&self, cluster: &str, agent_version: &str, peer: &str, applied_version: &str) {
+    /// A stream from agent `instance` was admitted. A standby admitted means the other agent is gone:
+    /// the duplicate is over.
+    pub fn connected(&self, cluster: &str, hello: &Hello, peer: &str) {
         let now = Timestamp::now();
         self.update(cluster, |s| {
             if s.streams == 0 {
@@ -74,12 +92,16 @@ impl Board {
             }
             s.streams += 1;
             s.ever_connected = true;
-            s.agent_version = agent_version.to_string();
+            s.agent_version = hello.agent_version.clone();
             s.peer = peer.to_string();
+            s.instance = hello.instance.clone();
             s.last_seen = Some(now);
             s.retired = false;
-            if !applied_version.is_empty() {
-                s.acked_version = applied_version.to_string();
+            if !hello.applied_version.is_empty() {
+                s.acked_version = hello.applied_version.clone();
+            }
+            if hello.standby {
+                s.duplicate = None;
             }
         });
     }
@@ -91,6 +113,42 @@ impl Board {
             if s.streams == 0 {
                 s.connected_since = None;
             }
+        });
+    }
+
+    /// The agent applied `version` completely (or `Retire`).
+    pub fn acked(&self, cluster: &str, version: &str) {
+        let now = Timestamp::now();
+        self.update(cluster, |s| {
+            s.last_seen = Some(now);
+            if version == tether_proto::RETIRED_VERSION {
+                s.retired = true;
+            } else {
+                s.acked_version = version.to_string();
+                s.last_ack = Some(now);
+            }
+        });
+    }
+
+    /// The agent could not apply `nack.version`, or reports that it no longer holds it.
+    pub fn nacked(&self, cluster: &str, nack: Nacked) {
+        self.update(cluster, |s| {
+            s.last_seen = Some(nack.at);
+            if s.acked_version == nack.version {
+                s.acked_version.clear();
+            }
+            s.last_nack = Some(nack);
+        });
+    }
+
+    /// A standby agent with this identity was refused while another serves.
+    pub fn duplicate_refused(&self, cluster: &str, peer: &str, instance: &str) {
+        self.update(cluster, |s| {
+            s.duplicate = Some(Duplicate {
+                peer: peer.to_string(),
+                instance: instance.to_string(),
+                at: Timestamp::now(),
+            })
         });
     }
 
@@ -106,11 +164,13 @@ impl Board {
                     "streams": s.streams,
                     "agentVersion": s.agent_version,
                     "peer": s.peer,
+                    "instance": s.instance,
                     "connectedSince": t(&s.connected_since),
                     "lastSeen": t(&s.last_seen),
                     "lastAck": t(&s.last_ack),
                     "ackedVersion": s.acked_version,
                     "lastNack": s.last_nack.as_ref().map(|n| serde_json::json!({"version": n.version, "message": n.message})),
+                    "duplicate": s.duplicate.as_ref().map(|d| serde_json::json!({"peer": d.peer, "instance": d.instance, "at": d.at.to_string()})),
                 }),
             );
         }
@@ -169,7 +229,7 @@ mod tests {
         let _ = board.get("r1");
         let _ = board.to_json();
         assert_eq!(board.revision(), r1, "reading changes nothing");
-        board.update("r1", |s| s.acked_version = "v1".into());
+        board.acked("r1", "v1");
         let r2 = board.revision();
         assert!(r2 > r1);
         board.remove("r2");
@@ -185,8 +245,8 @@ mod tests {
     #[test]
     fn second_stream_keeps_remote_connected_until_both_close() {
         let board = Board::default();
-        board.connected("r1", "0.1.0", "127.0.0.1:1", "");
-        board.connected("r1", "0.1.0", "127.0.0.1:2", "");
+        board.connected("r1", &hello("a", ""), "127.0.0.1:1");
+        board.connected("r1", &hello("a", ""), "127.0.0.1:2");
         board.disconnected("r1");
         assert_eq!(board.get("r1").streams, 1);
         assert!(board.get("r1").connected_since.is_some());
@@ -214,7 +274,7 @@ mod tests {
         let s = board.get("r1");
         assert!(s.ever_connected && s.streams == 0 && s.acked_version == "v1");
         // Only the first time: live state wins afterwards.
-        board.connected("r1", "0.2.0", "p", "");
+        board.connected("r1", &hello("a", ""), "p");
         board.seed("r1", Some(&status));
         assert_eq!(board.get("r1").agent_version, "0.2.0");
     }
@@ -222,7 +282,58 @@ mod tests {
     #[test]
     fn hello_applied_version_counts_as_acked() {
         let board = Board::default();
-        board.connected("r1", "0.1.0", "p", "abc");
+        board.connected("r1", &hello("a", "abc"), "p");
         assert_eq!(board.get("r1").acked_version, "abc");
+    }
+
+    #[test]
+    fn a_nack_of_the_acked_version_means_it_no_longer_holds() {
+        let board = Board::default();
+        board.acked("r1", "v1");
+        let nack = |v: &str| Nacked {
+            version: v.into(),
+            message: "namespace gone".into(),
+            at: Timestamp::now(),
+            conflict: false,
+        };
+        board.nacked("r1", nack("v0"));
+        assert_eq!(
+            board.get("r1").acked_version,
+            "v1",
+            "an older version's NACK"
+        );
+        board.nacked("r1", nack("v1"));
+        assert_eq!(board.get("r1").acked_version, "");
+        board.acked("r1", "v1");
+        assert_eq!(board.get("r1").acked_version, "v1");
+    }
+
+    #[test]
+    fn an_admitted_standby_ends_the_duplicate() {
+        let board = Board::default();
+        board.connected("r1", &hello("a", ""), "p1");
+        board.duplicate_refused("r1", "p2", "b");
+        assert_eq!(board.get("r1").duplicate.as_ref().unwrap().instance, "b");
+        board.connected("r1", &hello("c", ""), "p3");
+        assert!(
+            board.get("r1").duplicate.is_some(),
+            "a newer agent is no proof"
+        );
+        let standby = Hello {
+            standby: true,
+            ..hello("b", "")
+        };
+        board.connected("r1", &standby, "p2");
+        assert!(board.get("r1").duplicate.is_none());
+    }
+
+    fn hello(instance: &str, applied: &str) -> Hello {
+        Hello {
+            cluster: "r1".into(),
+            agent_version: "0.2.0".into(),
+            applied_version: applied.into(),
+            instance: instance.into(),
+            standby: false,
+        }
     }
 }

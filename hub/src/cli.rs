@@ -130,9 +130,14 @@ pub struct ServeArgs {
     /// statuses sooner at the cost of central API server CPU (see docs/benchmarks.md).
     #[arg(long, env = "TETHER_STATUS_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub status_writers: u16,
-    /// How long a deleted RemoteCluster waits for its agent to acknowledge Retire.
+    /// How long a deleted RemoteCluster waits for its agent to acknowledge Retire. Then it is
+    /// released, and the hub retires the agent when it comes back (see --retire-memory).
     #[arg(long, env = "TETHER_RETIRE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub retire_timeout: Duration,
+    /// How long the hub remembers, in ConfigMap tether-retired, to retire an agent whose
+    /// RemoteCluster was released while it was away.
+    #[arg(long, env = "TETHER_RETIRE_MEMORY", default_value = "30d", value_parser = parse_duration)]
+    pub retire_memory: Duration,
 }
 
 impl ServeArgs {
@@ -156,6 +161,7 @@ impl ServeArgs {
             status_refresh,
             status_writers,
             retire_timeout,
+            retire_memory,
         } = self;
         let defaults = Defaults {
             remote_namespace: remote_namespace.unwrap_or_else(|| namespace.clone()),
@@ -179,6 +185,7 @@ impl ServeArgs {
             status_refresh,
             status_writers: status_writers.into(),
             retire_timeout,
+            retire_memory,
         }
     }
 }

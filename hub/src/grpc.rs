@@ -14,13 +14,13 @@ use crate::board::{Board, Nacked};
 use crate::index::{Desired, Index};
 use crate::metrics::{HubMetrics, Reason};
 use k8s_openapi::jiff::Timestamp;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tether_proto::v1::sync_server::Sync;
-use tether_proto::v1::{AgentMessage, HubMessage, Retire, agent_message, hub_message};
-use tokio::sync::{mpsc, watch};
+use tether_proto::v1::{AgentMessage, Hello, HubMessage, Retire, agent_message, hub_message};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, warn};
@@ -36,6 +36,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct SyncService {
     index: Arc<RwLock<Index>>,
     board: Arc<Board>,
+    /// The serving stream of each cluster (one agent at a time).
+    serving: Arc<Mutex<HashMap<String, Serving>>>,
     trust_domain: String,
     /// Where RemoteClusters live, for error messages.
     namespace: String,
@@ -56,6 +58,7 @@ impl SyncService {
         Self {
             index,
             board,
+            serving: Default::default(),
             trust_domain,
             namespace,
             next_stream: AtomicU64::new(1),
@@ -148,29 +151,92 @@ impl Sync for SyncService {
             return Err(self.refuse("unknown_cluster", Status::permission_denied(msg)));
         };
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let kicked = self.admit(&cluster, id, &hello, &peer)?;
         let (tx, rx) = mpsc::channel(2);
-        self.board.connected(
-            &cluster,
-            &hello.agent_version,
-            &peer,
-            &hello.applied_version,
-        );
-        info!(%cluster, stream = id, %peer, agent_version = %hello.agent_version, "agent connected");
+        self.board.connected(&cluster, &hello, &peer);
+        info!(%cluster, stream = id, %peer, agent_version = %hello.agent_version, instance = %hello.instance, "agent connected");
         let stream = Stream {
             cluster: cluster.clone(),
             board: self.board.clone(),
             desired,
             inbound,
             tx,
+            kicked,
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
         };
+        let serving = self.serving.clone();
+        let span = tracing::info_span!("stream", %cluster, stream = id);
         tokio::spawn(
-            stream
-                .run()
-                .instrument(tracing::info_span!("stream", %cluster, stream = id)),
+            async move {
+                stream.run().await;
+                let mut serving = serving.lock().expect("serving lock");
+                if serving.get(&cluster).is_some_and(|s| s.id == id) {
+                    serving.remove(&cluster);
+                }
+            }
+            .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The stream that serves a cluster now.
+struct Serving {
+    id: u64,
+    instance: String,
+    peer: String,
+    since: Timestamp,
+    /// Closes that stream, with the status its agent reads.
+    kick: oneshot::Sender<Status>,
+}
+
+impl SyncService {
+    /// One agent serves a cluster at a time. A new stream replaces the serving one (a restarted or
+    /// reconnecting agent, or a rollout's new pod, never waits for the old connection to time out);
+    /// the replaced agent stands by and comes back as a standby, which is refused while another
+    /// agent serves: two live agents with one identity settle into one serving, one refused, and the
+    /// refusal is what status reports. Returns the receiver that tells this stream it was replaced.
+    fn admit(
+        &self,
+        cluster: &str,
+        id: u64,
+        hello: &Hello,
+        peer: &str,
+    ) -> Result<oneshot::Receiver<Status>, Status> {
+        let mut serving = self.serving.lock().expect("serving lock");
+        if let Some(current) = serving.get(cluster)
+            && hello.standby
+            && current.instance != hello.instance
+        {
+            let msg = format!(
+                "two agents share the identity of cluster {cluster:?}: agent {} from {} serves it since {}; this agent ({}, from {peer}) stands by. Stop one of them: each cluster needs its own name and certificate",
+                current.instance, current.peer, current.since, hello.instance
+            );
+            warn!(%cluster, %peer, instance = %hello.instance, serving = %current.instance, serving_peer = %current.peer,
+                "two agents share the identity of one cluster; refusing the standby");
+            self.board.duplicate_refused(cluster, peer, &hello.instance);
+            return Err(self.refuse("duplicate", Status::already_exists(msg)));
+        }
+        let (kick, kicked) = oneshot::channel();
+        let new = Serving {
+            id,
+            instance: hello.instance.clone(),
+            peer: peer.to_string(),
+            since: Timestamp::now(),
+            kick,
+        };
+        if let Some(old) = serving.insert(cluster.to_string(), new) {
+            if old.instance != hello.instance {
+                info!(%cluster, replaced = %old.instance, replaced_peer = %old.peer, by = %hello.instance, by_peer = %peer,
+                    "another agent of this cluster connected; the previous one stands by");
+            }
+            let _ = old.kick.send(Status::aborted(format!(
+                "replaced by a newer stream of cluster {cluster:?} (agent {} from {peer})",
+                hello.instance
+            )));
+        }
+        Ok(kicked)
     }
 }
 
@@ -180,6 +246,8 @@ struct Stream {
     desired: watch::Receiver<Arc<Desired>>,
     inbound: Streaming<AgentMessage>,
     tx: mpsc::Sender<Result<HubMessage, Status>>,
+    /// Resolves when a newer stream of the same cluster replaced this one.
+    kicked: oneshot::Receiver<Status>,
     shutdown: watch::Receiver<bool>,
     metrics: HubMetrics,
 }
@@ -192,6 +260,7 @@ impl Stream {
             mut desired,
             mut inbound,
             tx,
+            mut kicked,
             mut shutdown,
             metrics,
         } = self;
@@ -241,6 +310,10 @@ impl Stream {
                         break "stream error";
                     }
                 },
+                Ok(status) = &mut kicked => {
+                    let _ = tx.send(Err(status)).await;
+                    break "replaced by a newer stream";
+                }
                 _ = shutdown.changed() => {
                     let _ = tx.send(Err(Status::unavailable("hub shutting down"))).await;
                     break "hub shutting down";
@@ -263,6 +336,8 @@ struct Outbox {
     retire_sent: bool,
     /// The message that left and has no answer yet: its nonce and when it left.
     in_flight: Option<(u64, Instant)>,
+    /// (nonce, version) of the newest message answered: the agent may report on it again.
+    last_answered: Option<(String, String)>,
 }
 
 struct Sent {
@@ -379,13 +454,22 @@ impl Outbox {
             Some(i) => {
                 self.sent.drain(..i);
                 self.answer_arrived(nonce);
+                self.last_answered = Some((nonce.to_string(), version.to_string()));
                 true
             }
+            None if self.is_last_answered(nonce, version) => true,
             None => {
                 warn!(%nonce, %version, "answer for a nonce this stream did not send; ignored");
                 false
             }
         }
+    }
+
+    /// A re-report on the newest answered message: the agent's state of it changed.
+    fn is_last_answered(&self, nonce: &str, version: &str) -> bool {
+        self.last_answered
+            .as_ref()
+            .is_some_and(|(n, v)| n == nonce && v == version)
     }
 
     /// Forgets `nonce` (and anything older) and returns it. None for a nonce this stream did not send.
@@ -397,8 +481,15 @@ impl Outbox {
         {
             Some(i) => {
                 self.answer_arrived(nonce);
+                self.last_answered = Some((nonce.to_string(), version.to_string()));
                 self.sent.drain(..=i).next_back()
             }
+            None if self.is_last_answered(nonce, version) => Some(Sent {
+                nonce: nonce.to_string(),
+                version: version.to_string(),
+                sent_at: None,
+                changed_at: None,
+            }),
             None => {
                 warn!(%nonce, %version, "answer for a nonce this stream did not send; ignored");
                 None
@@ -413,7 +504,6 @@ impl Outbox {
         cluster: &str,
         metrics: &HubMetrics,
     ) {
-        let now = Timestamp::now();
         match m.message {
             Some(agent_message::Message::Ack(ack)) => {
                 let Some(sent) = self.answered(&ack.nonce, &ack.version) else {
@@ -429,15 +519,7 @@ impl Outbox {
                         .propagation_seconds
                         .observe(t.elapsed().as_secs_f64());
                 }
-                board.update(cluster, |s| {
-                    s.last_seen = Some(now);
-                    if ack.version == tether_proto::RETIRED_VERSION {
-                        s.retired = true;
-                    } else {
-                        s.acked_version = ack.version.clone();
-                        s.last_ack = Some(now);
-                    }
-                });
+                board.acked(cluster, &ack.version);
             }
             Some(agent_message::Message::Nack(nack)) => {
                 if !self.nacked(&nack.nonce, &nack.version) {
@@ -456,15 +538,15 @@ impl Outbox {
                     ));
                 }
                 warn!(version = %nack.version, %message, "agent rejected snapshot");
-                board.update(cluster, |s| {
-                    s.last_seen = Some(now);
-                    s.last_nack = Some(Nacked {
-                        version: nack.version.clone(),
+                board.nacked(
+                    cluster,
+                    Nacked {
+                        version: nack.version,
                         message,
-                        at: now,
+                        at: Timestamp::now(),
                         conflict,
-                    });
-                });
+                    },
+                );
             }
             Some(agent_message::Message::Hello(_)) => warn!("second Hello on one stream; ignored"),
             None => warn!("empty message; ignored"),
@@ -550,6 +632,36 @@ mod tests {
         assert!(board.get("r1").last_nack.is_some());
         out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
         assert_eq!(board.get("r1").acked_version, "v1");
+    }
+
+    #[test]
+    fn the_agent_may_report_again_on_the_last_answered_snapshot() {
+        let board = Board::default();
+        let m = HubMetrics::register(&mut Default::default());
+        let mut out = Outbox::default();
+        out.message_for(&desired("v1"));
+        out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
+        assert_eq!(board.get("r1").acked_version, "v1");
+        // Later the namespace it labelled is deleted: the agent NACKs the same snapshot again.
+        let nack = AgentMessage {
+            message: Some(agent_message::Message::Nack(tether_proto::v1::Nack {
+                version: "v1".into(),
+                nonce: "1".into(),
+                error_detail: "namespace gone".into(),
+                failures: vec![],
+            })),
+        };
+        out.on_agent_message(nack, &board, "r1", &m);
+        let s = board.get("r1");
+        assert_eq!(s.acked_version, "", "v1 no longer holds");
+        assert_eq!(s.last_nack.unwrap().version, "v1");
+        out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
+        assert_eq!(board.get("r1").acked_version, "v1", "and holds again");
+        // Only the newest answered message can be reported on.
+        out.message_for(&desired("v2"));
+        out.on_agent_message(ack("v2", "2"), &board, "r1", &m);
+        out.on_agent_message(ack("v1", "1"), &board, "r1", &m);
+        assert_eq!(board.get("r1").acked_version, "v2");
     }
 
     #[test]

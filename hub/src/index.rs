@@ -10,7 +10,7 @@
 
 use crate::crd::{RemoteCluster, RemoteClusterSpec};
 use crate::snapshot::{CentralService, PodInfo, build};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -81,13 +81,21 @@ struct Remote {
 /// Computed snapshots by spec (JSON) within one recompute pass.
 type Memo = HashMap<String, Result<Arc<Snapshot>, Vec<String>>>;
 
+/// A cluster whose RemoteCluster was released before its agent acknowledged Retire.
+struct Retired {
+    since: k8s_openapi::jiff::Timestamp,
+    /// Always `retire`: a returning agent is told to remove what it manages.
+    tx: watch::Sender<Arc<Desired>>,
+}
+
 pub struct Index {
     defaults: Defaults,
-    /// Which watches delivered their first list: [remotes, pods, services].
-    synced: [bool; 3],
+    /// Which watches delivered their first list: [remotes, pods, services, retirements].
+    synced: [bool; 4],
     pods: HashMap<String, PodInfo>,
     services: HashMap<String, CentralService>,
     remotes: HashMap<String, Remote>,
+    retired: HashMap<String, Retired>,
     /// Counts the watch events applied (see [`Index::revision`]).
     revision: u64,
 }
@@ -107,10 +115,11 @@ impl Index {
     pub fn new(defaults: Defaults) -> Self {
         Self {
             defaults,
-            synced: [false; 3],
+            synced: [false; 4],
             pods: HashMap::new(),
             services: HashMap::new(),
             remotes: HashMap::new(),
+            retired: HashMap::new(),
             revision: 0,
         }
     }
@@ -202,9 +211,53 @@ impl Index {
         }
     }
 
-    /// The desired-state channel of a remote, if a RemoteCluster of that name exists.
+    // --- retirements remembered (the ConfigMap of `crate::retire`) ---
+
+    pub fn apply_retired(&mut self, cm: &ConfigMap) {
+        self.set_retired(Some(cm));
+    }
+
+    pub fn delete_retired(&mut self, _name: &str) {
+        self.set_retired(None);
+    }
+
+    pub fn reset_retired(&mut self, cms: &[ConfigMap]) {
+        self.synced[3] = true;
+        self.set_retired(cms.first());
+    }
+
+    fn set_retired(&mut self, cm: Option<&ConfigMap>) {
+        let entries = cm.map(crate::retire::parse).unwrap_or_default();
+        self.retired.retain(|name, _| entries.contains_key(name));
+        for (name, since) in entries {
+            self.retired
+                .entry(name)
+                .or_insert_with(|| Retired {
+                    since,
+                    tx: watch::Sender::new(Arc::new(Desired {
+                        retire: true,
+                        ..Default::default()
+                    })),
+                })
+                .since = since;
+        }
+    }
+
+    /// Remembered retirements: (cluster, since).
+    pub fn retired(&self) -> Vec<(String, k8s_openapi::jiff::Timestamp)> {
+        self.retired
+            .iter()
+            .map(|(name, r)| (name.clone(), r.since))
+            .collect()
+    }
+
+    /// The desired-state channel of a remote: its RemoteCluster's, or, for a cluster whose
+    /// RemoteCluster was released while its agent was away, one that says Retire.
     pub fn subscribe(&self, cluster: &str) -> Option<watch::Receiver<Arc<Desired>>> {
-        self.remotes.get(cluster).map(|r| r.tx.subscribe())
+        self.remotes
+            .get(cluster)
+            .map(|r| r.tx.subscribe())
+            .or_else(|| self.retired.get(cluster).map(|r| r.tx.subscribe()))
     }
 
     pub fn desired(&self, cluster: &str) -> Option<Arc<Desired>> {
@@ -313,9 +366,34 @@ mod tests {
         let mut index = Index::new(defaults());
         index.reset_remotes(&[]);
         index.reset_pods(&[]);
-        assert!(!index.is_synced());
         index.reset_services(&[]);
+        assert!(!index.is_synced());
+        index.reset_retired(&[]);
         assert!(index.is_synced());
+    }
+
+    #[test]
+    fn a_remembered_retirement_tells_a_returning_agent_to_retire_until_forgotten() {
+        let mut index = ready_index();
+        assert!(index.subscribe("gone").is_none());
+        let cm = |data: serde_json::Value| -> ConfigMap {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "tether-retired"}, "data": data}),
+            )
+            .unwrap()
+        };
+        index.reset_retired(&[cm(serde_json::json!({"gone": "2026-11-25T10:00:00Z"}))]);
+        let rx = index
+            .subscribe("gone")
+            .expect("a channel for the returning agent");
+        assert!(rx.borrow().retire && rx.borrow().snapshot.is_none());
+        // A RemoteCluster of that name again wins.
+        index.apply_remote(&mk_remote("gone", Default::default()));
+        assert!(!index.subscribe("gone").unwrap().borrow().retire);
+        index.delete_remote("gone");
+        index.apply_retired(&cm(serde_json::json!({})));
+        assert!(index.subscribe("gone").is_none());
+        assert!(rx.has_changed().is_err(), "the retire channel closed");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod index;
 pub mod join;
 pub mod metrics;
 pub mod report;
+pub mod retire;
 pub mod serve;
 pub mod snapshot;
 pub mod status;

@@ -40,6 +40,8 @@ pub enum State {
     Synced,
     Stale,
     Nacked,
+    /// Two agents share the cluster's identity (one serves, one is refused).
+    Duplicate,
     Disconnected,
     NeverConnected,
 }
@@ -50,6 +52,7 @@ impl State {
             State::Synced => "SYNCED",
             State::Stale => "STALE",
             State::Nacked => "NACKED",
+            State::Duplicate => "DUPLICATE AGENT",
             State::Disconnected => "DISCONNECTED",
             State::NeverConnected => "NEVER CONNECTED",
         }
@@ -103,8 +106,15 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
         Some(true) if nacked => State::Nacked,
         Some(true) => State::Stale,
     };
+    let duplicate = cond("SingleAgent").filter(|c| c.status == "False");
+    let state = match (state, duplicate) {
+        (State::Synced | State::Stale | State::Nacked, Some(_)) => State::Duplicate,
+        (state, _) => state,
+    };
     let mut last_error = String::new();
-    if let Some(c) = cond("SpecValid").filter(|c| c.status == "False") {
+    if let Some(c) = duplicate {
+        last_error = c.message.clone();
+    } else if let Some(c) = cond("SpecValid").filter(|c| c.status == "False") {
         last_error = format!("spec: {}", c.message);
     } else if state != State::Synced
         && let Some(n) = &sync.last_nack

@@ -13,10 +13,11 @@ use crate::crd::RemoteCluster;
 use crate::grpc::SyncService;
 use crate::index::{Defaults, Index};
 use crate::metrics::HubMetrics;
+use crate::retire::Retirements;
 use crate::status::StatusWriter;
 use anyhow::Context;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::watcher::{self, Event, watcher};
@@ -47,6 +48,7 @@ pub struct Settings {
     pub status_refresh: Duration,
     pub status_writers: usize,
     pub retire_timeout: Duration,
+    pub retire_memory: Duration,
 }
 
 pub async fn run(
@@ -75,13 +77,19 @@ pub async fn run(
         cfg(),
     );
     tokio::spawn(feed(services, index.clone(), Kind::Services, board.clone()));
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &s.namespace);
+    let retired = watcher(
+        configmaps.clone(),
+        cfg().fields(&format!("metadata.name={}", crate::retire::CONFIGMAP)),
+    );
+    tokio::spawn(feed(retired, index.clone(), Kind::Retired, board.clone()));
 
     let reporter = Reporter {
         controller: "tether-hub".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let status = StatusWriter {
-        api: rc_api,
+        api: rc_api.clone(),
         store,
         index: index.clone(),
         board: board.clone(),
@@ -89,7 +97,12 @@ pub async fn run(
         refresh: s.status_refresh,
         concurrency: s.status_writers,
         seen: Default::default(),
-        retire_timeout: s.retire_timeout,
+        retirements: Retirements {
+            remotes: rc_api.clone(),
+            configmaps,
+            timeout: s.retire_timeout,
+            memory: s.retire_memory,
+        },
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
     };
@@ -175,6 +188,7 @@ enum Kind {
     Remotes,
     Pods,
     Services,
+    Retired,
 }
 
 /// Applies one watch's events to the index. Lists are applied whole at `InitDone` (a relist replaces
@@ -270,6 +284,18 @@ impl Apply<Service> for Kind {
     }
     fn reset(&self, index: &mut Index, all: &[Service]) {
         index.reset_services(all)
+    }
+}
+
+impl Apply<ConfigMap> for Kind {
+    fn apply(&self, index: &mut Index, o: &ConfigMap) {
+        index.apply_retired(o)
+    }
+    fn delete(&self, index: &mut Index, name: &str) {
+        index.delete_retired(name)
+    }
+    fn reset(&self, index: &mut Index, all: &[ConfigMap]) {
+        index.reset_retired(all)
     }
 }
 

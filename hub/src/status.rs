@@ -10,12 +10,13 @@
 //! are those of a pass that had nothing to write is skipped, and a whole pass is skipped while the
 //! index and board revisions stand still. Up to `concurrency` writes are in flight at once.
 
-use crate::board::{Board, StreamState};
+use crate::board::{Board, Duplicate, StreamState};
 use crate::crd::{
     AgentStatus, FINALIZER, NackStatus, RemoteCluster, RemoteClusterStatus, SyncStatus,
 };
 use crate::index::{Desired, Index};
 use crate::metrics::HubMetrics;
+use crate::retire::Retirements;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -27,17 +28,32 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tether_proto::retry::ApiRetry;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub const FIELD_MANAGER: &str = "tether-hub";
 
-/// The status `rc` should have now. `previous` keeps condition transition times that did not change.
+/// How long a refused second agent with the same identity keeps the remote reported as having two
+/// agents. A standby agent asks again every 30 s by default, so this spans several refusals; an
+/// admitted standby (the other agent is gone) ends it at once.
+pub const DUPLICATE_MEMORY: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The refused duplicate still worth reporting at `now`, and when it stops being so.
+pub fn recent_duplicate(stream: &StreamState, now: Timestamp) -> Option<(&Duplicate, Timestamp)> {
+    let d = stream.duplicate.as_ref()?;
+    let until = d.at + DUPLICATE_MEMORY;
+    (stream.streams > 0 && now < until).then_some((d, until))
+}
+
+/// The status `rc` should have at `now`. `previous` keeps condition transition times that did not
+/// change.
 pub fn compute(
     desired: &Desired,
     stream: &StreamState,
     previous: Option<&RemoteClusterStatus>,
+    now: Timestamp,
 ) -> RemoteClusterStatus {
     let version = desired.version();
+    let duplicate = recent_duplicate(stream, now).map(|(d, _)| d);
     let synced = !version.is_empty() && stream.acked_version == version;
     let nacked = stream
         .last_nack
@@ -49,7 +65,7 @@ pub fn compute(
         "Pending"
     } else if stream.streams == 0 {
         "Disconnected"
-    } else if nacked.is_some() || !desired.errors.is_empty() {
+    } else if nacked.is_some() || !desired.errors.is_empty() || duplicate.is_some() {
         "Degraded"
     } else if synced {
         "Synced"
@@ -135,7 +151,28 @@ pub fn compute(
             &format!("{}{kept}", desired.errors.join("; ")),
         )
     };
-    let mut conditions = vec![connected, synced_cond, spec];
+    let single = match duplicate {
+        None => cond(
+            "SingleAgent",
+            true,
+            "OneAgent",
+            "one agent serves this cluster's identity",
+        ),
+        Some(d) => cond(
+            "SingleAgent",
+            false,
+            "DuplicateAgent",
+            &format!(
+                "two agents share this cluster's identity: agent {} from {} serves; agent {} from {} was refused at {} and stands by. Stop one of them: each cluster needs its own name and certificate",
+                stream.instance,
+                stream.peer,
+                d.instance,
+                d.peer,
+                time(d.at).0
+            ),
+        ),
+    };
+    let mut conditions = vec![connected, synced_cond, spec, single];
     for c in &mut conditions {
         c.observed_generation = Some(desired.generation);
         if let Some(old) = previous.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
@@ -174,6 +211,7 @@ fn cond(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
         status: if status { "True" } else { "False" }.into(),
         reason: reason.into(),
         message: message.into(),
+        // Replaced by the previous status's time when the status did not change.
         last_transition_time: time(Timestamp::now()),
         observed_generation: None,
     }
@@ -242,7 +280,8 @@ pub struct StatusWriter {
     pub refresh: Duration,
     /// What the writer remembers of each remote between passes.
     pub seen: Mutex<HashMap<String, Seen>>,
-    pub retire_timeout: Duration,
+    /// Finalizers and remembered retirements.
+    pub retirements: Retirements,
     pub recorder: Recorder,
     pub metrics: HubMetrics,
 }
@@ -307,6 +346,27 @@ impl StatusWriter {
             }
             drop(passes);
             self.forget_gone(&remotes);
+            if unreachable.is_none() {
+                match self
+                    .retirements
+                    .sweep(&self.index, &self.board, &remotes)
+                    .await
+                {
+                    Ok(due) => {
+                        if let (Some((_, quiet_due)), Some(due)) = (&mut quiet, due) {
+                            *quiet_due = Some(quiet_due.map_or(due, |d| d.min(due)));
+                        }
+                    }
+                    Err(error) if server_unavailable(&error) => {
+                        unreachable = Some(error);
+                        quiet = None;
+                    }
+                    Err(error) => {
+                        quiet = None;
+                        warn!(%error, "remembered retirements could not be updated; retrying next pass")
+                    }
+                }
+            }
             match unreachable {
                 None => retry.succeeded(),
                 Some(error) => {
@@ -330,7 +390,10 @@ impl StatusWriter {
         let stream = self.board.get(&name);
         if rc.metadata.deletion_timestamp.is_some() {
             // Waits on the agent or on the retire timeout: look again next pass.
-            return self.release(rc, &stream).await.map(|()| Visit::Busy);
+            if self.retirements.release(rc, &stream, &self.board).await? {
+                self.seen.lock().expect("seen lock").remove(&name);
+            }
+            return Ok(Visit::Busy);
         }
         if !rc.finalizers().iter().any(|f| f == FINALIZER) {
             let mut finalizers = rc.finalizers().to_vec();
@@ -355,18 +418,26 @@ impl StatusWriter {
                 return Ok(Visit::Settled(settled.until));
             }
         }
-        let status = compute(&desired, &stream, rc.status.as_ref());
+        let now = Timestamp::now();
+        let status = compute(&desired, &stream, rc.status.as_ref(), now);
+        // A reported duplicate expires with time, not with an input: look again then.
+        let expires = recent_duplicate(&stream, now)
+            .map(|(_, until)| Instant::now() + now.duration_until(until).unsigned_abs());
         if let Some(old) = rc.status.as_ref() {
             let mut seen = self.seen.lock().expect("seen lock");
             let seen = seen.entry(name.clone()).or_default();
             if same_status(old, &status) {
-                seen.settled = Some(settled(None));
-                return Ok(Visit::Settled(None));
+                seen.settled = Some(settled(expires));
+                return Ok(Visit::Settled(expires));
             }
             let due = seen.written.map(|at| at + self.refresh);
             if due.is_some_and(|due| Instant::now() < due) && !significant(old, &status) {
-                seen.settled = Some(settled(due));
-                return Ok(Visit::Settled(due));
+                let until = match (due, expires) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                seen.settled = Some(settled(until));
+                return Ok(Visit::Settled(until));
             }
         }
         let patch = serde_json::json!({
@@ -386,7 +457,7 @@ impl StatusWriter {
             seen.written = Some(Instant::now());
             // Until the watch brings the written object (a new resourceVersion), these inputs need
             // nothing more: without this a lagging watch made the next pass write the same again.
-            seen.settled = Some(settled(None));
+            seen.settled = Some(settled(expires));
         }
         for event in transitions(rc.status.as_ref(), &status) {
             // Events are for people; failing to record one never blocks status.
@@ -405,37 +476,6 @@ impl StatusWriter {
             let names: HashSet<String> = remotes.iter().map(|rc| rc.name_any()).collect();
             seen.retain(|name, _| names.contains(name));
         }
-    }
-
-    /// Lets a deleted RemoteCluster go once its agent retired, or after the retire timeout.
-    async fn release(&self, rc: &RemoteCluster, stream: &StreamState) -> kube::Result<()> {
-        if !rc.finalizers().iter().any(|f| f == FINALIZER) {
-            return Ok(());
-        }
-        let deleted_at = rc
-            .metadata
-            .deletion_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or_else(Timestamp::now);
-        let waited = Timestamp::now().duration_since(deleted_at).unsigned_abs();
-        if !stream.retired && waited < self.retire_timeout {
-            return Ok(());
-        }
-        let name = rc.name_any();
-        if stream.retired {
-            info!(cluster = %name, "agent retired; releasing the RemoteCluster");
-        } else {
-            warn!(cluster = %name, ?waited, "agent did not acknowledge Retire in time; releasing the RemoteCluster anyway");
-        }
-        let finalizers: Vec<&String> = rc.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-        let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": rc.resource_version()}});
-        self.api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        self.board.remove(&name);
-        self.seen.lock().expect("seen lock").remove(&name);
-        Ok(())
     }
 }
 
@@ -475,6 +515,19 @@ pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus)
             reason,
             note: Some(message.chars().take(1000).collect()),
             action: "ComputeSpec".into(),
+            secondary: None,
+        });
+    }
+    let (was, now) = (cond(old, "SingleAgent"), cond(Some(new), "SingleAgent"));
+    if was.as_ref().map(|c| &c.0) != now.as_ref().map(|c| &c.0)
+        && let Some((status, reason, message)) = now
+        && status == "False"
+    {
+        events.push(Event {
+            type_: EventType::Warning,
+            reason,
+            note: Some(message.chars().take(1000).collect()),
+            action: "Stream".into(),
             secondary: None,
         });
     }
@@ -581,7 +634,7 @@ mod tests {
     }
 
     fn phase(d: &Desired, s: &StreamState) -> String {
-        compute(d, s, None).phase.unwrap()
+        compute(d, s, None, Timestamp::now()).phase.unwrap()
     }
 
     #[test]
@@ -601,7 +654,7 @@ mod tests {
             conflict: true,
         });
         assert_eq!(phase(&desired("v2"), &nacked), "Degraded");
-        let status = compute(&desired("v2"), &nacked, None);
+        let status = compute(&desired("v2"), &nacked, None, Timestamp::now());
         let synced = status
             .conditions
             .iter()
@@ -614,10 +667,50 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_second_agent_degrades_and_is_named_until_it_is_old_news() {
+        let mut s = connected("v1");
+        s.instance = "aaaa".into();
+        s.peer = "10.0.0.1:1".into();
+        let at = Timestamp::now();
+        s.duplicate = Some(Duplicate {
+            peer: "10.0.0.2:2".into(),
+            instance: "bbbb".into(),
+            at,
+        });
+        let status = compute(&desired("v1"), &s, None, at);
+        assert_eq!(status.phase.as_deref(), Some("Degraded"));
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SingleAgent")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "DuplicateAgent")
+        );
+        assert!(
+            c.message.contains("bbbb") && c.message.contains("10.0.0.2:2"),
+            "{}",
+            c.message
+        );
+        let events = transitions(
+            Some(&compute(&desired("v1"), &connected("v1"), None, at)),
+            &status,
+        );
+        assert!(events.iter().any(|e| e.reason == "DuplicateAgent"));
+        let later = compute(&desired("v1"), &s, Some(&status), at + DUPLICATE_MEMORY);
+        assert_eq!(
+            later.phase.as_deref(),
+            Some("Synced"),
+            "forgotten after the memory"
+        );
+    }
+
+    #[test]
     fn spec_errors_show_in_spec_valid_and_degrade() {
         let mut d = desired("v1");
         d.errors = vec!["service \"nope\": no such Service".into()];
-        let status = compute(&d, &connected("v1"), None);
+        let status = compute(&d, &connected("v1"), None, Timestamp::now());
         assert_eq!(status.phase.as_deref(), Some("Degraded"));
         let c = status
             .conditions
@@ -636,8 +729,13 @@ mod tests {
 
     #[test]
     fn unchanged_condition_keeps_its_transition_time() {
-        let first = compute(&desired("v1"), &connected("v1"), None);
-        let second = compute(&desired("v1"), &connected("v1"), Some(&first));
+        let first = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let second = compute(
+            &desired("v1"),
+            &connected("v1"),
+            Some(&first),
+            Timestamp::now(),
+        );
         assert!(same_status(&first, &second));
     }
 
@@ -652,7 +750,7 @@ mod tests {
             }],
             ..Default::default()
         }));
-        let status = compute(&d, &connected("v1"), None);
+        let status = compute(&d, &connected("v1"), None, Timestamp::now());
         assert_eq!(status.phase.as_deref(), Some("Synced"), "valid and applied");
         let c = status
             .conditions
@@ -664,7 +762,7 @@ mod tests {
             ("True", "NoEndpoints")
         );
         assert!(c.message.contains("istiod-canary"));
-        let before = compute(&desired("v1"), &connected("v1"), None);
+        let before = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
         let events = transitions(Some(&before), &status);
         assert_eq!(
             events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
@@ -675,15 +773,25 @@ mod tests {
 
     #[test]
     fn only_phase_condition_connection_and_nack_changes_are_significant() {
-        let v1 = compute(&desired("v1"), &connected("v1"), None);
-        let v2 = compute(&desired("v2"), &connected("v2"), Some(&v1));
+        let v1 = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let v2 = compute(
+            &desired("v2"),
+            &connected("v2"),
+            Some(&v1),
+            Timestamp::now(),
+        );
         assert!(!significant(&v1, &v2), "Synced v1 -> Synced v2 can wait");
         // Waiting for the agent is a phase of its own (Connected): shown at once.
-        let pending = compute(&desired("v3"), &connected("v2"), Some(&v2));
+        let pending = compute(
+            &desired("v3"),
+            &connected("v2"),
+            Some(&v2),
+            Timestamp::now(),
+        );
         assert!(significant(&v2, &pending));
         let mut gone = connected("v2");
         gone.streams = 0;
-        let disconnected = compute(&desired("v2"), &gone, Some(&v2));
+        let disconnected = compute(&desired("v2"), &gone, Some(&v2), Timestamp::now());
         assert!(significant(&v2, &disconnected));
     }
 }

@@ -19,21 +19,65 @@ pub const FIRST_WAIT: Duration = Duration::from_millis(500);
 pub const LONGEST_WAIT: Duration = Duration::from_secs(5);
 
 pub struct ApiRetry {
-    backoff: ExponentialBackoff,
+    backoff: Jittered,
     last_was_gone: bool,
+}
+
+/// Exponential backoff from `first`, doubling, with ±50% jitter; no wait exceeds `longest`.
+///
+/// The `backoff` crate randomizes *after* capping the interval, so its waits reach 1.5x its
+/// maximum (an agent told `--backoff-max 30s` waited 37 s, and up to 45 s). This caps the wait
+/// itself: the interval grows to `longest`, the jittered wait is cut at `longest`.
+pub fn jittered(first: Duration, longest: Duration) -> Jittered {
+    Jittered {
+        inner: ExponentialBackoff {
+            // The crate starts from `current_interval` (500 ms by default), not from
+            // `initial_interval`, until its first reset: set both.
+            current_interval: first.min(longest),
+            initial_interval: first.min(longest),
+            max_interval: longest,
+            multiplier: 2.0,
+            randomization_factor: 0.5,
+            max_elapsed_time: None,
+            ..Default::default()
+        },
+        longest,
+    }
+}
+
+/// See [`jittered`].
+#[derive(Clone, Debug)]
+pub struct Jittered {
+    inner: ExponentialBackoff,
+    longest: Duration,
+}
+
+impl Jittered {
+    pub fn longest(&self) -> Duration {
+        self.longest
+    }
+}
+
+impl Backoff for Jittered {
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+
+    fn next_backoff(&mut self) -> Option<Duration> {
+        // Never None: max_elapsed_time is unset.
+        Some(
+            self.inner
+                .next_backoff()
+                .unwrap_or(self.longest)
+                .min(self.longest),
+        )
+    }
 }
 
 impl Default for ApiRetry {
     fn default() -> Self {
         Self {
-            backoff: ExponentialBackoff {
-                initial_interval: FIRST_WAIT,
-                max_interval: LONGEST_WAIT,
-                multiplier: 2.0,
-                randomization_factor: 0.5,
-                max_elapsed_time: None,
-                ..Default::default()
-            },
+            backoff: jittered(FIRST_WAIT, LONGEST_WAIT),
             last_was_gone: false,
         }
     }
@@ -53,7 +97,6 @@ impl ApiRetry {
             self.backoff.reset();
         }
         self.last_was_gone = gone;
-        // Never None: max_elapsed_time is unset.
         self.backoff.next_backoff().unwrap_or(LONGEST_WAIT)
     }
 }
@@ -62,9 +105,21 @@ impl ApiRetry {
 mod tests {
     use super::*;
 
-    // randomization_factor 0.5: a wait is within [0.5, 1.5] of its interval.
+    // randomization_factor 0.5: a wait is within [0.5, 1.5] of its interval, and at most LONGEST_WAIT.
     const MOST_FIRST: Duration = Duration::from_millis(750);
-    const MOST_EVER: Duration = Duration::from_millis(7500);
+    const MOST_EVER: Duration = LONGEST_WAIT;
+
+    #[test]
+    fn no_wait_exceeds_the_longest() {
+        for (first, longest) in [(100, 1_000), (500, 5_000), (500, 30_000), (1_000, 1_000)] {
+            let (first, longest) = (Duration::from_millis(first), Duration::from_millis(longest));
+            let mut b = jittered(first, longest);
+            let waits: Vec<Duration> = (0..200).map(|_| b.next_backoff().unwrap()).collect();
+            let most = waits.iter().max().unwrap();
+            assert!(*most <= longest, "{most:?} > {longest:?}");
+            assert!(waits[0] <= first + first / 2, "{waits:?}");
+        }
+    }
 
     #[test]
     fn waits_grow_to_a_bound_of_seconds() {

@@ -69,6 +69,7 @@ pub fn client_settings(
         connect_timeout: Duration::from_secs(5),
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
+        standby_retry: Duration::from_secs(1),
         max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
     }
 }

@@ -90,6 +90,7 @@ pub struct Mesh {
     pub test_timing: bool,
     /// `TETHER_LOG` for the hub and agents.
     pub log_filter: Option<String>,
+    extra_agent_args: Vec<String>,
 }
 
 impl Mesh {
@@ -140,6 +141,7 @@ impl Mesh {
             agent_hub_addr: HashMap::new(),
             test_timing: true,
             log_filter: None,
+            extra_agent_args: Vec::new(),
         };
         for r in remotes {
             mesh.write_agent_cert(r, r, false)?;
@@ -191,8 +193,10 @@ impl Mesh {
             .args(["--trust-domain", TRUST_DOMAIN]);
         if self.test_timing {
             cmd.args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
-                .args(["--status-interval", "100ms", "--retire-timeout", "20s"])
-                .args(["--status-refresh", "100ms"]);
+                .args(["--status-interval", "100ms", "--status-refresh", "100ms"]);
+            if !self.hub_args.iter().any(|a| a == "--retire-timeout") {
+                cmd.args(["--retire-timeout", "20s"]);
+            }
         }
         cmd.args(&self.hub_args)
             .env("KUBECONFIG", self.planes.get("central").kubeconfig())
@@ -235,7 +239,40 @@ impl Mesh {
         claims: &str,
         tls: &str,
     ) -> anyhow::Result<()> {
-        let kubeconfig = match self.agent_kubeconfig.get(cluster) {
+        self.spawn_agent(cluster, cluster, claims, tls)
+    }
+
+    /// Starts a second agent on `cluster` with the same identity and certificate as the first (a
+    /// misconfiguration the hub must make visible), under its own API user, process key and log
+    /// (`agent-<key>.log`).
+    pub fn start_twin_agent(&mut self, cluster: &str, key: &str) -> anyhow::Result<()> {
+        let kubeconfig = self
+            .planes
+            .get(cluster)
+            .user_kubeconfig(&self.twin_user(key), Some("system:masters"))?;
+        self.agent_kubeconfig
+            .insert(key.to_string(), kubeconfig.clone());
+        self.spawn_agent(key, cluster, cluster, cluster)
+    }
+
+    /// The API user of a twin agent started with [`Mesh::start_twin_agent`].
+    pub fn twin_user(&self, key: &str) -> String {
+        format!("tether-agent-{}-{key}", self.ns)
+    }
+
+    /// Extra arguments for agents started from now on.
+    pub fn agent_args(&mut self, args: &[&str]) {
+        self.extra_agent_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    fn spawn_agent(
+        &mut self,
+        key: &str,
+        cluster: &str,
+        claims: &str,
+        tls: &str,
+    ) -> anyhow::Result<()> {
+        let kubeconfig = match self.agent_kubeconfig.get(key) {
             Some(path) => path.clone(),
             None => self
                 .planes
@@ -251,7 +288,7 @@ impl Mesh {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(format!("agent-{cluster}.log")))?;
+            .open(self.dir.join(format!("agent-{key}.log")))?;
         let mut cmd = Command::new(bin_dir().join("tether-agent"));
         cmd.args(["--cluster", claims])
             .args([
@@ -263,7 +300,7 @@ impl Mesh {
                 &format!(
                     "127.0.0.1:{}",
                     self.agent_admin_ports
-                        .get(cluster)
+                        .get(key)
                         .copied()
                         .unwrap_or_else(free_port)
                 ),
@@ -277,6 +314,7 @@ impl Mesh {
             cmd.args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
                 .args(["--backoff-initial", "100ms", "--backoff-max", "1s"]);
         }
+        cmd.args(&self.extra_agent_args);
         cmd.env("KUBECONFIG", kubeconfig)
             .env(
                 "TETHER_LOG",
@@ -287,7 +325,7 @@ impl Mesh {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        self.agents.insert(cluster.to_string(), spawn(cmd)?);
+        self.agents.insert(key.to_string(), spawn(cmd)?);
         Ok(())
     }
 

@@ -84,7 +84,7 @@ async fn the_hub_survives_bad_clients_and_keeps_serving_good_ones() {
     let huge = Hello {
         cluster: "remote-1".into(),
         agent_version: "x".repeat(5 * 1024 * 1024),
-        applied_version: String::new(),
+        ..Default::default()
     };
     tx.send(AgentMessage {
         message: Some(agent_message::Message::Hello(huge)),

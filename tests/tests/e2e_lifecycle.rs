@@ -282,3 +282,190 @@ async fn deleting_a_remote_cluster_retires_its_agent_then_lets_go() {
     );
     assert_eq!(mesh.status("remote-2").await.unwrap()["phase"], "Synced");
 }
+
+fn condition(status: &serde_json::Value, type_: &str) -> serde_json::Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or_default()
+}
+
+/// Two agents with one cluster identity: the newer stream serves, the older stands by (it stops
+/// applying and repairing) and is refused while the other is connected; status, an Event, the hub's
+/// log and `tether-hub status` say so. When the serving one goes, the standby takes over.
+#[tokio::test]
+async fn a_second_agent_with_the_same_identity_is_reported_and_only_one_writes() {
+    let mut mesh = synced_mesh().await;
+    let r = "remote-1";
+    mesh.agent_args(&["--standby-retry", "1s"]);
+    mesh.kill_agent(r);
+    mesh.start_agent(r).unwrap();
+    eventually("the restarted agent connected", SOON, || async {
+        anyhow::ensure!(
+            mesh.log(&format!("agent-{r}")).matches("connected").count() >= 2,
+            "not yet"
+        );
+        Ok(())
+    })
+    .await;
+    mesh.wait_phase(r, "Synced", SOON).await;
+
+    mesh.start_twin_agent(r, "remote-1-twin").unwrap();
+    let status = eventually("status to report two agents", SOON, || async {
+        let status = mesh.status(r).await?;
+        let c = condition(&status, "SingleAgent");
+        anyhow::ensure!(
+            c["status"] == "False" && c["reason"] == "DuplicateAgent",
+            "{status}"
+        );
+        Ok(status)
+    })
+    .await;
+    assert_eq!(status["phase"], "Degraded", "{status}");
+    let message = condition(&status, "SingleAgent")["message"].to_string();
+    assert!(message.contains("share"), "{message}");
+    eventually("a DuplicateAgent event", SOON, || async {
+        let events = mesh.events_for(r).await;
+        anyhow::ensure!(
+            events.iter().any(|(reason, _)| reason == "DuplicateAgent"),
+            "{events:?}"
+        );
+        Ok(())
+    })
+    .await;
+    assert!(
+        mesh.log("hub").contains("two agents share"),
+        "the hub logs the duplicate"
+    );
+    let (_, table, _) = mesh.hub_cli(&["status", "--namespace", &mesh.ns]);
+    let row = table.lines().find(|l| l.starts_with(r)).unwrap_or_default();
+    assert!(row.contains("DUPLICATE"), "{table}");
+    assert!(
+        mesh.log(&format!("agent-{r}")).contains("standing by"),
+        "the replaced agent says it stands by"
+    );
+
+    // The state changes: the serving agent deletes a slice; the standby must neither write nor
+    // bring it back from its older snapshot.
+    let standby_writes = mesh.agent_writes(r).len();
+    mesh.central_pods()
+        .delete("istiod-b", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually("only istiod-a's slice left", SOON, || async {
+        anyhow::ensure!(managed_slices(&mesh, r).await == 1, "not yet");
+        Ok(())
+    })
+    .await;
+    let twin_user = mesh.twin_user("remote-1-twin");
+    let mut quiet = 0;
+    eventually("the twin to stop writing", SOON, || {
+        let n = mesh
+            .planes
+            .get(r)
+            .audit_writes()
+            .unwrap()
+            .iter()
+            .filter(|w| w.user == twin_user)
+            .count();
+        let settled = n == quiet;
+        quiet = n;
+        async move {
+            anyhow::ensure!(settled, "writing");
+            Ok(())
+        }
+    })
+    .await;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            managed_slices(&mesh, r).await,
+            1,
+            "a deleted slice came back"
+        );
+    }
+    assert_eq!(
+        mesh.agent_writes(r).len(),
+        standby_writes,
+        "the standby agent wrote"
+    );
+
+    // The serving twin goes away: the standby takes over and the report clears.
+    mesh.kill_agent("remote-1-twin");
+    eventually("the standby to take over", SOON, || async {
+        let status = mesh.status(r).await?;
+        anyhow::ensure!(
+            status["phase"] == "Synced" && condition(&status, "SingleAgent")["status"] == "True",
+            "{status}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// A RemoteCluster deleted while its agent is away: the finalizer lets go after the retire timeout,
+/// and the hub remembers the retirement (in a ConfigMap, across hub restarts) until the agent comes
+/// back and removes what it manages.
+#[tokio::test]
+async fn a_remote_cluster_deleted_while_its_agent_is_away_is_retired_when_it_returns() {
+    let mut mesh = synced_mesh().await;
+    let r = "remote-1";
+    mesh.kill_hub();
+    mesh.hub_args = vec!["--retire-timeout".into(), "2s".into()];
+    mesh.start_hub().unwrap();
+    mesh.kill_agent(r);
+    let rcs = mesh.remote_clusters();
+    rcs.delete(r, &DeleteParams::default()).await.unwrap();
+    eventually("the RemoteCluster to be released", SOON, || async {
+        anyhow::ensure!(rcs.get_opt(r).await?.is_none(), "still there");
+        Ok(())
+    })
+    .await;
+    // The hub's memory outlives the hub.
+    mesh.kill_hub();
+    mesh.start_hub().unwrap();
+    assert!(managed_slices(&mesh, r).await > 0, "nothing removed yet");
+
+    mesh.start_agent(r).unwrap();
+    let client = mesh.remote(r).clone();
+    let app_ns = format!("{}-app", mesh.ns);
+    eventually(
+        "the returning agent to remove what it managed",
+        SOON,
+        || async {
+            let svcs = Api::<Service>::namespaced(client.clone(), &mesh.ns)
+                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tether-agent"))
+                .await?;
+            anyhow::ensure!(svcs.items.is_empty(), "services remain");
+            anyhow::ensure!(managed_slices(&mesh, r).await == 0, "slices remain");
+            let labels = Api::<Namespace>::all(client.clone())
+                .get(&app_ns)
+                .await?
+                .metadata
+                .labels
+                .unwrap_or_default();
+            anyhow::ensure!(!labels.contains_key("istio-injection"), "{labels:?}");
+            Ok(())
+        },
+    )
+    .await;
+    eventually(
+        "the hub to forget the retirement once acknowledged",
+        SOON,
+        || async {
+            anyhow::ensure!(
+                mesh.log("hub").contains("retirement acknowledged"),
+                "not yet"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    assert!(
+        mesh.log(&format!("agent-{r}")).contains("retired"),
+        "the agent says why it removed everything"
+    );
+    assert!(managed_slices(&mesh, "remote-2").await > 0);
+    // (Its agent reconnected after the hub restarts.)
+    mesh.wait_phase("remote-2", "Synced", SOON).await;
+}

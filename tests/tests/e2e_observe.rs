@@ -32,7 +32,7 @@ async fn silent_agent(
     let hello = Hello {
         cluster: cluster.into(),
         agent_version: "9.9.9-silent".into(),
-        applied_version: String::new(),
+        ..Default::default()
     };
     tx.send(AgentMessage {
         message: Some(agent_message::Message::Hello(hello)),

@@ -22,7 +22,7 @@ async fn dial(mesh: &Mesh, tls_dir: &Path, claims: &str) -> String {
     let hello = Hello {
         cluster: claims.into(),
         agent_version: "test".into(),
-        applied_version: String::new(),
+        ..Default::default()
     };
     tx.send(AgentMessage {
         message: Some(agent_message::Message::Hello(hello)),

@@ -321,3 +321,240 @@ async fn hand_edits_and_deletions_on_a_remote_are_repaired() {
     })
     .await;
 }
+
+/// The remote's `istiod` Endpoints subsets as stored, or Null when it has none.
+async fn endpoints_subsets(client: &Client, ns: &str) -> anyhow::Result<serde_json::Value> {
+    let eps = Api::<Endpoints>::namespaced(client.clone(), ns)
+        .get("istiod")
+        .await?;
+    Ok(serde_json::to_value(eps.subsets)?)
+}
+
+async fn wait_subsets(mesh: &Mesh, remotes: &[&str], want: serde_json::Value) {
+    for r in remotes {
+        eventually(&format!("{r} Endpoints subsets {want}"), T, || async {
+            let got = endpoints_subsets(mesh.remote(r), &mesh.ns).await?;
+            anyhow::ensure!(got == want, "got {got}");
+            Ok(())
+        })
+        .await;
+    }
+}
+
+fn subset(ready: &[&str], not_ready: &[&str], xds: i32) -> serde_json::Value {
+    let addrs = |ips: &[&str]| ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>();
+    let mut s = json!({"ports": [
+        {"name": "grpc-xds", "port": xds, "protocol": "TCP"},
+        {"name": "https-webhook", "port": 15017, "protocol": "TCP"},
+    ]});
+    if !ready.is_empty() {
+        s["addresses"] = addrs(ready).into();
+    }
+    if !not_ready.is_empty() {
+        s["notReadyAddresses"] = addrs(not_ready).into();
+    }
+    s
+}
+
+/// Every field the agent owns follows the desired state when lists, subsets, ports and labels
+/// disappear, not only when they appear or change (an apply that leaves a field out removes it;
+/// the compare before writing must see that as a difference).
+#[tokio::test]
+async fn fields_and_lists_that_disappear_are_removed_from_the_remote() {
+    let mesh = synced_mesh().await;
+    let pods = mesh.central_pods();
+    let gone = DeleteParams::default().grace_period(0);
+    // A not-ready pod beside the ready one on 15010: one subset with both lists.
+    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, false)
+        .await
+        .unwrap();
+    wait_subsets(
+        &mesh,
+        REMOTES,
+        json!([
+            subset(&["10.10.0.1"], &["10.10.0.3"], 15010),
+            subset(&["10.10.0.2"], &[], 16010)
+        ]),
+    )
+    .await;
+    // The only ready pod of that subset leaves the selector: its ready list empties.
+    let relabel = json!({"metadata": {"labels": {"app": "not-istiod"}}});
+    pods.patch("istiod-a", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    wait_subsets(
+        &mesh,
+        REMOTES,
+        json!([
+            subset(&[], &["10.10.0.3"], 15010),
+            subset(&["10.10.0.2"], &[], 16010)
+        ]),
+    )
+    .await;
+    // The not-ready pod is deleted: the whole subset goes.
+    pods.delete("istiod-c", &gone).await.unwrap();
+    wait_subsets(&mesh, REMOTES, json!([subset(&["10.10.0.2"], &[], 16010)])).await;
+    // The last pod goes: no subsets at all, and no slices.
+    pods.delete("istiod-b", &gone).await.unwrap();
+    wait_subsets(&mesh, REMOTES, serde_json::Value::Null).await;
+    wait_slices(&mesh, &vec![]).await;
+
+    // A port's appProtocol, then a slice's ports (no pod resolves the named target port), then an
+    // injection label disappear from remote-1's spec.
+    mesh.create_istiod_pod("istiod-d", "10.10.0.4", 15010, true)
+        .await
+        .unwrap();
+    let r = "remote-1";
+    let client = mesh.remote(r);
+    let app_ns = format!("{}-app", mesh.ns);
+    let spec = |app_protocol: Option<&str>, target: &str, labels: serde_json::Value| {
+        let mut port = json!({"name": "grpc-xds", "port": 15010, "targetPort": target});
+        if let Some(p) = app_protocol {
+            port["appProtocol"] = p.into();
+        }
+        json!({"services": [{"name": "istiod", "ports": [port]}],
+               "injection": {"namespaces": [app_ns], "labels": labels}})
+    };
+    let two_labels = json!({"istio.io/rev": "canary", "istio-injection": "disabled"});
+    mesh.create_remote_cluster(r, spec(Some("grpc"), "grpc-xds", two_labels.clone()))
+        .await
+        .unwrap();
+    let svc_ports = || async {
+        let svc = Api::<Service>::namespaced(client.clone(), &mesh.ns)
+            .get("istiod")
+            .await?;
+        Ok::<_, anyhow::Error>(serde_json::to_value(svc.spec.unwrap_or_default().ports)?)
+    };
+    let port = |app_protocol: Option<&str>| {
+        let mut p =
+            json!({"name": "grpc-xds", "port": 15010, "protocol": "TCP", "targetPort": 15010});
+        if let Some(a) = app_protocol {
+            p["appProtocol"] = a.into();
+        }
+        json!([p])
+    };
+    eventually("appProtocol set", T, || async {
+        let got = svc_ports().await?;
+        anyhow::ensure!(got == port(Some("grpc")), "{got}");
+        Ok(())
+    })
+    .await;
+    mesh.create_remote_cluster(r, spec(None, "grpc-xds", two_labels.clone()))
+        .await
+        .unwrap();
+    eventually("appProtocol removed", T, || async {
+        let got = svc_ports().await?;
+        anyhow::ensure!(got == port(None), "{got}");
+        Ok(())
+    })
+    .await;
+    let slice_ports = || async {
+        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &mesh.ns);
+        let list = api
+            .list(&ListParams::default().labels("kubernetes.io/service-name=istiod"))
+            .await?;
+        let ports: Vec<serde_json::Value> = list
+            .items
+            .into_iter()
+            .map(|s| serde_json::to_value(s.ports))
+            .collect::<Result<_, _>>()?;
+        Ok::<_, anyhow::Error>(ports)
+    };
+    eventually("one slice with the resolved port", T, || async {
+        let got = slice_ports().await?;
+        anyhow::ensure!(
+            got == [json!([{"name": "grpc-xds", "port": 15010, "protocol": "TCP"}])],
+            "{got:?}"
+        );
+        Ok(())
+    })
+    .await;
+    mesh.create_remote_cluster(r, spec(None, "no-such-port", two_labels))
+        .await
+        .unwrap();
+    eventually("the slice's ports removed", T, || async {
+        let got = slice_ports().await?;
+        anyhow::ensure!(got == [serde_json::Value::Null], "{got:?}");
+        Ok(())
+    })
+    .await;
+    eventually("both injection labels set", T, || async {
+        let labels = ns_labels(client, &app_ns).await?;
+        anyhow::ensure!(
+            labels.get("istio.io/rev").map(String::as_str) == Some("canary")
+                && labels.get("istio-injection").map(String::as_str) == Some("disabled"),
+            "{labels:?}"
+        );
+        Ok(())
+    })
+    .await;
+    let one_label = json!({"istio.io/rev": "canary"});
+    mesh.create_remote_cluster(r, spec(None, "no-such-port", one_label))
+        .await
+        .unwrap();
+    mesh.wait_phase(r, "Synced", T).await;
+    eventually("the dropped injection label removed", T, || async {
+        let labels = ns_labels(client, &app_ns).await?;
+        anyhow::ensure!(
+            !labels.contains_key("istio-injection")
+                && labels.get("istio.io/rev").map(String::as_str) == Some("canary"),
+            "{labels:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// Deletes a namespace as the namespace controller would finish it (none runs on the harness):
+/// delete, then clear its finalizers through the `finalize` subresource.
+async fn delete_namespace_fully(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api = Api::<Namespace>::all(client.clone());
+    api.delete(name, &DeleteParams::default()).await?;
+    let mut ns = api.get(name).await?;
+    ns.spec.get_or_insert_with(Default::default).finalizers = Some(vec![]);
+    api.replace_subresource("finalize", name, &Default::default(), &ns)
+        .await?;
+    eventually(&format!("namespace {name} gone"), T, || async {
+        anyhow::ensure!(api.get_opt(name).await?.is_none(), "still there");
+        Ok(())
+    })
+    .await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_injection_namespace_deleted_after_labelling_degrades_the_remote_until_it_returns() {
+    let mesh = synced_mesh().await;
+    let r = "remote-1";
+    let client = mesh.remote(r);
+    let app_ns = format!("{}-app", mesh.ns);
+    delete_namespace_fully(client, &app_ns).await.unwrap();
+    let status = mesh.wait_phase(r, "Degraded", T).await;
+    let nack = status["sync"]["lastNack"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(nack.contains(&app_ns), "{status}");
+    let synced = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Synced")
+        .cloned()
+        .unwrap();
+    assert_eq!(synced["status"], "False", "{synced}");
+    assert_eq!(mesh.status("remote-2").await.unwrap()["phase"], "Synced");
+
+    tether_tests::mesh::create_namespace(client, &app_ns)
+        .await
+        .unwrap();
+    eventually("the recreated namespace labelled", T, || async {
+        let labels = ns_labels(client, &app_ns).await?;
+        anyhow::ensure!(
+            labels.get("istio-injection").map(String::as_str) == Some("enabled"),
+            "{labels:?}"
+        );
+        Ok(())
+    })
+    .await;
+    mesh.wait_phase(r, "Synced", T).await;
+}

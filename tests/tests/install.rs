@@ -14,13 +14,22 @@ use tether_tests::mesh::Mesh;
 use tether_tests::{ControlPlanes, eventually, fresh_namespace};
 
 /// (apiGroup, resource, verb) triples of a set of rules.
+/// (group, resource, verb) of every grant; a grant limited to named objects reads `resource#name`.
 fn grants(rules: &[k8s_openapi::api::rbac::v1::PolicyRule]) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
     for r in rules {
+        let names: Vec<String> = r.resource_names.clone().unwrap_or_default();
         for g in r.api_groups.iter().flatten() {
             for res in r.resources.iter().flatten() {
-                for v in &r.verbs {
-                    out.insert((g.clone(), res.clone(), v.clone()));
+                let targets: Vec<String> = if names.is_empty() {
+                    vec![res.clone()]
+                } else {
+                    names.iter().map(|n| format!("{res}#{n}")).collect()
+                };
+                for t in &targets {
+                    for v in &r.verbs {
+                        out.insert((g.clone(), t.clone(), v.clone()));
+                    }
                 }
             }
         }
@@ -150,6 +159,12 @@ async fn charts_lint_render_and_are_accepted_by_the_api_server_with_exactly_the_
                 ("tether.io", "remoteclusters/status", &["patch"]),
                 ("tether.io", "remoteclusters/finalizers", &["update"]),
                 ("events.k8s.io", "events", &["create", "patch"]),
+                (
+                    "",
+                    "configmaps#tether-retired",
+                    &["get", "list", "watch", "patch"],
+                ),
+                ("", "configmaps", &["create"]),
             ]);
             assert_eq!(got, want, "hub Role");
             assert!(

@@ -380,6 +380,7 @@ async fn fleet(planes: &'static ControlPlanes, n: usize) -> anyhow::Result<Fleet
             connect_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            standby_retry: Duration::from_secs(30),
             max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
         });
     }

@@ -1,0 +1,646 @@
+//! The apply plan: a snapshot and what the agent sees of its cluster go in; out come the writes that
+//! make the cluster match, in order, and the objects left alone with the reason (conflicts, missing
+//! namespaces). Pure: the applier executes a plan and reports what failed.
+//!
+//! ```text
+//!  Snapshot ─► objects::objects_for ─► desired objects ─┐
+//!  View (watch stores + our own newer writes) ──────────┼─► Plan { writes, failures }
+//!  field manager (which fields are ours) ───────────────┘
+//! ```
+//! Rules, each in one place below:
+//! - an object without `app.kubernetes.io/managed-by: tether-agent` is never written or deleted; a
+//!   desired one of that name is a conflict (a foreign Service blocks its whole mirror);
+//! - an object is written only when an apply would change it ([`fields::in_effect`]);
+//! - managed objects no longer desired are deleted (precondition: the uid seen);
+//! - a Service switching between headless and ClusterIP is recreated (clusterIP is immutable);
+//! - namespaces get the injection labels and the marker without force (another manager's value
+//!   is reported, not overwritten); labels are released only where this field manager put them.
+
+use crate::fields::in_effect;
+use crate::objects::{self, DesiredObject, INJECTION_MARKER, Kind};
+use kube::ResourceExt;
+use kube::api::DynamicObject;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use tether_proto::v1::{Injection, ObjectFailure, Snapshot};
+
+/// What the agent knows of its cluster: the watch stores, overlaid with its own newer writes.
+pub trait View {
+    fn get(&self, kind: Kind, name: &str) -> Option<Arc<DynamicObject>>;
+    fn all(&self, kind: Kind) -> Vec<Arc<DynamicObject>>;
+}
+
+/// One API call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Server-side apply. `force` takes back fields someone else changed on an object we own;
+    /// without it a field another manager holds at another value is a conflict.
+    Apply {
+        kind: Kind,
+        name: String,
+        body: Value,
+        force: bool,
+    },
+    /// Delete, with the uid seen as a precondition (never an object that replaced it).
+    Delete {
+        kind: Kind,
+        object: Arc<DynamicObject>,
+    },
+    /// Delete, then apply `body` (a field that cannot change in place changed).
+    Recreate {
+        kind: Kind,
+        object: Arc<DynamicObject>,
+        body: Value,
+    },
+}
+
+impl Write {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Write::Apply { kind, .. }
+            | Write::Delete { kind, .. }
+            | Write::Recreate { kind, .. } => *kind,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Write::Apply { name, .. } => name.clone(),
+            Write::Delete { object, .. } | Write::Recreate { object, .. } => object.name_any(),
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    /// Objects not made to match, and why. Everything else is in `writes` or already matches.
+    pub failures: Vec<ObjectFailure>,
+}
+
+/// Why an object of a desired name is left alone.
+pub const FOREIGN: &str =
+    "exists without label app.kubernetes.io/managed-by=tether-agent; Tether does not overwrite it";
+
+pub fn failure(
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    message: String,
+    conflict: bool,
+) -> ObjectFailure {
+    ObjectFailure {
+        kind: kind.as_str().into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        message,
+        conflict,
+    }
+}
+
+fn managed(o: &DynamicObject) -> bool {
+    objects::is_managed(o.metadata.labels.as_ref())
+}
+
+fn json_of(o: &DynamicObject) -> Value {
+    serde_json::to_value(o).unwrap_or_default()
+}
+
+/// The plan that makes the cluster match `snap`, for an agent managing `namespace` as `manager`.
+pub fn snapshot(snap: &Snapshot, namespace: &str, manager: &str, view: &impl View) -> Plan {
+    let mut plan = Plan::default();
+    let problems = tether_proto::check::snapshot(snap);
+    if !problems.is_empty() {
+        // Refused whole: applying part of a malformed state could remove what is right.
+        let message = format!(
+            "malformed snapshot refused, nothing applied: {}",
+            problems.join("; ")
+        );
+        plan.failures.push(ObjectFailure {
+            kind: "Snapshot".into(),
+            namespace: snap.namespace.clone(),
+            name: snap.version.clone(),
+            message,
+            conflict: false,
+        });
+        return plan;
+    }
+    if snap.namespace != namespace {
+        let msg = format!(
+            "the hub sends mirrors for namespace {:?} but this agent manages {namespace:?}; set the agent's --namespace to match the hub's --remote-namespace",
+            snap.namespace
+        );
+        plan.failures
+            .push(failure(Kind::Namespace, "", &snap.namespace, msg, false));
+    } else if view.get(Kind::Namespace, namespace).is_none() {
+        let msg = format!(
+            "namespace {namespace:?} does not exist on this cluster; create it (the agent never creates namespaces)"
+        );
+        plan.failures
+            .push(failure(Kind::Namespace, "", namespace, msg, false));
+    } else {
+        services(snap, namespace, manager, view, &mut plan);
+    }
+    injection(snap.injection.as_ref(), manager, view, &mut plan);
+    plan
+}
+
+/// The plan that removes everything this agent manages: the answer to `Retire`.
+pub fn retire(manager: &str, view: &impl View) -> Plan {
+    let mut plan = Plan::default();
+    collect_garbage(&HashSet::new(), view, &mut plan);
+    injection(None, manager, view, &mut plan);
+    plan
+}
+
+fn services(snap: &Snapshot, namespace: &str, manager: &str, view: &impl View, plan: &mut Plan) {
+    // Names that must survive garbage collection: desired, or blocked by a conflict.
+    let mut keep: HashSet<(Kind, String)> = HashSet::new();
+    for svc in &snap.services {
+        let objects = objects::objects_for(namespace, svc);
+        keep.extend(objects.iter().map(|o| (o.kind, o.name.clone())));
+        if view
+            .get(Kind::Service, &svc.name)
+            .is_some_and(|live| !managed(&live))
+        {
+            // Someone else's Service: writing its endpoints would hijack it. Leave all of it alone.
+            plan.failures.push(failure(
+                Kind::Service,
+                namespace,
+                &svc.name,
+                FOREIGN.into(),
+                true,
+            ));
+            continue;
+        }
+        for obj in objects {
+            object(&obj, namespace, manager, view, plan);
+        }
+    }
+    collect_garbage(&keep, view, plan);
+}
+
+fn object(obj: &DesiredObject, namespace: &str, manager: &str, view: &impl View, plan: &mut Plan) {
+    let apply = Write::Apply {
+        kind: obj.kind,
+        name: obj.name.clone(),
+        body: obj.body.clone(),
+        force: true,
+    };
+    let Some(live) = view.get(obj.kind, &obj.name) else {
+        plan.writes.push(apply);
+        return;
+    };
+    if !managed(&live) {
+        plan.failures.push(failure(
+            obj.kind,
+            namespace,
+            &obj.name,
+            FOREIGN.into(),
+            true,
+        ));
+        return;
+    }
+    let live_json = json_of(&live);
+    if in_effect(&live_json, &obj.body, manager) {
+        return;
+    }
+    // clusterIP is immutable: switching between headless and ClusterIP needs a new Service.
+    if obj.kind == Kind::Service && is_headless(&live_json) != is_headless(&obj.body) {
+        plan.writes.push(Write::Recreate {
+            kind: obj.kind,
+            object: live,
+            body: obj.body.clone(),
+        });
+        return;
+    }
+    plan.writes.push(apply);
+}
+
+/// Deletes every managed object of the owned kinds whose (kind, name) is not in `keep`.
+fn collect_garbage(keep: &HashSet<(Kind, String)>, view: &impl View, plan: &mut Plan) {
+    for kind in Kind::OWNED {
+        let mut gone: Vec<Arc<DynamicObject>> = view
+            .all(kind)
+            .into_iter()
+            .filter(|o| managed(o) && !keep.contains(&(kind, o.name_any())))
+            .collect();
+        gone.sort_by_key(|o| o.name_any());
+        plan.writes.extend(
+            gone.into_iter()
+                .map(|object| Write::Delete { kind, object }),
+        );
+    }
+}
+
+/// Injection labels plus the marker on listed namespaces that exist; both released from namespaces
+/// this manager labelled that are no longer listed. Listed namespaces that do not exist are
+/// failures: the spec is not in effect there until they are created.
+fn injection(injection: Option<&Injection>, manager: &str, view: &impl View, plan: &mut Plan) {
+    let (listed, labels): (BTreeSet<&str>, BTreeMap<String, String>) = match injection {
+        Some(i) => (
+            i.namespaces.iter().map(String::as_str).collect(),
+            i.labels.clone(),
+        ),
+        None => (BTreeSet::new(), BTreeMap::new()),
+    };
+    let mut wanted = labels;
+    wanted.insert(INJECTION_MARKER.into(), "true".into());
+    let mut existing: Vec<Arc<DynamicObject>> = view.all(Kind::Namespace);
+    existing.sort_by_key(|n| n.name_any());
+    let names: BTreeSet<String> = existing.iter().map(|n| n.name_any()).collect();
+    for name in listed.iter().filter(|n| !names.contains(**n)) {
+        // The namespace watch brings a new pass (and the ACK) when it is created.
+        let msg = format!(
+            "namespace {name:?} is listed for injection but does not exist on this cluster; it is labelled once it is created"
+        );
+        plan.failures
+            .push(failure(Kind::Namespace, "", name, msg, false));
+    }
+    for ns in existing {
+        let name = ns.name_any();
+        let body = if listed.contains(name.as_str()) {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": wanted}})
+        } else if ns.labels().contains_key(INJECTION_MARKER) {
+            // An apply without the labels releases them; the server removes what only we owned.
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        } else {
+            continue;
+        };
+        if !in_effect(&json_of(&ns), &body, manager) {
+            plan.writes.push(Write::Apply {
+                kind: Kind::Namespace,
+                name,
+                body,
+                force: false,
+            });
+        }
+    }
+}
+
+fn is_headless(obj: &Value) -> bool {
+    obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use tether_proto::v1::{Endpoint, Port, Service};
+
+    const ME: &str = "tether-agent";
+    const NS: &str = "istio-system";
+
+    /// A cluster as the agent sees it.
+    #[derive(Default)]
+    struct Cluster(HashMap<(Kind, String), Arc<DynamicObject>>);
+
+    impl View for Cluster {
+        fn get(&self, kind: Kind, name: &str) -> Option<Arc<DynamicObject>> {
+            self.0.get(&(kind, name.to_string())).cloned()
+        }
+        fn all(&self, kind: Kind) -> Vec<Arc<DynamicObject>> {
+            self.0
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|(_, o)| o.clone())
+                .collect()
+        }
+    }
+
+    impl Cluster {
+        fn with_namespace(name: &str) -> Self {
+            let mut c = Self::default();
+            c.put(Kind::Namespace, json!({"metadata": {"name": name}}));
+            c
+        }
+
+        fn put(&mut self, kind: Kind, object: Value) {
+            let o: DynamicObject = serde_json::from_value(object).unwrap();
+            self.0.insert((kind, o.name_any()), Arc::new(o));
+        }
+
+        /// What an apply of `obj` by this agent leaves: its body, and its fields owned by us.
+        fn applied(&mut self, obj: &DesiredObject, owned: Value) {
+            let mut body = obj.body.clone();
+            body["metadata"]["uid"] = format!("uid-{}", obj.name).into();
+            body["metadata"]["managedFields"] =
+                json!([{"manager": ME, "operation": "Apply", "fieldsV1": owned}]);
+            self.put(obj.kind, body);
+        }
+    }
+
+    fn snap(endpoints: &[(&str, bool)], namespaces: &[&str]) -> Snapshot {
+        Snapshot {
+            version: "v1".into(),
+            nonce: "1".into(),
+            namespace: NS.into(),
+            services: vec![Service {
+                name: "istiod".into(),
+                headless: false,
+                ports: vec![Port {
+                    name: "grpc-xds".into(),
+                    protocol: "TCP".into(),
+                    port: 15010,
+                    app_protocol: String::new(),
+                }],
+                endpoints: endpoints
+                    .iter()
+                    .map(|(ip, ready)| Endpoint {
+                        ip: ip.to_string(),
+                        ready: *ready,
+                        serving: *ready,
+                        target_ports: vec![15010],
+                        ..Default::default()
+                    })
+                    .collect(),
+            }],
+            injection: Some(Injection {
+                namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+                labels: [("istio-injection".to_string(), "enabled".to_string())].into(),
+            }),
+        }
+    }
+
+    /// The owned-fields tree the API server records for each object the agent writes.
+    fn owned_by_apply(obj: &DesiredObject) -> Value {
+        let labels: serde_json::Map<String, Value> = obj.body["metadata"]["labels"]
+            .as_object()
+            .map(|m| m.keys().map(|k| (format!("f:{k}"), json!({}))).collect())
+            .unwrap_or_default();
+        let mut owned = json!({"f:metadata": {"f:labels": labels}});
+        match obj.kind {
+            Kind::Service => {
+                let ports: serde_json::Map<String, Value> = obj.body["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        let key = json!({"port": p["port"], "protocol": p["protocol"]});
+                        let mut node = json!({".": {}});
+                        for f in p.as_object().unwrap().keys() {
+                            node[format!("f:{f}")] = json!({});
+                        }
+                        (format!("k:{key}"), node)
+                    })
+                    .collect();
+                owned["f:spec"] = json!({"f:type": {}, "f:ports": ports});
+            }
+            Kind::EndpointSlice => {
+                for f in ["addressType", "endpoints", "ports"] {
+                    if obj.body.get(f).is_some() {
+                        owned[format!("f:{f}")] = json!({});
+                    }
+                }
+            }
+            Kind::Endpoints => {
+                if obj.body.get("subsets").is_some() {
+                    owned["f:subsets"] = json!({});
+                }
+            }
+            Kind::Namespace => {}
+        }
+        owned
+    }
+
+    fn all_objects(s: &Snapshot) -> Vec<DesiredObject> {
+        s.services
+            .iter()
+            .flat_map(|svc| objects::objects_for(NS, svc))
+            .collect()
+    }
+
+    fn applied_cluster(s: &Snapshot) -> Cluster {
+        let mut c = Cluster::with_namespace(NS);
+        for obj in all_objects(s) {
+            c.applied(&obj, owned_by_apply(&obj));
+        }
+        c
+    }
+
+    fn applies(plan: &Plan) -> Vec<(Kind, String)> {
+        plan.writes.iter().map(|w| (w.kind(), w.name())).collect()
+    }
+
+    #[test]
+    fn an_empty_cluster_gets_every_object_in_order() {
+        let s = snap(&[("10.0.0.1", true)], &[]);
+        let plan = snapshot(&s, NS, ME, &Cluster::with_namespace(NS));
+        assert_eq!(
+            applies(&plan),
+            [
+                (Kind::Service, "istiod".to_string()),
+                (Kind::EndpointSlice, "istiod-v4-0".to_string()),
+                (Kind::Endpoints, "istiod".to_string()),
+            ]
+        );
+        assert!(plan.failures.is_empty());
+    }
+
+    #[test]
+    fn a_cluster_that_matches_gets_no_writes() {
+        let s = snap(&[("10.0.0.1", true)], &[]);
+        let plan = snapshot(&s, NS, ME, &applied_cluster(&s));
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn an_emptied_address_list_rewrites_the_endpoints() {
+        let before = snap(&[("10.0.0.1", true), ("10.0.0.3", false)], &[]);
+        let after = snap(&[("10.0.0.1", true)], &[]);
+        let plan = snapshot(&after, NS, ME, &applied_cluster(&before));
+        assert_eq!(
+            applies(&plan),
+            [
+                (Kind::EndpointSlice, "istiod-v4-0".to_string()),
+                (Kind::Endpoints, "istiod".to_string()),
+            ]
+        );
+        let none = snap(&[], &[]);
+        let plan = snapshot(&none, NS, ME, &applied_cluster(&before));
+        assert_eq!(
+            applies(&plan),
+            [
+                (Kind::Endpoints, "istiod".to_string()),
+                (Kind::EndpointSlice, "istiod-v4-0".to_string()),
+            ],
+            "subsets removed; the slice with no endpoints left is deleted"
+        );
+        assert!(matches!(plan.writes[1], Write::Delete { .. }));
+    }
+
+    #[test]
+    fn a_foreign_service_blocks_its_mirror_and_is_a_conflict() {
+        let s = snap(&[("10.0.0.1", true)], &[]);
+        let mut c = Cluster::with_namespace(NS);
+        c.put(
+            Kind::Service,
+            json!({"metadata": {"name": "istiod", "labels": {"owner": "someone"}}}),
+        );
+        let plan = snapshot(&s, NS, ME, &c);
+        assert!(plan.writes.is_empty(), "{plan:?}");
+        assert_eq!(plan.failures.len(), 1);
+        assert!(plan.failures[0].conflict && plan.failures[0].kind == "Service");
+    }
+
+    #[test]
+    fn a_foreign_slice_of_a_desired_name_is_a_conflict_and_never_deleted() {
+        let s = snap(&[("10.0.0.1", true)], &[]);
+        let mut c = applied_cluster(&s);
+        c.put(
+            Kind::EndpointSlice,
+            json!({"metadata": {"name": "istiod-v4-0"}, "addressType": "IPv4", "endpoints": []}),
+        );
+        c.put(
+            Kind::EndpointSlice,
+            json!({"metadata": {"name": "someone-elses"}, "addressType": "IPv4", "endpoints": []}),
+        );
+        let plan = snapshot(&s, NS, ME, &c);
+        assert!(plan.writes.is_empty(), "{plan:?}");
+        assert_eq!(plan.failures.len(), 1);
+        assert_eq!(plan.failures[0].name, "istiod-v4-0");
+    }
+
+    #[test]
+    fn managed_objects_no_longer_desired_are_deleted() {
+        let two = Snapshot {
+            services: vec![
+                snap(&[("10.0.0.1", true)], &[]).services[0].clone(),
+                Service {
+                    name: "other".into(),
+                    ..snap(&[("10.0.0.2", true)], &[]).services[0].clone()
+                },
+            ],
+            ..snap(&[], &[])
+        };
+        let one = snap(&[("10.0.0.1", true)], &[]);
+        let plan = snapshot(&one, NS, ME, &applied_cluster(&two));
+        let deleted: Vec<(Kind, String)> = plan
+            .writes
+            .iter()
+            .filter(|w| matches!(w, Write::Delete { .. }))
+            .map(|w| (w.kind(), w.name()))
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                (Kind::Service, "other".to_string()),
+                (Kind::EndpointSlice, "other-v4-0".to_string()),
+                (Kind::Endpoints, "other".to_string()),
+            ]
+        );
+        assert_eq!(deleted.len(), plan.writes.len());
+    }
+
+    #[test]
+    fn switching_to_headless_recreates_the_service() {
+        let s = snap(&[("10.0.0.1", true)], &[]);
+        let mut c = applied_cluster(&s);
+        let mut headless = s.clone();
+        headless.services[0].headless = true;
+        // The server gave the live Service a cluster IP.
+        let mut svc = serde_json::to_value(&*c.get(Kind::Service, "istiod").unwrap()).unwrap();
+        svc["spec"]["clusterIP"] = "10.96.0.7".into();
+        c.put(Kind::Service, svc);
+        let plan = snapshot(&headless, NS, ME, &c);
+        assert!(
+            matches!(
+                &plan.writes[..],
+                [Write::Recreate {
+                    kind: Kind::Service,
+                    ..
+                }]
+            ),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_snapshot_is_refused_whole() {
+        let mut s = snap(&[("10.0.0.1", true)], &["app"]);
+        s.services[0].endpoints[0].ip = "not-an-ip".into();
+        let plan = snapshot(&s, NS, ME, &Cluster::with_namespace(NS));
+        assert!(plan.writes.is_empty());
+        assert!(plan.failures[0].message.contains("malformed"));
+    }
+
+    #[test]
+    fn a_missing_mirror_namespace_fails_the_services_but_not_injection() {
+        let s = snap(&[("10.0.0.1", true)], &["app"]);
+        let mut c = Cluster::default();
+        c.put(Kind::Namespace, json!({"metadata": {"name": "app"}}));
+        let plan = snapshot(&s, NS, ME, &c);
+        assert_eq!(applies(&plan), [(Kind::Namespace, "app".to_string())]);
+        assert!(plan.failures[0].message.contains("does not exist"));
+    }
+
+    #[test]
+    fn injection_labels_missing_namespaces_and_releases() {
+        let s = snap(&[], &["app", "later"]);
+        let mut c = Cluster::with_namespace(NS);
+        c.put(Kind::Namespace, json!({"metadata": {"name": "app"}}));
+        // Labelled by us earlier, no longer listed.
+        c.put(
+            Kind::Namespace,
+            json!({"metadata": {"name": "old", "labels": {"istio-injection": "enabled", INJECTION_MARKER: "true"},
+                   "managedFields": [{"manager": ME, "operation": "Apply", "fieldsV1":
+                     {"f:metadata": {"f:labels": {"f:istio-injection": {}, "f:tether.io/managed-injection": {}}}}}]}}),
+        );
+        // Labelled by another agent (another field manager): not ours to release.
+        c.put(
+            Kind::Namespace,
+            json!({"metadata": {"name": "theirs", "labels": {"istio-injection": "enabled", INJECTION_MARKER: "true"},
+                   "managedFields": [{"manager": "tether-agent-2", "operation": "Apply", "fieldsV1":
+                     {"f:metadata": {"f:labels": {"f:istio-injection": {}, "f:tether.io/managed-injection": {}}}}}]}}),
+        );
+        let plan = snapshot(&s, NS, ME, &c);
+        let writes: Vec<(String, Value, bool)> = plan
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Apply {
+                    kind: Kind::Namespace,
+                    name,
+                    body,
+                    force,
+                } => Some((name.clone(), body["metadata"]["labels"].clone(), *force)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                (
+                    "app".to_string(),
+                    json!({"istio-injection": "enabled", INJECTION_MARKER: "true"}),
+                    false
+                ),
+                ("old".to_string(), Value::Null, false),
+            ]
+        );
+        assert_eq!(plan.failures.len(), 1);
+        assert_eq!(plan.failures[0].name, "later");
+    }
+
+    #[test]
+    fn retire_deletes_what_is_managed_and_releases_labels() {
+        let s = snap(&[("10.0.0.1", true)], &[]);
+        let mut c = applied_cluster(&s);
+        c.put(
+            Kind::Service,
+            json!({"metadata": {"name": "foreign"}, "spec": {}}),
+        );
+        let plan = retire(ME, &c);
+        let mut deleted: Vec<(Kind, String)> = applies(&plan);
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            [
+                (Kind::Service, "istiod".to_string()),
+                (Kind::EndpointSlice, "istiod-v4-0".to_string()),
+                (Kind::Endpoints, "istiod".to_string()),
+            ]
+        );
+    }
+}
