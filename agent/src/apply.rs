@@ -6,7 +6,7 @@
 //! kept as an overlay until the store catches up. Without it a second pass right after a write would
 //! see stale state and write again.
 
-use crate::live::{Live, api};
+use crate::live::Live;
 use crate::metrics::{AgentMetrics, ObjectKind};
 use crate::objects::Kind;
 use crate::plan::{self, Plan, View, Write, failure};
@@ -234,7 +234,8 @@ impl Applier {
     ) -> kube::Result<()> {
         let mut params = PatchParams::apply(&self.field_manager);
         params.force = force;
-        let obj = api(&self.client, &self.namespace, kind)
+        let obj = kind
+            .api(&self.client, &self.namespace)
             .patch(name, &params, &Patch::Apply(body))
             .await;
         out.writes += 1;
@@ -260,7 +261,8 @@ impl Applier {
             }),
             ..DeleteParams::default()
         };
-        let res = api(&self.client, &self.namespace, kind)
+        let res = kind
+            .api(&self.client, &self.namespace)
             .delete(&name, &dp)
             .await;
         out.writes += 1;

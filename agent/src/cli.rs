@@ -1,11 +1,11 @@
 //! Command line. The remote cluster is reached through the usual kube inference: in-cluster config
 //! (the agent's ServiceAccount), or `$KUBECONFIG`.
 
-use crate::client::Settings;
+use crate::client::StreamConfig;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_proto::cli::{LogArgs, parse_duration};
+use tether_proto::runtime::cli::{LogArgs, parse_duration};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,7 +77,7 @@ impl Cli {
             standby_retry,
             max_message_bytes,
         } = self;
-        let settings = Settings {
+        let settings = StreamConfig {
             cluster,
             hub_addr,
             server_name: hub_server_name,

@@ -14,20 +14,22 @@
 //! ```
 
 use crate::metrics::{AgentMetrics, Reason};
-use crate::reconcile::{Applied, Command, State};
+use crate::reconcile::{Answer, Command, Progress};
 use backoff::backoff::Backoff;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
 use tether_proto::tls::{TlsFiles, client_config};
 use tether_proto::v1::sync_client::SyncClient;
-use tether_proto::v1::{Ack, AgentMessage, Hello, Nack, agent_message, hub_message};
+use tether_proto::v1::{
+    Ack, AgentMessage, Hello, Nack, ObjectFailure, Retired, agent_message, hub_message,
+};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Endpoint, Uri};
 use tracing::{Instrument, debug, error, info, warn};
 
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct StreamConfig {
     pub cluster: String,
     /// host:port of the hub.
     pub hub_addr: String,
@@ -97,13 +99,13 @@ fn instance_id() -> String {
 
 /// Runs the stream forever, reconnecting.
 pub async fn run(
-    s: Settings,
+    s: StreamConfig,
     commands: watch::Sender<Option<Command>>,
-    mut results: mpsc::Receiver<Applied>,
-    state: watch::Receiver<State>,
+    mut results: mpsc::Receiver<Answer>,
+    progress: watch::Receiver<Progress>,
     metrics: AgentMetrics,
 ) {
-    let mut backoff = tether_proto::retry::jittered(s.backoff_initial, s.backoff_max);
+    let mut backoff = tether_proto::runtime::retry::jittered(s.backoff_initial, s.backoff_max);
     let instance = instance_id();
     info!(%instance, "agent instance");
     let mut standby = false;
@@ -114,7 +116,7 @@ pub async fn run(
         let hello = Hello {
             cluster: s.cluster.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            applied_version: state.borrow().applied_version.clone(),
+            applied_version: progress.borrow().applied_version.clone(),
             instance: instance.clone(),
             standby,
         };
@@ -150,7 +152,7 @@ pub async fn run(
 /// Classifies how a connection ended and waits before the next one.
 async fn run_loop_wait(
     result: Result<bool, StreamError>,
-    backoff: &mut tether_proto::retry::Jittered,
+    backoff: &mut tether_proto::runtime::retry::Jittered,
     standby_retry: Duration,
 ) {
     let (healthy, error) = match result {
@@ -186,10 +188,10 @@ async fn run_loop_wait(
 
 /// One connection. Ok(true) when the stream was healthy (a snapshot answered) before it ended.
 async fn run_internal(
-    s: &Settings,
+    s: &StreamConfig,
     hello: Hello,
     commands: &watch::Sender<Option<Command>>,
-    results: &mut mpsc::Receiver<Applied>,
+    results: &mut mpsc::Receiver<Answer>,
     metrics: &AgentMetrics,
 ) -> Result<bool, StreamError> {
     let channel = connect(s).await?;
@@ -235,11 +237,15 @@ async fn run_internal(
                 Err(status) => return if healthy { Ok(true) } else { Err(StreamError::Broken(status)) },
             },
             Some(done) = results.recv() => {
-                let m = if done.failures.is_empty() {
-                    agent_message::Message::Ack(Ack { version: done.version, nonce: done.nonce })
-                } else {
-                    let detail = format!("{} object(s) not applied", done.failures.len());
-                    agent_message::Message::Nack(Nack { version: done.version, nonce: done.nonce, error_detail: detail, failures: done.failures })
+                let m = match done {
+                    Answer::Applied { version, nonce, failures } if failures.is_empty() => {
+                        agent_message::Message::Ack(Ack { version, nonce })
+                    }
+                    Answer::Retired { nonce, failures } if failures.is_empty() => {
+                        agent_message::Message::Retired(Retired { nonce })
+                    }
+                    Answer::Applied { version, nonce, failures } => nack(version, nonce, failures),
+                    Answer::Retired { nonce, failures } => nack(String::new(), nonce, failures),
                 };
                 if out_tx.send(msg(m)).await.is_err() {
                     return Ok(healthy);
@@ -250,13 +256,23 @@ async fn run_internal(
     }
 }
 
+fn nack(version: String, nonce: String, failures: Vec<ObjectFailure>) -> agent_message::Message {
+    let error_detail = format!("{} object(s) not applied", failures.len());
+    agent_message::Message::Nack(Nack {
+        version,
+        nonce,
+        error_detail,
+        failures,
+    })
+}
+
 fn msg(m: agent_message::Message) -> AgentMessage {
     AgentMessage { message: Some(m) }
 }
 
 /// Dials the hub over TLS with a config built from the files now on disk (so rotated certificates are
 /// used by the next connection).
-pub async fn connect(s: &Settings) -> Result<tonic::transport::Channel, StreamError> {
+pub async fn connect(s: &StreamConfig) -> Result<tonic::transport::Channel, StreamError> {
     let config = Arc::new(client_config(&s.tls)?);
     let addr = s.hub_addr.clone();
     let host = addr

@@ -33,7 +33,7 @@ pub struct Config {
     pub field_manager: String,
     /// Admin HTTP address: /live, /ready, /metrics.
     pub admin_addr: SocketAddr,
-    pub stream: client::Settings,
+    pub stream: client::StreamConfig,
 }
 
 /// Runs the agent until `shutdown` turns true. Run it inside a span that names the cluster: every
@@ -55,13 +55,14 @@ pub async fn run(
     let applier = apply::Applier::new(kube, namespace, field_manager, live, metrics.clone());
     let (commands_tx, commands_rx) = watch::channel(None);
     let (results_tx, results_rx) = mpsc::channel(4);
-    let (state_tx, state_rx) = watch::channel(reconcile::State::default());
+    let (progress_tx, progress_rx) = watch::channel(reconcile::Progress::default());
 
-    let ready_state = state_rx.clone();
-    let ready: tether_proto::admin::Ready = Arc::new(move || ready_state.borrow().ready());
-    let admin = tether_proto::admin::serve(
+    let ready_progress = progress_rx.clone();
+    let ready: tether_proto::runtime::admin::Ready =
+        Arc::new(move || ready_progress.borrow().ready());
+    let admin = tether_proto::runtime::admin::serve(
         admin_addr,
-        tether_proto::admin::router(Arc::new(registry), ready),
+        tether_proto::runtime::admin::router(Arc::new(registry), ready),
         shutdown.clone(),
     );
     tokio::spawn(
@@ -73,12 +74,13 @@ pub async fn run(
         .in_current_span(),
     );
 
-    let reconciler =
-        tokio::spawn(reconcile::run(applier, commands_rx, results_tx, state_tx).in_current_span());
-    let stream = tokio::spawn(
-        client::run(stream, commands_tx, results_rx, state_rx, metrics).in_current_span(),
+    let reconciler = tokio::spawn(
+        reconcile::run(applier, commands_rx, results_tx, progress_tx).in_current_span(),
     );
-    tether_proto::cli::stopped(&mut shutdown).await;
+    let stream = tokio::spawn(
+        client::run(stream, commands_tx, results_rx, progress_rx, metrics).in_current_span(),
+    );
+    tether_proto::runtime::cli::stopped(&mut shutdown).await;
     // Fail-static: stopping changes nothing in the cluster.
     stream.abort();
     reconciler.abort();

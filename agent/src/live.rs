@@ -4,16 +4,14 @@
 
 use crate::objects::Kind;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{reflector, watcher};
-use kube::{Api, Client};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tether_proto::retry::ApiRetry;
+use tether_proto::runtime::retry::ApiRetry;
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -34,23 +32,6 @@ fn rv_of(o: &DynamicObject) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn api_resource(kind: Kind) -> ApiResource {
-    match kind {
-        Kind::Service => ApiResource::erase::<Service>(&()),
-        Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
-        Kind::Endpoints => ApiResource::erase::<Endpoints>(&()),
-        Kind::Namespace => ApiResource::erase::<Namespace>(&()),
-    }
-}
-
-pub fn api(client: &Client, namespace: &str, kind: Kind) -> Api<DynamicObject> {
-    let ar = api_resource(kind);
-    match kind {
-        Kind::Namespace => Api::all_with(client.clone(), &ar),
-        _ => Api::namespaced_with(client.clone(), namespace, &ar),
-    }
-}
-
 impl Live {
     /// Starts the watches; [`Live::ready`] resolves once each delivered its first list.
     pub fn start(client: &Client, namespace: &str) -> Self {
@@ -63,12 +44,12 @@ impl Live {
             Kind::Endpoints,
             Kind::Namespace,
         ] {
-            let ar = api_resource(kind);
+            let ar = kind.api_resource();
             let writer = Writer::new(ar.clone());
             let store = writer.as_reader();
             let events = reflector(
                 writer,
-                watcher(api(client, namespace, kind), watcher::Config::default()),
+                watcher(kind.api(client, namespace), watcher::Config::default()),
             );
             let bell = drift.clone();
             let seen_rv = Arc::new(AtomicU64::new(0));

@@ -1,6 +1,6 @@
 use clap::Parser;
 use tether_agent::cli::Cli;
-use tether_proto::cli::{init_logging, shutdown_signal};
+use tether_proto::runtime::cli::{init_logging, shutdown_signal};
 use tracing::Instrument;
 
 #[tokio::main]

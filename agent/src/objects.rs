@@ -6,6 +6,10 @@
 //! Empty lists and unset fields are left out, as the API server leaves them out when it stores the
 //! object: otherwise a stored object would never "cover" the desired one and every pass would write.
 
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use tether_proto::v1::{Endpoint, Port, Service as SnapService};
@@ -41,6 +45,25 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Endpoints => "Endpoints",
             Kind::Namespace => "Namespace",
+        }
+    }
+
+    pub fn api_resource(self) -> ApiResource {
+        match self {
+            Kind::Service => ApiResource::erase::<Service>(&()),
+            Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
+            Kind::Endpoints => ApiResource::erase::<Endpoints>(&()),
+            Kind::Namespace => ApiResource::erase::<Namespace>(&()),
+        }
+    }
+
+    /// The API for objects of this kind the agent manages: in `namespace`, or cluster-wide for
+    /// Namespaces. The watches and the applier both use it.
+    pub fn api(self, client: &Client, namespace: &str) -> Api<DynamicObject> {
+        let ar = self.api_resource();
+        match self {
+            Kind::Namespace => Api::all_with(client.clone(), &ar),
+            _ => Api::namespaced_with(client.clone(), namespace, &ar),
         }
     }
 }

@@ -27,15 +27,23 @@ pub enum Command {
 
 /// The answer the stream forwards to the hub.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Applied {
-    pub version: String,
-    pub nonce: String,
-    pub failures: Vec<ObjectFailure>,
+pub enum Answer {
+    /// A snapshot's outcome: ACK when `failures` is empty, else NACK.
+    Applied {
+        version: String,
+        nonce: String,
+        failures: Vec<ObjectFailure>,
+    },
+    /// A Retire's outcome: Retired when `failures` is empty, else NACK (no version).
+    Retired {
+        nonce: String,
+        failures: Vec<ObjectFailure>,
+    },
 }
 
-/// Shared with the stream client and the admin side: what is applied.
+/// Shared with the stream client and the admin side: how far the agent got.
 #[derive(Clone, Debug, Default)]
-pub struct State {
+pub struct Progress {
     /// Version of the last snapshot applied without failures.
     pub applied_version: String,
     /// Set once a snapshot has been applied.
@@ -45,7 +53,7 @@ pub struct State {
     pub standing_by: bool,
 }
 
-impl State {
+impl Progress {
     /// What `/ready` says: a snapshot applied, and this agent serving.
     pub fn ready(&self) -> bool {
         self.first_applied && !self.standing_by
@@ -61,8 +69,8 @@ const DRIFT_SETTLE: Duration = Duration::from_millis(50);
 pub async fn run(
     mut applier: Applier,
     mut commands: watch::Receiver<Option<Command>>,
-    results: mpsc::Sender<Applied>,
-    state: watch::Sender<State>,
+    results: mpsc::Sender<Answer>,
+    progress: watch::Sender<Progress>,
 ) {
     applier.live().ready().await;
     info!("local watches synced");
@@ -86,26 +94,25 @@ pub async fn run(
                 match cmd {
                     Command::Apply(snap) => {
                         current = Some(snap);
-                        state.send_if_modified(|s| std::mem::replace(&mut s.standing_by, false));
+                        progress.send_if_modified(|s| std::mem::replace(&mut s.standing_by, false));
                         true
                     }
                     Command::StandDown => {
                         current = None;
                         retry = None;
                         drift_at = None;
-                        state.send_modify(|s| s.standing_by = true);
+                        progress.send_modify(|s| s.standing_by = true);
                         continue;
                     }
                     Command::Retire { nonce } => {
                         let outcome = applier.retire().await;
                         current = None;
                         retry = None;
-                        state.send_modify(|s| {
+                        progress.send_modify(|s| {
                             s.retired = true;
                             s.applied_version.clear();
                         });
-                        let version = tether_proto::RETIRED_VERSION.into();
-                        let _ = results.send(Applied { version, nonce, failures: outcome.failures }).await;
+                        let _ = results.send(Answer::Retired { nonce, failures: outcome.failures }).await;
                         continue;
                     }
                 }
@@ -145,7 +152,7 @@ pub async fn run(
                 "snapshot not fully applied; retrying"
             );
         }
-        state.send_modify(|s| {
+        progress.send_modify(|s| {
             s.first_applied = true;
             s.retired = false;
             if ok {
@@ -156,7 +163,7 @@ pub async fn run(
         // (a failing one finally applied, or an applied one no longer in effect).
         if from_hub || ok != reported_ok {
             reported_ok = ok;
-            let answer = Applied {
+            let answer = Answer::Applied {
                 version: snap.version.clone(),
                 nonce: snap.nonce.clone(),
                 failures: outcome.failures,

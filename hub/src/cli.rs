@@ -1,15 +1,15 @@
 //! Command line: `tether-hub serve | crd`. The central cluster is reached through the usual kube
 //! inference: in-cluster config, or `$KUBECONFIG`.
 
-use crate::index::Defaults;
-use crate::serve::Settings;
+use crate::serve::ServeConfig;
+use crate::snapshot::Defaults;
 use clap::{Args, Parser, Subcommand};
 use kube::CustomResourceExt;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_proto::cli::{LogArgs, parse_duration};
+use tether_proto::runtime::cli::{LogArgs, parse_duration};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,12 +31,12 @@ pub enum Command {
     /// Print the RemoteCluster CustomResourceDefinition as YAML.
     Crd,
     /// Show whether every remote is synced (like `istioctl proxy-status`).
-    Status(crate::report::StatusArgs),
+    Status(crate::cmd::status::StatusArgs),
     /// Certificates: `certs init` makes the hub CA and the hub's serving certificate.
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Add a remote: create its RemoteCluster, mint its agent certificate, write the agent chart values.
-    Join(crate::join::JoinArgs),
+    Join(crate::cmd::join::JoinArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,7 +141,7 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn into_settings(self) -> Settings {
+    pub fn into_config(self) -> ServeConfig {
         let ServeArgs {
             tls: TlsArgs {
                 tls_dir,
@@ -170,7 +170,7 @@ impl ServeArgs {
                 .into_iter()
                 .collect::<BTreeMap<_, _>>(),
         };
-        Settings {
+        ServeConfig {
             namespace,
             grpc_addr,
             admin_addr,

@@ -87,12 +87,50 @@ pub struct InjectionSpec {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
+/// Where a remote stands, in one word.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// No agent has connected for this cluster yet.
+    Pending,
+    /// An agent is connected and has not applied the desired version yet.
+    Connected,
+    /// The agent applied the desired version.
+    Synced,
+    /// Something needs a person: a NACK, a spec that does not compute, two agents.
+    Degraded,
+    /// The agent's stream is closed.
+    Disconnected,
+}
+
+/// Condition types and reasons of the RemoteCluster status.
+pub mod condition {
+    pub const CONNECTED: &str = "Connected";
+    pub const SYNCED: &str = "Synced";
+    pub const SPEC_VALID: &str = "SpecValid";
+    pub const SINGLE_AGENT: &str = "SingleAgent";
+
+    pub mod reason {
+        pub const AGENT_CONNECTED: &str = "AgentConnected";
+        pub const AGENT_DISCONNECTED: &str = "AgentDisconnected";
+        pub const NEVER_CONNECTED: &str = "NeverConnected";
+        pub const ACKED: &str = "Acked";
+        pub const NACKED: &str = "Nacked";
+        pub const CONFLICT: &str = "Conflict";
+        pub const NO_DESIRED_STATE: &str = "NoDesiredState";
+        pub const PENDING: &str = "Pending";
+        pub const VALID: &str = "Valid";
+        pub const NO_ENDPOINTS: &str = "NoEndpoints";
+        pub const INVALID: &str = "Invalid";
+        pub const ONE_AGENT: &str = "OneAgent";
+        pub const DUPLICATE_AGENT: &str = "DuplicateAgent";
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteClusterStatus {
-    /// Pending | Connected | Synced | Degraded | Disconnected
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,22 +3,35 @@
 //! any remote: agents dial in.
 //!
 //! ```text
-//!  istiod Pods, Services ──watch──► index (pure) ──watch::channel per remote──► grpc (tonic, no kube)
-//!  RemoteClusters ─────────watch──►   │                                            │ ACK/NACK
-//!                                      └──► status writer ◄────── board ◄──────────┘
+//!  istiod Pods, Services ─watch─► index ─watch::channel per remote─► grpc ─► agents
+//!  RemoteClusters, tether-retired ─►  │ (pure)                          │ (tonic, no kube)
+//!                                     │ marks                    Outbox::answer
+//!                                     ▼                                 ▼
+//!                               Changes ◄──────── marks ─────────── Streams
+//!                                     └──► status writer ─► RemoteCluster status, Events
+//!                                                └──► retire lifecycle ─► finalizers, tether-retired
 //! ```
-//! `index`, `snapshot`, `board` are pure; `grpc` has no kube; `serve` wires them to Kubernetes.
+//! Start reading at `serve` (the wiring). Pure parts: `central`, `snapshot`, `index`, `desired`,
+//! `outbox`, `streams`, `status::compute`. Loops that drive them: `watch::feed`, `grpc`,
+//! `status::writer`, `retire`. Operator commands: `cmd`.
 
-pub mod board;
+pub mod accept;
+pub mod central;
 pub mod certs;
+pub mod changes;
 pub mod cli;
+pub mod cmd;
 pub mod crd;
+pub mod desired;
+#[cfg(test)]
+mod fixtures;
 pub mod grpc;
 pub mod index;
-pub mod join;
 pub mod metrics;
-pub mod report;
+pub mod outbox;
 pub mod retire;
 pub mod serve;
 pub mod snapshot;
 pub mod status;
+pub mod streams;
+pub mod watch;

@@ -1,6 +1,6 @@
 use clap::Parser;
 use tether_hub::cli::{CertsCommand, Cli, Command};
-use tether_proto::cli::{init_logging, shutdown_signal};
+use tether_proto::runtime::cli::{init_logging, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -35,16 +35,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Join(args) => {
             let client = kube::Client::try_default().await?;
-            tether_hub::join::run(client, args).await?;
+            tether_hub::cmd::join::run(client, args).await?;
         }
         Command::Status(args) => {
             let client = kube::Client::try_default().await?;
-            let code = tether_hub::report::run(client, args).await?;
+            let code = tether_hub::cmd::status::run(client, args).await?;
             std::process::exit(code);
         }
         Command::Serve(args) => {
             let client = kube::Client::try_default().await?;
-            tether_hub::serve::run(client, (*args).into_settings(), shutdown_signal()).await?;
+            tether_hub::serve::run(client, (*args).into_config(), shutdown_signal()).await?;
         }
     }
     Ok(())

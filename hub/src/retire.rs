@@ -11,10 +11,11 @@
 //! labels forever, pointing at addresses that go stale. The memory is a ConfigMap (cluster name ->
 //! when it was released) so a restarted hub remembers too; it is forgotten once the agent
 //! acknowledged, when a RemoteCluster of that name is created again, or after `--retire-memory`.
+//! The finalizer is put on every RemoteCluster here too.
 
-use crate::board::{Board, StreamState};
 use crate::crd::{FINALIZER, RemoteCluster};
 use crate::index::Index;
+use crate::streams::{StreamState, Streams};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -47,16 +48,35 @@ pub struct Retirements {
 }
 
 impl Retirements {
+    /// Every RemoteCluster carries the finalizer, so that its deletion can retire the agent first.
+    pub async fn ensure_finalizer(&self, rc: &RemoteCluster) -> kube::Result<()> {
+        if rc.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let mut finalizers = rc.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": rc.resource_version()}});
+        self.remotes
+            .patch(
+                &rc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Lets a deleted RemoteCluster go once its agent retired, or after the retire timeout (then
-    /// remembered first, so the agent is retired when it comes back). Returns true once released.
+    /// remembered first, so the agent is retired when it comes back). While it waits, returns when
+    /// the timeout falls due (the agent's ACK marks the remote before that).
     pub async fn release(
         &self,
         rc: &RemoteCluster,
         stream: &StreamState,
-        board: &Board,
-    ) -> kube::Result<bool> {
+        streams: &Streams,
+    ) -> kube::Result<Option<Instant>> {
         if !rc.finalizers().iter().any(|f| f == FINALIZER) {
-            return Ok(true);
+            return Ok(None);
         }
         let deleted_at = rc
             .metadata
@@ -66,7 +86,7 @@ impl Retirements {
             .unwrap_or_else(Timestamp::now);
         let waited = Timestamp::now().duration_since(deleted_at).unsigned_abs();
         if !stream.retired && waited < self.timeout {
-            return Ok(false);
+            return Ok(Some(Instant::now() + (self.timeout - waited)));
         }
         let name = rc.name_any();
         if stream.retired {
@@ -80,8 +100,8 @@ impl Retirements {
         self.remotes
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        board.remove(&name);
-        Ok(true)
+        streams.remove(&name);
+        Ok(None)
     }
 
     /// Forgets the retirements that are done: acknowledged by the returning agent, superseded by a
@@ -90,10 +110,11 @@ impl Retirements {
     pub async fn sweep(
         &self,
         index: &RwLock<Index>,
-        board: &Board,
+        streams: &Streams,
         remotes: &[Arc<RemoteCluster>],
     ) -> kube::Result<Option<Instant>> {
         let retired = index.read().expect("index lock").retired();
+        forget_streams_of_the_gone(index, streams, remotes);
         if retired.is_empty() {
             return Ok(None);
         }
@@ -107,7 +128,7 @@ impl Retirements {
         let mut next_due = None;
         for (cluster, since) in retired {
             let age = now.duration_since(since).unsigned_abs();
-            if board.get(&cluster).retired {
+            if streams.get(&cluster).retired {
                 info!(%cluster, "retirement acknowledged by the returning agent; forgetting it");
             } else if live.contains(&cluster) {
                 info!(%cluster, "a RemoteCluster of this name exists again; forgetting its retirement");
@@ -120,7 +141,7 @@ impl Retirements {
             }
             self.forget(&cluster).await?;
             if !live.contains(&cluster) {
-                board.remove(&cluster);
+                streams.remove(&cluster);
             }
         }
         Ok(next_due)
@@ -156,6 +177,23 @@ impl Retirements {
         {
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
             other => other.map(|_| ()),
+        }
+    }
+}
+
+/// Stream state of clusters with no RemoteCluster, no remembered retirement and no open stream
+/// (a RemoteCluster deleted while no finalizer held it) is dropped.
+fn forget_streams_of_the_gone(
+    index: &RwLock<Index>,
+    streams: &Streams,
+    remotes: &[Arc<RemoteCluster>],
+) {
+    let names = streams.names();
+    let live: HashSet<String> = remotes.iter().map(|rc| rc.name_any()).collect();
+    let index = index.read().expect("index lock");
+    for name in names {
+        if !live.contains(&name) && !index.knows(&name) && streams.get(&name).streams == 0 {
+            streams.remove(&name);
         }
     }
 }

@@ -2,113 +2,22 @@
 //! which addresses, conditions and (per pod) resolved target ports. Pure functions; every list is sorted
 //! so that the content hash (the version) does not depend on event order.
 
+use crate::central::{CentralService, PodInfo};
 use crate::crd::{MirrorPort, RemoteClusterSpec};
-use crate::index::Defaults;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tether_proto::check::{is_service_name, validate_label};
 use tether_proto::identity::is_dns_label;
 use tether_proto::v1::{Endpoint, Injection, Port, Service as SnapService, Snapshot};
 
-/// What the index keeps of a pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodInfo {
-    pub labels: BTreeMap<String, String>,
-    /// Every pod IP (dual stack gives two).
-    pub ips: Vec<String>,
-    pub ready: bool,
-    pub terminating: bool,
-    /// Succeeded or Failed: never an endpoint.
-    pub finished: bool,
-    /// (name, protocol, containerPort) of every named container port.
-    pub ports: Vec<(String, String, i32)>,
-}
-
-impl PodInfo {
-    pub fn from_pod(pod: &Pod) -> Self {
-        let status = pod.status.as_ref();
-        let mut ips: Vec<String> = status
-            .and_then(|s| s.pod_ips.as_ref())
-            .map(|v| v.iter().map(|p| p.ip.clone()).collect())
-            .unwrap_or_default();
-        if ips.is_empty()
-            && let Some(ip) = status.and_then(|s| s.pod_ip.clone())
-        {
-            ips.push(ip);
-        }
-        ips.retain(|ip| !ip.is_empty());
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or_default();
-        let ports = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.iter())
-            .flat_map(|c| c.ports.iter().flatten())
-            .filter_map(|p| {
-                Some((
-                    p.name.clone()?,
-                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    p.container_port,
-                ))
-            })
-            .collect();
-        Self {
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            ips,
-            ready,
-            terminating: pod.metadata.deletion_timestamp.is_some(),
-            finished: matches!(phase, "Succeeded" | "Failed"),
-            ports,
-        }
-    }
-
-    fn target_port(&self, port: &MirrorPort) -> i32 {
-        let protocol = port.protocol.as_deref().unwrap_or("TCP");
-        match &port.target_port {
-            None => port.port,
-            Some(IntOrString::Int(n)) => *n,
-            Some(IntOrString::String(name)) => self
-                .ports
-                .iter()
-                .find(|(n, p, _)| n == name && p == protocol)
-                .map(|(_, _, number)| *number)
-                .unwrap_or(0),
-        }
-    }
-}
-
-/// What the index keeps of a central Service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CentralService {
-    pub selector: Option<BTreeMap<String, String>>,
-    pub ports: Vec<MirrorPort>,
-}
-
-impl CentralService {
-    pub fn from_service(svc: &Service) -> Self {
-        let spec = svc.spec.as_ref();
-        let ports = spec
-            .and_then(|s| s.ports.as_ref())
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| MirrorPort {
-                        name: p.name.clone().unwrap_or_default(),
-                        port: p.port,
-                        target_port: p.target_port.clone(),
-                        protocol: p.protocol.clone(),
-                        app_protocol: p.app_protocol.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self {
-            selector: spec.and_then(|s| s.selector.clone()),
-            ports,
-        }
-    }
+/// Settings that apply to every remote.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// Remote namespace for the mirrored Services (usually the same name as the central one).
+    pub remote_namespace: String,
+    /// Services mirrored when a spec lists none.
+    pub services: Vec<String>,
+    /// Injection labels when a spec gives none.
+    pub injection_labels: BTreeMap<String, String>,
 }
 
 /// The snapshot for `spec`, or every reason it cannot be built.
@@ -298,97 +207,11 @@ fn validate_ports(ports: &[MirrorPort]) -> Result<(), String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::crd::ServiceMirror;
-    use k8s_openapi::api::core::v1::{
-        Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus, ServicePort, ServiceSpec,
-    };
-    use kube::api::ObjectMeta;
-
-    pub fn mk_pod(name: &str, app: &str, ips: &[&str], ready: bool, ports: &[(&str, i32)]) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some([("app".to_string(), app.to_string())].into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "discovery".into(),
-                    ports: Some(
-                        ports
-                            .iter()
-                            .map(|(n, p)| ContainerPort {
-                                name: Some(n.to_string()),
-                                container_port: *p,
-                                ..Default::default()
-                            })
-                            .collect(),
-                    ),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            status: Some(PodStatus {
-                phase: Some("Running".into()),
-                pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect()),
-                conditions: Some(vec![PodCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        }
-    }
-
-    /// ports: (name, port, targetPort name or number as text)
-    pub fn mk_service(
-        name: &str,
-        selector: &[(&str, &str)],
-        ports: &[(&str, i32, &str)],
-    ) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some(
-                    selector
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ports: Some(
-                    ports
-                        .iter()
-                        .map(|(n, p, t)| ServicePort {
-                            name: Some(n.to_string()),
-                            port: *p,
-                            protocol: Some("TCP".into()),
-                            target_port: Some(match t.parse::<i32>() {
-                                Ok(num) => IntOrString::Int(num),
-                                Err(_) => IntOrString::String(t.to_string()),
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn defaults() -> Defaults {
-        Defaults {
-            remote_namespace: "istio-system".into(),
-            services: vec!["istiod".into()],
-            injection_labels: [("istio-injection".to_string(), "enabled".to_string())].into(),
-        }
-    }
+    use crate::fixtures::{defaults, mk_pod, mk_service};
+    use k8s_openapi::api::core::v1::Pod;
 
     fn state(pods: &[Pod]) -> (HashMap<String, CentralService>, HashMap<String, PodInfo>) {
         let svc = mk_service(

@@ -1,5 +1,6 @@
 //! `tether-proto`: the wire protocol between hub and agent (`tether.sync.v1`) and what both sides share
-//! about it. No kube, no k8s-openapi here.
+//! about it. No kube, no k8s-openapi here. The process runtime both binaries share (admin server,
+//! logging, shutdown, retry pacing) is the separate [`runtime`] half, behind the `runtime` feature.
 //!
 //! ```text
 //!  sync.proto ──protox + tonic-prost-build──► v1::{Snapshot, Ack, Nack, ..}, v1::sync_{client,server}
@@ -7,14 +8,12 @@
 //!  check      is a Snapshot well formed (the agent refuses one that is not, whole)
 //!  version    Snapshot content ──sha256──► version string (same state, same version, on any replica)
 //!  tls        cert/key/CA files ──► rustls configs (TLS 1.3, client cert required), reloaded on change
-//!  retry      how long a failed Kubernetes watch waits before it is polled again
 //! ```
 
-pub mod admin;
 pub mod check;
-pub mod cli;
 pub mod identity;
-pub mod retry;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod tls;
 pub mod version;
 
@@ -26,9 +25,6 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/sync_descriptor.bin"));
 }
-
-/// The version the agent acknowledges a `Retire` with.
-pub const RETIRED_VERSION: &str = "retired";
 
 /// Default limits both sides configure explicitly.
 pub mod limits {

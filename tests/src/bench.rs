@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tether_agent::client::Settings;
+use tether_agent::client::StreamConfig;
 use tether_agent::metrics::AgentMetrics;
-use tether_agent::reconcile::{Applied, Command, State};
+use tether_agent::reconcile::{Answer, Command, Progress};
 use tokio::sync::{mpsc, watch};
 
 /// CPU seconds used so far and memory of a process.
@@ -110,14 +110,14 @@ pub struct LoadGen {
 }
 
 impl LoadGen {
-    pub fn start(settings: Vec<Settings>) -> Self {
+    pub fn start(settings: Vec<StreamConfig>) -> Self {
         let (seen_tx, seen) = mpsc::unbounded_channel();
         let mut tasks = tokio::task::JoinSet::new();
         let metrics = AgentMetrics::register(&mut Default::default());
         for (i, s) in settings.into_iter().enumerate() {
             let (commands, mut cmd_rx) = watch::channel::<Option<Command>>(None);
-            let (results_tx, results) = mpsc::channel::<Applied>(4);
-            let (state_tx, state) = watch::channel(State::default());
+            let (results_tx, results) = mpsc::channel::<Answer>(4);
+            let (state_tx, state) = watch::channel(Progress::default());
             let seen_tx = seen_tx.clone();
             tasks.spawn(tether_agent::client::run(
                 s,
@@ -139,7 +139,7 @@ impl LoadGen {
                         version: snap.version.clone(),
                         at: Instant::now(),
                     });
-                    let answer = Applied {
+                    let answer = Answer::Applied {
                         version: snap.version.clone(),
                         nonce: snap.nonce.clone(),
                         failures: vec![],

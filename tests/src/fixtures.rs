@@ -58,8 +58,8 @@ pub fn client_settings(
     mesh: &Mesh,
     tls_dir: &std::path::Path,
     claims: &str,
-) -> tether_agent::client::Settings {
-    tether_agent::client::Settings {
+) -> tether_agent::client::StreamConfig {
+    tether_agent::client::StreamConfig {
         cluster: claims.into(),
         hub_addr: mesh.hub_addr(),
         server_name: None,

@@ -369,7 +369,7 @@ async fn fleet(planes: &'static ControlPlanes, n: usize) -> anyhow::Result<Fleet
     let mut settings = Vec::new();
     for name in &names {
         let dir = mesh.write_agent_cert(name, name, false)?;
-        settings.push(tether_agent::client::Settings {
+        settings.push(tether_agent::client::StreamConfig {
             cluster: name.clone(),
             hub_addr: mesh.hub_addr(),
             server_name: None,

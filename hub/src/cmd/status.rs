@@ -1,14 +1,15 @@
-//! `tether-hub status`: is every remote synced, and if not, why? Reads the RemoteClusters (and, when
+//! `tether-hub status` (an operator's command, not the RemoteCluster status the hub writes): is every
+//! remote synced, and if not, why? Reads the RemoteClusters (and, when
 //! `--admin-url` reaches a hub, its live `/streams`) and prints a table in the spirit of
 //! `istioctl proxy-status`, or JSON/YAML. `--wait` polls until every remote is SYNCED or the timeout.
 
-use crate::crd::RemoteCluster;
+use crate::crd::{RemoteCluster, condition};
 use clap::{Args, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 use std::time::{Duration, Instant};
-use tether_proto::cli::parse_duration;
+use tether_proto::runtime::cli::parse_duration;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -36,7 +37,7 @@ pub enum Output {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum State {
+pub enum Health {
     Synced,
     Stale,
     Nacked,
@@ -46,15 +47,15 @@ pub enum State {
     NeverConnected,
 }
 
-impl State {
+impl Health {
     fn as_str(self) -> &'static str {
         match self {
-            State::Synced => "SYNCED",
-            State::Stale => "STALE",
-            State::Nacked => "NACKED",
-            State::Duplicate => "DUPLICATE AGENT",
-            State::Disconnected => "DISCONNECTED",
-            State::NeverConnected => "NEVER CONNECTED",
+            Health::Synced => "SYNCED",
+            Health::Stale => "STALE",
+            Health::Nacked => "NACKED",
+            Health::Duplicate => "DUPLICATE AGENT",
+            Health::Disconnected => "DISCONNECTED",
+            Health::NeverConnected => "NEVER CONNECTED",
         }
     }
 }
@@ -63,7 +64,7 @@ impl State {
 #[serde(rename_all = "camelCase")]
 pub struct Row {
     pub cluster: String,
-    pub state: State,
+    pub state: Health,
     pub agent_version: String,
     pub desired_version: String,
     pub acked_version: String,
@@ -80,7 +81,7 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
     let cond = |t: &str| status.conditions.iter().find(|c| c.type_ == t);
     let mut acked = sync.acked_version.clone();
     let mut last_ack = sync.last_ack.as_ref().map(|t| t.0);
-    let mut connected = cond("Connected").map(|c| c.status == "True");
+    let mut connected = cond(condition::CONNECTED).map(|c| c.status == "True");
     if let Some(live) = live {
         // The hub's memory is fresher than the coalesced status.
         connected = live["streams"].as_u64().map(|n| n > 0).or(connected);
@@ -97,26 +98,26 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
         .as_ref()
         .is_some_and(|n| n.version == sync.desired_version);
     let state = match connected {
-        None if status.agent.is_none() => State::NeverConnected,
-        Some(false) if status.agent.is_none() => State::NeverConnected,
-        Some(false) | None => State::Disconnected,
+        None if status.agent.is_none() => Health::NeverConnected,
+        Some(false) if status.agent.is_none() => Health::NeverConnected,
+        Some(false) | None => Health::Disconnected,
         Some(true) if !sync.desired_version.is_empty() && acked == sync.desired_version => {
-            State::Synced
+            Health::Synced
         }
-        Some(true) if nacked => State::Nacked,
-        Some(true) => State::Stale,
+        Some(true) if nacked => Health::Nacked,
+        Some(true) => Health::Stale,
     };
-    let duplicate = cond("SingleAgent").filter(|c| c.status == "False");
+    let duplicate = cond(condition::SINGLE_AGENT).filter(|c| c.status == "False");
     let state = match (state, duplicate) {
-        (State::Synced | State::Stale | State::Nacked, Some(_)) => State::Duplicate,
+        (Health::Synced | Health::Stale | Health::Nacked, Some(_)) => Health::Duplicate,
         (state, _) => state,
     };
     let mut last_error = String::new();
     if let Some(c) = duplicate {
         last_error = c.message.clone();
-    } else if let Some(c) = cond("SpecValid").filter(|c| c.status == "False") {
+    } else if let Some(c) = cond(condition::SPEC_VALID).filter(|c| c.status == "False") {
         last_error = format!("spec: {}", c.message);
-    } else if state != State::Synced
+    } else if state != Health::Synced
         && let Some(n) = &sync.last_nack
     {
         last_error = n.message.clone();
@@ -213,7 +214,7 @@ pub async fn run(client: kube::Client, args: StatusArgs) -> anyhow::Result<i32> 
             .iter()
             .map(|rc| row(rc, live.as_ref().and_then(|l| l.get(rc.name_any())), now))
             .collect();
-        let all_synced = rows.iter().all(|r| r.state == State::Synced);
+        let all_synced = rows.iter().all(|r| r.state == Health::Synced);
         if !wait || all_synced || Instant::now() >= deadline {
             match output {
                 Output::Table if rows.is_empty() => {
@@ -226,7 +227,7 @@ pub async fn run(client: kube::Client, args: StatusArgs) -> anyhow::Result<i32> 
             if wait && !all_synced {
                 let waiting: Vec<&str> = rows
                     .iter()
-                    .filter(|r| r.state != State::Synced)
+                    .filter(|r| r.state != Health::Synced)
                     .map(|r| r.cluster.as_str())
                     .collect();
                 eprintln!(
@@ -273,7 +274,7 @@ mod tests {
                 ..Default::default()
             });
             status.conditions.push(Condition {
-                type_: "Connected".into(),
+                type_: condition::CONNECTED.into(),
                 status: if c { "True" } else { "False" }.into(),
                 reason: String::new(),
                 message: String::new(),
@@ -290,30 +291,30 @@ mod tests {
         let now = Timestamp::now();
         assert_eq!(
             row(&rc(None, "v1", "", None), None, now).state,
-            State::NeverConnected
+            Health::NeverConnected
         );
         assert_eq!(
             row(&rc(Some(true), "v1", "v1", None), None, now).state,
-            State::Synced
+            Health::Synced
         );
         assert_eq!(
             row(&rc(Some(true), "v2", "v1", None), None, now).state,
-            State::Stale
+            Health::Stale
         );
         let nacked = row(&rc(Some(true), "v2", "v1", Some("v2")), None, now);
         assert_eq!(
             (nacked.state, nacked.last_error.as_str()),
-            (State::Nacked, "conflict")
+            (Health::Nacked, "conflict")
         );
         assert_eq!(
             row(&rc(Some(false), "v1", "v1", None), None, now).state,
-            State::Disconnected
+            Health::Disconnected
         );
         // The hub's live view wins over a stale status.
         let live = serde_json::json!({"streams": 1, "ackedVersion": "v2"});
         assert_eq!(
             row(&rc(Some(false), "v2", "v1", None), Some(&live), now).state,
-            State::Synced
+            Health::Synced
         );
     }
 

@@ -8,7 +8,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use std::path::PathBuf;
 use std::time::Duration;
-use tether_proto::cli::parse_duration;
+use tether_proto::runtime::cli::parse_duration;
 
 #[derive(Args, Debug)]
 pub struct JoinArgs {

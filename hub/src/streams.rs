@@ -1,11 +1,12 @@
 //! What the hub knows about each remote's stream(s): connected or not, which agent, what it acked or
-//! nacked. Written by the gRPC layer, read by the status writer. Pure state under a mutex, never held
-//! across an await.
+//! nacked. One owner: the gRPC layer changes it, through the named mutators below and nothing else;
+//! the status writer and the admin `/streams` read it. Every change marks the remote for the status
+//! writer. Pure state under a mutex, never held across an await.
 
+use crate::changes::Changes;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tether_proto::v1::Hello;
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,36 +51,33 @@ pub struct Duplicate {
 }
 
 #[derive(Default)]
-pub struct Board {
+pub struct Streams {
     remotes: Mutex<HashMap<String, StreamState>>,
-    /// Counts changes (see [`Board::revision`]); bumped under the lock, after the change.
-    revision: AtomicU64,
+    changes: Arc<Changes>,
 }
 
-impl Board {
-    /// Moves with every change to any remote's state: a reader that saw the same revision saw the
-    /// same board.
-    pub fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Acquire)
-    }
-
-    fn changed(&self) {
-        self.revision.fetch_add(1, Ordering::AcqRel);
+impl Streams {
+    pub fn new(changes: Arc<Changes>) -> Self {
+        Self {
+            remotes: Mutex::default(),
+            changes,
+        }
     }
 
     pub fn get(&self, cluster: &str) -> StreamState {
         self.remotes
             .lock()
-            .expect("board lock")
+            .expect("streams lock")
             .get(cluster)
             .cloned()
             .unwrap_or_default()
     }
 
     fn update(&self, cluster: &str, f: impl FnOnce(&mut StreamState)) {
-        let mut remotes = self.remotes.lock().expect("board lock");
+        let mut remotes = self.remotes.lock().expect("streams lock");
         f(remotes.entry(cluster.to_string()).or_default());
-        self.changed();
+        drop(remotes);
+        self.changes.mark(cluster);
     }
 
     /// A stream from agent `instance` was admitted. A standby admitted means the other agent is gone:
@@ -116,17 +114,21 @@ impl Board {
         });
     }
 
-    /// The agent applied `version` completely (or `Retire`).
+    /// The agent applied `version` completely.
     pub fn acked(&self, cluster: &str, version: &str) {
         let now = Timestamp::now();
         self.update(cluster, |s| {
             s.last_seen = Some(now);
-            if version == tether_proto::RETIRED_VERSION {
-                s.retired = true;
-            } else {
-                s.acked_version = version.to_string();
-                s.last_ack = Some(now);
-            }
+            s.acked_version = version.to_string();
+            s.last_ack = Some(now);
+        });
+    }
+
+    /// The agent removed everything it managed (the answer to Retire).
+    pub fn retired(&self, cluster: &str) {
+        self.update(cluster, |s| {
+            s.last_seen = Some(Timestamp::now());
+            s.retired = true;
         });
     }
 
@@ -154,7 +156,7 @@ impl Board {
 
     /// Every remote's live stream state, for the admin server's `/streams`.
     pub fn to_json(&self) -> serde_json::Value {
-        let remotes = self.remotes.lock().expect("board lock");
+        let remotes = self.remotes.lock().expect("streams lock");
         let mut out = serde_json::Map::new();
         for (name, s) in remotes.iter() {
             let t = |t: &Option<Timestamp>| t.map(|t| t.to_string());
@@ -177,35 +179,19 @@ impl Board {
         serde_json::Value::Object(out)
     }
 
-    /// The first time this hub sees `cluster`, takes the agent and ACK it last recorded in status.
-    pub fn seed(&self, cluster: &str, status: Option<&crate::crd::RemoteClusterStatus>) {
-        let mut remotes = self.remotes.lock().expect("board lock");
-        if remotes.contains_key(cluster) {
-            return;
-        }
-        let mut state = StreamState::default();
-        if let Some(status) = status
-            && let Some(agent) = &status.agent
-        {
-            state.ever_connected = true;
-            state.agent_version = agent.version.clone();
-            state.peer = agent.peer.clone();
-            state.last_seen = agent.last_seen.as_ref().map(|t| t.0);
-            if let Some(sync) = &status.sync {
-                state.acked_version = sync.acked_version.clone();
-                state.last_ack = sync.last_ack.as_ref().map(|t| t.0);
-            }
-        }
-        remotes.insert(cluster.to_string(), state);
-        self.changed();
-    }
-
     /// Forget a remote whose RemoteCluster is gone.
     pub fn remove(&self, cluster: &str) {
-        let mut remotes = self.remotes.lock().expect("board lock");
-        if remotes.remove(cluster).is_some() {
-            self.changed();
-        }
+        self.remotes.lock().expect("streams lock").remove(cluster);
+    }
+
+    /// The remotes this hub has stream state for.
+    pub fn names(&self) -> Vec<String> {
+        self.remotes
+            .lock()
+            .expect("streams lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -214,117 +200,77 @@ mod tests {
     use super::*;
 
     #[test]
-    fn revision_moves_with_every_change_and_only_then() {
-        let board = Board::default();
-        let r0 = board.revision();
-        board.seed("r1", None);
-        let r1 = board.revision();
-        assert!(r1 > r0, "a seeded remote is a change");
-        board.seed("r1", None);
-        assert_eq!(
-            board.revision(),
-            r1,
-            "seeding a known remote changes nothing"
-        );
-        let _ = board.get("r1");
-        let _ = board.to_json();
-        assert_eq!(board.revision(), r1, "reading changes nothing");
-        board.acked("r1", "v1");
-        let r2 = board.revision();
-        assert!(r2 > r1);
-        board.remove("r2");
-        assert_eq!(
-            board.revision(),
-            r2,
-            "removing an unknown remote changes nothing"
-        );
-        board.remove("r1");
-        assert!(board.revision() > r2);
+    fn every_change_marks_the_remote_for_the_status_writer() {
+        let changes = Arc::new(Changes::default());
+        let streams = Streams::new(changes.clone());
+        streams.connected("r1", &hello("a", ""), "p");
+        streams.acked("r2", "v1");
+        let _ = streams.get("r3");
+        let _ = streams.to_json();
+        let mut marked: Vec<String> = changes.take().into_iter().collect();
+        marked.sort();
+        assert_eq!(marked, ["r1", "r2"], "reads mark nothing");
     }
 
     #[test]
     fn second_stream_keeps_remote_connected_until_both_close() {
-        let board = Board::default();
-        board.connected("r1", &hello("a", ""), "127.0.0.1:1");
-        board.connected("r1", &hello("a", ""), "127.0.0.1:2");
-        board.disconnected("r1");
-        assert_eq!(board.get("r1").streams, 1);
-        assert!(board.get("r1").connected_since.is_some());
-        board.disconnected("r1");
-        assert_eq!(board.get("r1").streams, 0);
-        assert!(board.get("r1").ever_connected);
-    }
-
-    #[test]
-    fn a_restarted_hub_remembers_an_agent_from_status_as_disconnected() {
-        use crate::crd::{AgentStatus, RemoteClusterStatus, SyncStatus};
-        let board = Board::default();
-        let status = RemoteClusterStatus {
-            agent: Some(AgentStatus {
-                version: "0.1.0".into(),
-                ..Default::default()
-            }),
-            sync: Some(SyncStatus {
-                acked_version: "v1".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        board.seed("r1", Some(&status));
-        let s = board.get("r1");
-        assert!(s.ever_connected && s.streams == 0 && s.acked_version == "v1");
-        // Only the first time: live state wins afterwards.
-        board.connected("r1", &hello("a", ""), "p");
-        board.seed("r1", Some(&status));
-        assert_eq!(board.get("r1").agent_version, "0.2.0");
+        let streams = Streams::default();
+        streams.connected("r1", &hello("a", ""), "127.0.0.1:1");
+        streams.connected("r1", &hello("a", ""), "127.0.0.1:2");
+        streams.disconnected("r1");
+        assert_eq!(streams.get("r1").streams, 1);
+        assert!(streams.get("r1").connected_since.is_some());
+        streams.disconnected("r1");
+        assert_eq!(streams.get("r1").streams, 0);
+        assert!(streams.get("r1").ever_connected);
     }
 
     #[test]
     fn hello_applied_version_counts_as_acked() {
-        let board = Board::default();
-        board.connected("r1", &hello("a", "abc"), "p");
-        assert_eq!(board.get("r1").acked_version, "abc");
+        let streams = Streams::default();
+        streams.connected("r1", &hello("a", "abc"), "p");
+        assert_eq!(streams.get("r1").acked_version, "abc");
     }
 
     #[test]
     fn a_nack_of_the_acked_version_means_it_no_longer_holds() {
-        let board = Board::default();
-        board.acked("r1", "v1");
+        let streams = Streams::default();
+        streams.acked("r1", "v1");
         let nack = |v: &str| Nacked {
             version: v.into(),
             message: "namespace gone".into(),
             at: Timestamp::now(),
             conflict: false,
         };
-        board.nacked("r1", nack("v0"));
+        streams.nacked("r1", nack("v0"));
         assert_eq!(
-            board.get("r1").acked_version,
+            streams.get("r1").acked_version,
             "v1",
             "an older version's NACK"
         );
-        board.nacked("r1", nack("v1"));
-        assert_eq!(board.get("r1").acked_version, "");
-        board.acked("r1", "v1");
-        assert_eq!(board.get("r1").acked_version, "v1");
+        streams.nacked("r1", nack("v1"));
+        assert_eq!(streams.get("r1").acked_version, "");
+        streams.acked("r1", "v1");
+        assert_eq!(streams.get("r1").acked_version, "v1");
     }
 
     #[test]
     fn an_admitted_standby_ends_the_duplicate() {
-        let board = Board::default();
-        board.connected("r1", &hello("a", ""), "p1");
-        board.duplicate_refused("r1", "p2", "b");
-        assert_eq!(board.get("r1").duplicate.as_ref().unwrap().instance, "b");
-        board.connected("r1", &hello("c", ""), "p3");
+        let streams = Streams::default();
+        streams.connected("r1", &hello("a", ""), "p1");
+        streams.duplicate_refused("r1", "p2", "b");
+        assert_eq!(streams.get("r1").duplicate.as_ref().unwrap().instance, "b");
+        streams.connected("r1", &hello("c", ""), "p3");
         assert!(
-            board.get("r1").duplicate.is_some(),
+            streams.get("r1").duplicate.is_some(),
             "a newer agent is no proof"
         );
         let standby = Hello {
             standby: true,
             ..hello("b", "")
         };
-        board.connected("r1", &standby, "p2");
-        assert!(board.get("r1").duplicate.is_none());
+        streams.connected("r1", &standby, "p2");
+        assert!(streams.get("r1").duplicate.is_none());
     }
 
     fn hello(instance: &str, applied: &str) -> Hello {

@@ -61,6 +61,6 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin server (/live, /ready, /metrics)");
     axum::serve(listener, router)
-        .with_graceful_shutdown(async move { crate::cli::stopped(&mut shutdown).await })
+        .with_graceful_shutdown(async move { crate::runtime::cli::stopped(&mut shutdown).await })
         .await
 }

@@ -1,0 +1,517 @@
+//! The RemoteCluster status a remote should have, from its desired state and its stream state: pure
+//! functions. Which status changes are worth writing at once, and which Events they raise.
+
+use crate::crd::condition::{self, reason};
+use crate::crd::{AgentStatus, NackStatus, Phase, RemoteClusterStatus, SyncStatus};
+use crate::desired::Desired;
+use crate::streams::{Duplicate, StreamState};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{Event, EventType};
+use std::time::Duration;
+
+/// How long a refused second agent with the same identity keeps the remote reported as having two
+/// agents. A standby agent asks again every 30 s by default, so this spans several refusals; an
+/// admitted standby (the other agent is gone) ends it at once.
+pub const DUPLICATE_MEMORY: Duration = Duration::from_secs(120);
+
+/// The refused duplicate still worth reporting at `now`, and when it stops being so.
+pub fn recent_duplicate(stream: &StreamState, now: Timestamp) -> Option<(&Duplicate, Timestamp)> {
+    let d = stream.duplicate.as_ref()?;
+    let until = d.at + DUPLICATE_MEMORY;
+    (stream.streams > 0 && now < until).then_some((d, until))
+}
+
+/// What this hub knows of the remote's agent, or, for an agent it has not seen since it started,
+/// what the status recorded: a restarted hub shows a remote whose agent is still away as
+/// Disconnected (with its last ACK), not as never connected.
+fn known(stream: &StreamState, recorded: Option<&RemoteClusterStatus>) -> StreamState {
+    if stream.ever_connected {
+        return stream.clone();
+    }
+    let Some(agent) = recorded.and_then(|r| r.agent.as_ref()) else {
+        return stream.clone();
+    };
+    let sync = recorded.and_then(|r| r.sync.as_ref());
+    StreamState {
+        ever_connected: true,
+        agent_version: agent.version.clone(),
+        peer: agent.peer.clone(),
+        last_seen: agent.last_seen.as_ref().map(|t| t.0),
+        acked_version: sync.map(|s| s.acked_version.clone()).unwrap_or_default(),
+        last_ack: sync.and_then(|s| s.last_ack.as_ref()).map(|t| t.0),
+        ..stream.clone()
+    }
+}
+
+/// The status a remote should have at `now`. `previous` (the status as stored) keeps the transition
+/// times of conditions that did not change, and stands in for an agent this hub has not seen yet.
+pub fn compute(
+    desired: &Desired,
+    stream: &StreamState,
+    previous: Option<&RemoteClusterStatus>,
+    now: Timestamp,
+) -> RemoteClusterStatus {
+    let stream = &known(stream, previous);
+    let version = desired.version();
+    let duplicate = recent_duplicate(stream, now).map(|(d, _)| d);
+    let synced = !version.is_empty() && stream.acked_version == version;
+    let nacked = stream
+        .last_nack
+        .as_ref()
+        .filter(|n| n.version == version && !synced);
+    let phase = if desired.snapshot.is_none() && !desired.errors.is_empty() {
+        Phase::Degraded
+    } else if !stream.ever_connected {
+        Phase::Pending
+    } else if stream.streams == 0 {
+        Phase::Disconnected
+    } else if nacked.is_some() || !desired.errors.is_empty() || duplicate.is_some() {
+        Phase::Degraded
+    } else if synced {
+        Phase::Synced
+    } else {
+        Phase::Connected
+    };
+    let connected = if stream.streams > 0 {
+        let msg = format!(
+            "agent {} connected from {}",
+            stream.agent_version, stream.peer
+        );
+        cond(condition::CONNECTED, true, reason::AGENT_CONNECTED, &msg)
+    } else if stream.ever_connected {
+        let msg = "the agent's stream is closed";
+        cond(condition::CONNECTED, false, reason::AGENT_DISCONNECTED, msg)
+    } else {
+        let msg = "no agent has connected for this cluster yet";
+        cond(condition::CONNECTED, false, reason::NEVER_CONNECTED, msg)
+    };
+    let synced_cond = match (synced, nacked) {
+        (true, _) => {
+            let msg = format!("agent applied version {version}");
+            cond(condition::SYNCED, true, reason::ACKED, &msg)
+        }
+        (false, Some(n)) => {
+            let why = if n.conflict {
+                reason::CONFLICT
+            } else {
+                reason::NACKED
+            };
+            cond(condition::SYNCED, false, why, &n.message)
+        }
+        (false, None) if version.is_empty() => cond(
+            condition::SYNCED,
+            false,
+            reason::NO_DESIRED_STATE,
+            "nothing to send yet",
+        ),
+        (false, None) => {
+            let msg = format!("waiting for the agent to apply version {version}");
+            cond(condition::SYNCED, false, reason::PENDING, &msg)
+        }
+    };
+    let mut conditions = vec![
+        connected,
+        synced_cond,
+        spec_valid(desired),
+        single_agent(stream, duplicate),
+    ];
+    for c in &mut conditions {
+        c.observed_generation = Some(desired.generation);
+        if let Some(old) = previous.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
+            && old.status == c.status
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+    RemoteClusterStatus {
+        phase: Some(phase),
+        conditions,
+        agent: stream.ever_connected.then(|| AgentStatus {
+            version: stream.agent_version.clone(),
+            peer: stream.peer.clone(),
+            connected_since: stream.connected_since.map(time),
+            last_seen: stream.last_seen.map(time),
+        }),
+        sync: Some(SyncStatus {
+            desired_version: version.to_string(),
+            acked_version: stream.acked_version.clone(),
+            last_ack: stream.last_ack.map(time),
+            last_nack: stream.last_nack.as_ref().map(|n| NackStatus {
+                version: n.version.clone(),
+                message: n.message.clone(),
+                at: Some(time(n.at)),
+            }),
+            endpoints: desired.endpoints() as i32,
+        }),
+        observed_generation: Some(desired.generation),
+    }
+}
+
+fn spec_valid(desired: &Desired) -> Condition {
+    let empty: Vec<&str> = desired
+        .snapshot
+        .iter()
+        .flat_map(|s| s.services.iter())
+        .filter(|svc| svc.endpoints.is_empty())
+        .map(|svc| svc.name.as_str())
+        .collect();
+    if desired.errors.is_empty() && empty.is_empty() {
+        cond(condition::SPEC_VALID, true, reason::VALID, "spec computed")
+    } else if desired.errors.is_empty() {
+        // Valid, and mirrored as asked, but probably not what was meant: say so where people look.
+        let msg = format!(
+            "no running pod with an IP matches the selector of: {}; their mirrors have no endpoints",
+            empty.join(", ")
+        );
+        cond(condition::SPEC_VALID, true, reason::NO_ENDPOINTS, &msg)
+    } else {
+        let kept = if desired.snapshot.is_some() {
+            " (the previous spec stays in effect)"
+        } else {
+            ""
+        };
+        let msg = format!("{}{kept}", desired.errors.join("; "));
+        cond(condition::SPEC_VALID, false, reason::INVALID, &msg)
+    }
+}
+
+fn single_agent(stream: &StreamState, duplicate: Option<&Duplicate>) -> Condition {
+    match duplicate {
+        None => cond(
+            condition::SINGLE_AGENT,
+            true,
+            reason::ONE_AGENT,
+            "one agent serves this cluster's identity",
+        ),
+        Some(d) => {
+            let msg = format!(
+                "two agents share this cluster's identity: agent {} from {} serves; agent {} from {} was refused at {} and stands by. Stop one of them: each cluster needs its own name and certificate",
+                stream.instance,
+                stream.peer,
+                d.instance,
+                d.peer,
+                time(d.at).0
+            );
+            cond(
+                condition::SINGLE_AGENT,
+                false,
+                reason::DUPLICATE_AGENT,
+                &msg,
+            )
+        }
+    }
+}
+
+fn cond(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        // Replaced by the stored status's time when the condition's status did not change.
+        last_transition_time: time(Timestamp::now()),
+        observed_generation: None,
+    }
+}
+
+/// Whole seconds: what the API server stores, so a computed status compares equal to the stored one.
+pub fn time(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).expect("in range"))
+}
+
+fn find<'a>(s: Option<&'a RemoteClusterStatus>, type_: &str) -> Option<&'a Condition> {
+    s.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+}
+
+/// Events for what changed between two statuses: agent connected or disconnected, a new spec problem
+/// (invalid, or a mirror with no endpoints), a second agent, a new NACK.
+pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus) -> Vec<Event> {
+    let status_of = |s, t| find(s, t).map(|c| c.status.clone());
+    let mut events = Vec::new();
+    let event = |type_, c: &Condition, action: &str| Event {
+        type_,
+        reason: c.reason.clone(),
+        // The API server caps an event note at 1 KiB.
+        note: Some(c.message.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    if status_of(old, condition::CONNECTED) != status_of(Some(new), condition::CONNECTED)
+        && let Some(c) = find(Some(new), condition::CONNECTED)
+        && c.reason != reason::NEVER_CONNECTED
+    {
+        let type_ = if c.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        events.push(event(type_, c, "Stream"));
+    }
+    let whole = |s, t| find(s, t).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    if whole(old, condition::SPEC_VALID) != whole(Some(new), condition::SPEC_VALID)
+        && let Some(c) = find(Some(new), condition::SPEC_VALID)
+        && c.reason != reason::VALID
+    {
+        events.push(event(EventType::Warning, c, "ComputeSpec"));
+    }
+    if status_of(old, condition::SINGLE_AGENT) != status_of(Some(new), condition::SINGLE_AGENT)
+        && let Some(c) = find(Some(new), condition::SINGLE_AGENT)
+        && c.status == "False"
+    {
+        events.push(event(EventType::Warning, c, "Stream"));
+    }
+    let nack = |s: Option<&RemoteClusterStatus>| {
+        s.and_then(|s| s.sync.as_ref())
+            .and_then(|s| s.last_nack.clone())
+    };
+    if let Some(n) = nack(Some(new))
+        && nack(old) != Some(n.clone())
+    {
+        let reason = find(Some(new), condition::SYNCED)
+            .map(|c| c.reason.clone())
+            .filter(|r| r == reason::CONFLICT)
+            .unwrap_or_else(|| reason::NACKED.into());
+        let note = format!("agent rejected version {}: {}", n.version, n.message);
+        events.push(Event {
+            type_: EventType::Warning,
+            reason,
+            note: Some(note.chars().take(1000).collect()),
+            action: "Apply".into(),
+            secondary: None,
+        });
+    }
+    events
+}
+
+/// A change someone watching must see at once: phase, a condition's status or reason, the spec
+/// generation answered, the agent's connection, a new NACK. Versions, the endpoint count and the last
+/// ACK time alone can wait for the refresh.
+pub fn significant(old: &RemoteClusterStatus, new: &RemoteClusterStatus) -> bool {
+    let conditions = |s: &RemoteClusterStatus| -> Vec<(String, String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    };
+    let agent = |s: &RemoteClusterStatus| {
+        s.agent
+            .as_ref()
+            .map(|a| (a.peer.clone(), a.version.clone(), a.connected_since.clone()))
+    };
+    let nack = |s: &RemoteClusterStatus| s.sync.as_ref().and_then(|x| x.last_nack.clone());
+    old.phase != new.phase
+        || conditions(old) != conditions(new)
+        || old.observed_generation != new.observed_generation
+        || agent(old) != agent(new)
+        || nack(old) != nack(new)
+}
+
+/// Equal as the API server would store them.
+pub fn same_status(a: &RemoteClusterStatus, b: &RemoteClusterStatus) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::Nacked;
+    use std::sync::Arc;
+    use tether_proto::v1::Snapshot;
+
+    fn desired(version: &str) -> Desired {
+        Desired {
+            snapshot: Some(Arc::new(Snapshot {
+                version: version.into(),
+                ..Default::default()
+            })),
+            generation: 3,
+            ..Default::default()
+        }
+    }
+
+    fn connected(acked: &str) -> StreamState {
+        StreamState {
+            streams: 1,
+            ever_connected: true,
+            acked_version: acked.into(),
+            ..Default::default()
+        }
+    }
+
+    fn phase(d: &Desired, s: &StreamState) -> Phase {
+        compute(d, s, None, Timestamp::now()).phase.unwrap()
+    }
+
+    #[test]
+    fn phases() {
+        assert_eq!(
+            phase(&desired("v1"), &StreamState::default()),
+            Phase::Pending
+        );
+        assert_eq!(phase(&desired("v1"), &connected("")), Phase::Connected);
+        assert_eq!(phase(&desired("v1"), &connected("v1")), Phase::Synced);
+        assert_eq!(phase(&desired("v2"), &connected("v1")), Phase::Connected);
+        let mut gone = connected("v1");
+        gone.streams = 0;
+        assert_eq!(phase(&desired("v1"), &gone), Phase::Disconnected);
+        let mut nacked = connected("v1");
+        nacked.last_nack = Some(Nacked {
+            version: "v2".into(),
+            message: "x".into(),
+            at: Timestamp::now(),
+            conflict: true,
+        });
+        assert_eq!(phase(&desired("v2"), &nacked), Phase::Degraded);
+        let status = compute(&desired("v2"), &nacked, None, Timestamp::now());
+        let synced = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Synced")
+            .unwrap();
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "Conflict")
+        );
+    }
+
+    #[test]
+    fn a_refused_second_agent_degrades_and_is_named_until_it_is_old_news() {
+        let mut s = connected("v1");
+        s.instance = "aaaa".into();
+        s.peer = "10.0.0.1:1".into();
+        let at = Timestamp::now();
+        s.duplicate = Some(Duplicate {
+            peer: "10.0.0.2:2".into(),
+            instance: "bbbb".into(),
+            at,
+        });
+        let status = compute(&desired("v1"), &s, None, at);
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SingleAgent")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "DuplicateAgent")
+        );
+        assert!(
+            c.message.contains("bbbb") && c.message.contains("10.0.0.2:2"),
+            "{}",
+            c.message
+        );
+        let events = transitions(
+            Some(&compute(&desired("v1"), &connected("v1"), None, at)),
+            &status,
+        );
+        assert!(events.iter().any(|e| e.reason == "DuplicateAgent"));
+        let later = compute(&desired("v1"), &s, Some(&status), at + DUPLICATE_MEMORY);
+        assert_eq!(
+            later.phase,
+            Some(Phase::Synced),
+            "forgotten after the memory"
+        );
+    }
+
+    #[test]
+    fn spec_errors_show_in_spec_valid_and_degrade() {
+        let mut d = desired("v1");
+        d.errors = vec!["service \"nope\": no such Service".into()];
+        let status = compute(&d, &connected("v1"), None, Timestamp::now());
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SpecValid")
+            .unwrap();
+        assert_eq!(c.status, "False");
+        assert!(c.message.contains("nope") && c.message.contains("previous spec"));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn unchanged_condition_keeps_its_transition_time() {
+        let first = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let second = compute(
+            &desired("v1"),
+            &connected("v1"),
+            Some(&first),
+            Timestamp::now(),
+        );
+        assert!(same_status(&first, &second));
+    }
+
+    #[test]
+    fn a_mirror_without_endpoints_is_named_and_announced_once() {
+        let mut d = desired("v1");
+        d.snapshot = Some(Arc::new(Snapshot {
+            version: "v1".into(),
+            services: vec![tether_proto::v1::Service {
+                name: "istiod-canary".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }));
+        let status = compute(&d, &connected("v1"), None, Timestamp::now());
+        assert_eq!(status.phase, Some(Phase::Synced), "valid and applied");
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SpecValid")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "NoEndpoints")
+        );
+        assert!(c.message.contains("istiod-canary"));
+        let before = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let events = transitions(Some(&before), &status);
+        assert_eq!(
+            events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+            ["NoEndpoints"]
+        );
+        assert!(transitions(Some(&status), &status).is_empty(), "once");
+    }
+
+    #[test]
+    fn only_phase_condition_connection_and_nack_changes_are_significant() {
+        let v1 = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let v2 = compute(
+            &desired("v2"),
+            &connected("v2"),
+            Some(&v1),
+            Timestamp::now(),
+        );
+        assert!(!significant(&v1, &v2), "Synced v1 -> Synced v2 can wait");
+        // Waiting for the agent is a phase of its own (Connected): shown at once.
+        let pending = compute(
+            &desired("v3"),
+            &connected("v2"),
+            Some(&v2),
+            Timestamp::now(),
+        );
+        assert!(significant(&v2, &pending));
+        let mut gone = connected("v2");
+        gone.streams = 0;
+        let disconnected = compute(&desired("v2"), &gone, Some(&v2), Timestamp::now());
+        assert!(significant(&v2, &disconnected));
+    }
+
+    #[test]
+    fn a_restarted_hub_shows_an_agent_it_has_not_seen_as_disconnected_from_the_record() {
+        let recorded = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let unseen = StreamState::default();
+        let status = compute(&desired("v1"), &unseen, Some(&recorded), Timestamp::now());
+        assert_eq!(status.phase, Some(Phase::Disconnected));
+        assert_eq!(status.sync.unwrap().acked_version, "v1");
+        // Without a record: never connected.
+        assert_eq!(phase(&desired("v1"), &unseen), Phase::Pending);
+    }
+}

@@ -1,0 +1,320 @@
+//! The status writer: visits the remotes whose inputs changed and writes each one's status (server-side
+//! apply on the status subresource, field manager `tether-hub`) when it differs from the stored one.
+//!
+//! ```text
+//!  Changes (index: desired state, RemoteCluster object; streams: connection, ACK/NACK) ─┐
+//!  deadlines (a deferred refresh, a duplicate report expiring, a retire timeout) ─────────┴─► visit
+//!  visit: retire lifecycle, or compute ─► same as stored? nothing : only versions moved and the
+//!         last write is younger than --status-refresh? later : write (+ Events)
+//! ```
+//! Driven by changes, not by a poll: an idle hub does nothing. Changes that arrive within
+//! `--status-interval` are written together (at most one write per remote per interval). A
+//! difference in versions and counts alone (pod churn moves every remote's desired version) is
+//! written at most once per `--status-refresh`, so churn costs writes per refresh, not per change.
+//! Up to `--status-writers` writes are in flight at once. The writer never reads its own output back
+//! as input, except to compare: the server's answer to its last write stands for the stored object
+//! until the watch delivers something newer.
+
+use super::compute::{compute, recent_duplicate, same_status, significant, transitions};
+use crate::changes::Changes;
+use crate::crd::RemoteCluster;
+use crate::index::Index;
+use crate::metrics::HubMetrics;
+use crate::retire::Retirements;
+use crate::streams::Streams;
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use kube::{Api, Resource, ResourceExt};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tether_proto::runtime::retry::ApiRetry;
+use tracing::warn;
+
+pub const FIELD_MANAGER: &str = "tether-hub";
+
+pub struct StatusWriter {
+    pub api: Api<RemoteCluster>,
+    pub store: Store<RemoteCluster>,
+    pub index: Arc<RwLock<Index>>,
+    pub streams: Arc<Streams>,
+    pub changes: Arc<Changes>,
+    /// Changes arriving within this window are written together.
+    pub interval: Duration,
+    /// Minimum time between writes of a status that only refreshes versions and counts.
+    pub refresh: Duration,
+    /// Status writes in flight at once.
+    pub concurrency: usize,
+    /// Finalizers and remembered retirements.
+    pub retirements: Retirements,
+    pub recorder: Recorder,
+    pub metrics: HubMetrics,
+}
+
+/// What the writer remembers of one remote between visits.
+#[derive(Default)]
+struct Memory {
+    /// The server's answer to our last write: newer than the store until the watch delivers it.
+    written: Option<(Instant, Arc<RemoteCluster>)>,
+    /// Visit again then, even without a change.
+    due: Option<Instant>,
+}
+
+/// The central API server did not answer, or answered that it cannot serve now (429, 5xx).
+fn server_unavailable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        _ => false,
+    }
+}
+
+fn resource_version(rc: &RemoteCluster) -> u64 {
+    rc.resource_version()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl StatusWriter {
+    /// Writes statuses and runs the retire lifecycle until the task is dropped.
+    pub async fn run(self) {
+        let mut memory: HashMap<String, Memory> = HashMap::new();
+        let mut retry = ApiRetry::default();
+        let mut sweep_due: Option<Instant> = None;
+        loop {
+            let next_due = memory.values().filter_map(|m| m.due).min();
+            tokio::select! {
+                _ = self.changes.changed() => {}
+                _ = sleep_until(earliest(next_due, sweep_due)) => {}
+            }
+            // Let a burst of changes arrive: one write per remote per interval.
+            tokio::time::sleep(self.interval).await;
+            let now = Instant::now();
+            let mut todo = self.changes.take();
+            for (name, m) in memory.iter_mut() {
+                if m.due.is_some_and(|due| due <= now) {
+                    m.due = None;
+                    todo.insert(name.clone());
+                }
+            }
+            let unreachable = self.pass(todo, &mut memory).await;
+            let unreachable = match unreachable {
+                Some(error) => Some(error),
+                None => match self
+                    .retirements
+                    .sweep(&self.index, &self.streams, &self.store.state())
+                    .await
+                {
+                    Ok(due) => {
+                        sweep_due = due;
+                        None
+                    }
+                    Err(error) if server_unavailable(&error) => Some(error),
+                    Err(error) => {
+                        warn!(%error, "remembered retirements could not be updated; retrying");
+                        sweep_due =
+                            Some(Instant::now() + self.interval.max(Duration::from_secs(1)));
+                        None
+                    }
+                },
+            };
+            match unreachable {
+                None => retry.succeeded(),
+                Some(error) => {
+                    let wait = retry.failed(false);
+                    warn!(%error, ?wait, "central API server unreachable; status writes paused");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Visits `todo`. Returns the error that paused the pass when the central API server is
+    /// unreachable; what was not visited is marked again.
+    async fn pass(
+        &self,
+        todo: HashSet<String>,
+        memory: &mut HashMap<String, Memory>,
+    ) -> Option<kube::Error> {
+        let inputs: Vec<(String, Option<(Instant, Arc<RemoteCluster>)>)> = todo
+            .iter()
+            .map(|name| {
+                let written = memory.get(name).and_then(|m| m.written.clone());
+                (name.clone(), written)
+            })
+            .collect();
+        let mut visits = futures::stream::iter(inputs)
+            .map(|(name, written)| async move {
+                let result = self.visit(&name, written).await;
+                (name, result)
+            })
+            .buffer_unordered(self.concurrency.max(1));
+        let mut done = HashSet::new();
+        let mut unreachable = None;
+        while let Some((name, result)) = visits.next().await {
+            done.insert(name.clone());
+            match result {
+                Ok(Visited::Gone) => {
+                    memory.remove(&name);
+                }
+                Ok(Visited::Remote { written, due }) => {
+                    let m = memory.entry(name).or_default();
+                    if written.is_some() {
+                        m.written = written;
+                    }
+                    m.due = due;
+                }
+                // No answer, or an overloaded server: the next writes would fail the same way.
+                Err(error) if server_unavailable(&error) => {
+                    done.remove(&name);
+                    unreachable = Some(error);
+                    break;
+                }
+                // This object's trouble; the others go on.
+                Err(error) => {
+                    warn!(cluster = %name, %error, "status update failed; retrying");
+                    memory.entry(name).or_default().due = Some(Instant::now() + self.interval);
+                }
+            }
+        }
+        drop(visits);
+        if unreachable.is_some() {
+            self.changes
+                .mark_all(todo.into_iter().filter(|n| !done.contains(n)));
+        }
+        unreachable
+    }
+
+    async fn visit(
+        &self,
+        name: &str,
+        written: Option<(Instant, Arc<RemoteCluster>)>,
+    ) -> kube::Result<Visited> {
+        let Some(stored) = self.store.get(
+            &kube::runtime::reflector::ObjectRef::new(name)
+                .within(self.api.namespace().expect("RemoteClusters are namespaced")),
+        ) else {
+            return Ok(Visited::Gone);
+        };
+        // Our own newer write stands for the stored object until the watch delivers it.
+        let rc = match &written {
+            Some((_, mine)) if resource_version(mine) > resource_version(&stored) => mine.clone(),
+            _ => stored,
+        };
+        let Some(desired) = self.index.read().expect("index lock").desired(name) else {
+            // The index has not seen it yet; its watch event marks the remote again.
+            return Ok(Visited::Remote {
+                written: None,
+                due: None,
+            });
+        };
+        let stream = self.streams.get(name);
+        if rc.metadata.deletion_timestamp.is_some() {
+            let due = self
+                .retirements
+                .release(&rc, &stream, &self.streams)
+                .await?;
+            return Ok(Visited::Remote { written: None, due });
+        }
+        self.retirements.ensure_finalizer(&rc).await?;
+        let now = Timestamp::now();
+        let status = compute(&desired, &stream, rc.status.as_ref(), now);
+        // A reported duplicate expires with time, not with an input: look again then.
+        let expires = recent_duplicate(&stream, now)
+            .map(|(_, until)| Instant::now() + now.duration_until(until).unsigned_abs());
+        if let Some(old) = rc.status.as_ref() {
+            if same_status(old, &status) {
+                return Ok(Visited::Remote {
+                    written: None,
+                    due: expires,
+                });
+            }
+            let refresh_due = written.as_ref().map(|(at, _)| *at + self.refresh);
+            if refresh_due.is_some_and(|due| Instant::now() < due) && !significant(old, &status) {
+                return Ok(Visited::Remote {
+                    written: None,
+                    due: earliest(refresh_due, expires),
+                });
+            }
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "tether.io/v1alpha1", "kind": "RemoteCluster", "status": status,
+        });
+        let answer = self
+            .api
+            .patch_status(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        self.metrics.status_writes.inc();
+        for event in transitions(rc.status.as_ref(), &status) {
+            // Events are for people; failing to record one never blocks status.
+            if let Err(error) = self.recorder.publish(&event, &rc.object_ref(&())).await {
+                warn!(cluster = %name, %error, "could not record event");
+            }
+        }
+        Ok(Visited::Remote {
+            written: Some((Instant::now(), Arc::new(answer))),
+            due: expires,
+        })
+    }
+}
+
+/// What a visit found.
+enum Visited {
+    /// No such RemoteCluster any more.
+    Gone,
+    Remote {
+        /// The server's answer to a write this visit made.
+        written: Option<(Instant, Arc<RemoteCluster>)>,
+        /// When to look again without a change.
+        due: Option<Instant>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unavailable_server_pauses_all_status_writes() {
+        let answered = |code| {
+            kube::Error::Api(Box::new(
+                kube::core::Status::failure("x", "y").with_code(code),
+            ))
+        };
+        assert!(server_unavailable(&answered(503)));
+        assert!(server_unavailable(&answered(429)));
+        assert!(
+            !server_unavailable(&answered(409)),
+            "a conflict is one object's"
+        );
+        assert!(
+            !server_unavailable(&answered(422)),
+            "an invalid status is one object's"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(server_unavailable(&kube::Error::Service(Box::new(refused))));
+        let bad_json = serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(!server_unavailable(&kube::Error::SerdeError(bad_json)));
+    }
+}
