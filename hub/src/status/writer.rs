@@ -54,11 +54,14 @@ pub struct StatusWriter {
     pub metrics: HubMetrics,
 }
 
+/// When the writer last wrote a remote's status, and the server's answer.
+type Written = (Instant, Arc<RemoteCluster>);
+
 /// What the writer remembers of one remote between visits.
 #[derive(Default)]
 struct Memory {
     /// The server's answer to our last write: newer than the store until the watch delivers it.
-    written: Option<(Instant, Arc<RemoteCluster>)>,
+    written: Option<Written>,
     /// Visit again then, even without a change.
     due: Option<Instant>,
 }
@@ -153,7 +156,7 @@ impl StatusWriter {
         todo: HashSet<String>,
         memory: &mut HashMap<String, Memory>,
     ) -> Option<kube::Error> {
-        let inputs: Vec<(String, Option<(Instant, Arc<RemoteCluster>)>)> = todo
+        let inputs: Vec<(String, Option<Written>)> = todo
             .iter()
             .map(|name| {
                 let written = memory.get(name).and_then(|m| m.written.clone());
@@ -205,7 +208,7 @@ impl StatusWriter {
     async fn visit(
         &self,
         name: &str,
-        written: Option<(Instant, Arc<RemoteCluster>)>,
+        written: Option<Written>,
     ) -> kube::Result<Visited> {
         let Some(stored) = self.store.get(
             &kube::runtime::reflector::ObjectRef::new(name)
@@ -285,7 +288,7 @@ enum Visited {
     Gone,
     Remote {
         /// The server's answer to a write this visit made.
-        written: Option<(Instant, Arc<RemoteCluster>)>,
+        written: Option<Written>,
         /// When to look again without a change.
         due: Option<Instant>,
     },
