@@ -2,6 +2,7 @@
 //! watches would deliver them.
 
 use crate::crd::{RemoteCluster, RemoteClusterSpec};
+use crate::desired::Desired;
 use crate::snapshot::Defaults;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service, ServicePort,
@@ -95,4 +96,16 @@ pub fn mk_remote(name: &str, spec: RemoteClusterSpec) -> RemoteCluster {
     let mut rc = RemoteCluster::new(name, spec);
     rc.metadata.generation = Some(1);
     rc
+}
+
+/// A desired state whose snapshot says only `version`, for spec generation 3.
+pub fn mk_desired(version: &str) -> Desired {
+    Desired {
+        snapshot: Some(std::sync::Arc::new(tether_proto::v1::Snapshot {
+            version: version.into(),
+            ..Default::default()
+        })),
+        generation: 3,
+        ..Default::default()
+    }
 }

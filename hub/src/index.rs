@@ -198,52 +198,59 @@ impl Index {
     }
 }
 
-impl Watched<Pod> for Index {
-    fn apply(&mut self, pod: &Pod) {
-        let info = PodInfo::from_pod(pod);
-        if self.pods.get(&pod.name_any()) != Some(&info) {
-            self.pods.insert(pod.name_any(), info);
-            self.recompute_all();
-        }
-    }
+/// A central kind the index keeps a summary of, keyed by name. Any change may move every remote.
+trait Central: ResourceExt {
+    type Info: PartialEq;
+    fn info(&self) -> Self::Info;
+    fn map(index: &mut Index) -> &mut HashMap<String, Self::Info>;
+    fn listed(synced: &mut Synced) -> &mut bool;
+}
 
-    fn delete(&mut self, name: &str) {
-        if self.pods.remove(name).is_some() {
-            self.recompute_all();
-        }
+impl Central for Pod {
+    type Info = PodInfo;
+    fn info(&self) -> PodInfo {
+        PodInfo::from_pod(self)
     }
-
-    fn reset(&mut self, pods: &[Pod]) {
-        self.synced.pods = true;
-        self.pods = pods
-            .iter()
-            .map(|p| (p.name_any(), PodInfo::from_pod(p)))
-            .collect();
-        self.recompute_all();
+    fn map(index: &mut Index) -> &mut HashMap<String, PodInfo> {
+        &mut index.pods
+    }
+    fn listed(synced: &mut Synced) -> &mut bool {
+        &mut synced.pods
     }
 }
 
-impl Watched<Service> for Index {
-    fn apply(&mut self, svc: &Service) {
-        let info = CentralService::from_service(svc);
-        if self.services.get(&svc.name_any()) != Some(&info) {
-            self.services.insert(svc.name_any(), info);
+impl Central for Service {
+    type Info = CentralService;
+    fn info(&self) -> CentralService {
+        CentralService::from_service(self)
+    }
+    fn map(index: &mut Index) -> &mut HashMap<String, CentralService> {
+        &mut index.services
+    }
+    fn listed(synced: &mut Synced) -> &mut bool {
+        &mut synced.services
+    }
+}
+
+impl<K: Central> Watched<K> for Index {
+    fn apply(&mut self, object: &K) {
+        let info = object.info();
+        let map = K::map(self);
+        if map.get(&object.name_any()) != Some(&info) {
+            map.insert(object.name_any(), info);
             self.recompute_all();
         }
     }
 
     fn delete(&mut self, name: &str) {
-        if self.services.remove(name).is_some() {
+        if K::map(self).remove(name).is_some() {
             self.recompute_all();
         }
     }
 
-    fn reset(&mut self, services: &[Service]) {
-        self.synced.services = true;
-        self.services = services
-            .iter()
-            .map(|s| (s.name_any(), CentralService::from_service(s)))
-            .collect();
+    fn reset(&mut self, all: &[K]) {
+        *K::listed(&mut self.synced) = true;
+        *K::map(self) = all.iter().map(|o| (o.name_any(), o.info())).collect();
         self.recompute_all();
     }
 }

@@ -265,18 +265,8 @@ fn ignored(nonce: &str, version: &str) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use tether_proto::v1::{Ack, Nack, Retired, Snapshot};
-
-    fn desired(version: &str) -> Desired {
-        Desired {
-            snapshot: Some(Arc::new(Snapshot {
-                version: version.into(),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }
-    }
+    use crate::fixtures::mk_desired as desired;
+    use tether_proto::v1::{Ack, Nack, Retired};
 
     fn ack(version: &str, nonce: u64) -> AgentMessage {
         AgentMessage {

@@ -128,17 +128,6 @@ pub async fn run(
         .await
         .with_context(|| format!("binding {}", s.grpc_addr))?;
     info!(addr = %listener.local_addr()?, namespace = %s.namespace, "serving tether.sync.v1 over mTLS");
-    let (conn_tx, conn_rx) = mpsc::channel(128);
-    tokio::spawn(accept(listener, tls, conn_tx, shutdown.clone()));
-
-    // Standard probes on the same (mTLS) port: grpc.health.v1 and server reflection.
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<SyncServer<SyncService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tether_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-
     let sync = SyncService::new(
         index,
         streams,
@@ -147,16 +136,53 @@ pub async fn run(
         shutdown.clone(),
         metrics,
     );
-    let mut shutdown_signal = shutdown.clone();
+    let limits = Limits {
+        keepalive_interval: s.keepalive_interval,
+        keepalive_timeout: s.keepalive_timeout,
+        max_message_bytes: s.max_message_bytes,
+        max_concurrent_streams: s.max_concurrent_streams,
+    };
+    serve_grpc(listener, tls, sync, limits, shutdown).await
+}
+
+/// Transport limits of the gRPC server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// HTTP/2 ping interval; a peer silent for interval + timeout is dropped.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+}
+
+/// Serves `sync` (with gRPC health and reflection beside it) on `listener` over mTLS until
+/// `shutdown` turns true.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    tls: Arc<ReloadingServerConfig>,
+    sync: SyncService,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (conn_tx, conn_rx) = mpsc::channel(128);
+    tokio::spawn(accept(listener, tls, conn_tx, shutdown.clone()));
+    // Standard probes on the same (mTLS) port: grpc.health.v1 and server reflection.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SyncServer<SyncService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tether_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let mut shutdown_signal = shutdown;
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(s.keepalive_interval))
-        .http2_keepalive_timeout(Some(s.keepalive_timeout))
-        .max_concurrent_streams(Some(s.max_concurrent_streams))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .tcp_nodelay(true)
         .add_service(
             SyncServer::new(sync)
-                .max_decoding_message_size(s.max_message_bytes)
-                .max_encoding_message_size(s.max_message_bytes),
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes),
         )
         .add_service(health_service)
         .add_service(reflection)

@@ -73,3 +73,11 @@ pub fn client_settings(
         max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
     }
 }
+
+/// A TLS channel to the mesh's hub with `cluster`'s agent certificate (folder `tls-<cluster>`).
+pub async fn agent_channel(mesh: &Mesh, cluster: &str) -> tonic::transport::Channel {
+    let tls = mesh.dir.join(format!("tls-{cluster}"));
+    tether_agent::client::connect(&client_settings(mesh, &tls, cluster))
+        .await
+        .expect("connect to the hub")
+}

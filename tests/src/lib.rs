@@ -14,6 +14,7 @@ pub mod bench;
 pub mod charts;
 pub mod cluster;
 pub mod controlplane;
+pub mod fakes;
 pub mod faults;
 pub mod fixtures;
 pub mod mesh;

@@ -492,6 +492,14 @@ impl Drop for Mesh {
     }
 }
 
+/// The condition of `type_` in a RemoteCluster status (as JSON), or Null.
+pub fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or_default()
+}
+
 pub async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
     match Api::<Namespace>::all(client.clone())

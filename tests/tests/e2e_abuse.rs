@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use tether_agent::client::connect;
 use tether_proto::tls::{load_certs, load_key};
 use tether_proto::v1::sync_client::SyncClient;
 use tether_proto::v1::{AgentMessage, Hello, agent_message};
 use tether_tests::eventually;
-use tether_tests::fixtures::{REMOTES, SOON, client_settings, synced_mesh};
+use tether_tests::fixtures::{REMOTES, SOON, agent_channel, synced_mesh};
 use tether_tests::mesh::Mesh;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -57,13 +56,7 @@ async fn the_hub_survives_bad_clients_and_keeps_serving_good_ones() {
     let mesh = synced_mesh().await;
 
     // 1. A stream that never says Hello is ended after the Hello timeout.
-    let channel = connect(&client_settings(
-        &mesh,
-        &mesh.dir.join("tls-remote-1"),
-        "remote-1",
-    ))
-    .await
-    .unwrap();
+    let channel = agent_channel(&mesh, "remote-1").await;
     let (_tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(1);
     let silent = SyncClient::new(channel)
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -73,13 +66,7 @@ async fn the_hub_survives_bad_clients_and_keeps_serving_good_ones() {
     assert!(status.message().contains("Hello"), "{status:?}");
 
     // 2. A message over the size limit.
-    let channel = connect(&client_settings(
-        &mesh,
-        &mesh.dir.join("tls-remote-1"),
-        "remote-1",
-    ))
-    .await
-    .unwrap();
+    let channel = agent_channel(&mesh, "remote-1").await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let huge = Hello {
         cluster: "remote-1".into(),

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::time::Duration;
 use tether_tests::eventually;
 use tether_tests::fixtures::{REMOTES, SOON, synced_mesh, synced_mesh_with};
-use tether_tests::mesh::Mesh;
+use tether_tests::mesh::{Mesh, condition};
 
 /// Waits until the agent on `cluster` has made no new write for a second, and returns its count.
 async fn settled_writes(mesh: &Mesh, cluster: &str) -> usize {
@@ -42,6 +42,28 @@ fn acks_in_hub_log(mesh: &Mesh, cluster: &str) -> usize {
         .count()
 }
 
+/// Nothing the agent managed is left on `cluster`: no Service, no slice, no injection label.
+async fn cleaned_up(mesh: &Mesh, cluster: &str) -> anyhow::Result<()> {
+    let client = mesh.remote(cluster);
+    let svcs = Api::<Service>::namespaced(client.clone(), &mesh.ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tether-agent"))
+        .await?;
+    anyhow::ensure!(svcs.items.is_empty(), "services remain");
+    anyhow::ensure!(managed_slices(mesh, cluster).await == 0, "slices remain");
+    let labels = Api::<Namespace>::all(client.clone())
+        .get(&format!("{}-app", mesh.ns))
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    anyhow::ensure!(
+        !labels.contains_key("tether.io/managed-injection")
+            && !labels.contains_key("istio-injection"),
+        "{labels:?}"
+    );
+    Ok(())
+}
+
 async fn managed_slices(mesh: &Mesh, cluster: &str) -> usize {
     Api::<EndpointSlice>::namespaced(mesh.remote(cluster).clone(), &mesh.ns)
         .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tether-agent"))
@@ -68,13 +90,7 @@ async fn foreign_service_is_never_overwritten_and_the_conflict_shows_in_status()
     .await;
     mesh.wait_phase("remote-1", "Synced", SOON).await;
     let status = mesh.wait_phase("remote-2", "Degraded", SOON).await;
-    let synced = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Synced")
-        .unwrap()
-        .clone();
+    let synced = condition(&status, "Synced");
     assert_eq!(synced["status"], "False");
     assert_eq!(synced["reason"], "Conflict");
     assert!(
@@ -217,13 +233,7 @@ async fn killed_agent_shows_disconnected_within_the_keepalive_timeout() {
     let status = mesh
         .wait_phase("remote-2", "Disconnected", Duration::from_secs(5))
         .await;
-    let connected = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Connected")
-        .unwrap()
-        .clone();
+    let connected = condition(&status, "Connected");
     assert_eq!(
         (connected["status"].as_str(), connected["reason"].as_str()),
         (Some("False"), Some("AgentDisconnected"))
@@ -242,29 +252,8 @@ async fn deleting_a_remote_cluster_retires_its_agent_then_lets_go() {
     rcs.delete("remote-1", &DeleteParams::default())
         .await
         .unwrap();
-    let client = mesh.remote("remote-1").clone();
-    let app_ns = format!("{}-app", mesh.ns);
-    eventually("remote-1 cleaned up", SOON, || async {
-        let svcs = Api::<Service>::namespaced(client.clone(), &mesh.ns)
-            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tether-agent"))
-            .await?;
-        anyhow::ensure!(svcs.items.is_empty(), "services remain");
-        anyhow::ensure!(
-            managed_slices(&mesh, "remote-1").await == 0,
-            "slices remain"
-        );
-        let labels = Api::<Namespace>::all(client.clone())
-            .get(&app_ns)
-            .await?
-            .metadata
-            .labels
-            .unwrap_or_default();
-        anyhow::ensure!(
-            !labels.contains_key("tether.io/managed-injection")
-                && !labels.contains_key("istio-injection"),
-            "{labels:?}"
-        );
-        Ok(())
+    eventually("remote-1 cleaned up", SOON, || {
+        cleaned_up(&mesh, "remote-1")
     })
     .await;
     eventually("the RemoteCluster to be gone", SOON, || async {
@@ -281,13 +270,6 @@ async fn deleting_a_remote_cluster_retires_its_agent_then_lets_go() {
         "remote-2 keeps its mirrors"
     );
     assert_eq!(mesh.status("remote-2").await.unwrap()["phase"], "Synced");
-}
-
-fn condition(status: &serde_json::Value, type_: &str) -> serde_json::Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
-        .unwrap_or_default()
 }
 
 /// Two agents with one cluster identity: the newer stream serves, the older stands by (it stops
@@ -427,26 +409,10 @@ async fn a_remote_cluster_deleted_while_its_agent_is_away_is_retired_when_it_ret
     assert!(managed_slices(&mesh, r).await > 0, "nothing removed yet");
 
     mesh.start_agent(r).unwrap();
-    let client = mesh.remote(r).clone();
-    let app_ns = format!("{}-app", mesh.ns);
     eventually(
         "the returning agent to remove what it managed",
         SOON,
-        || async {
-            let svcs = Api::<Service>::namespaced(client.clone(), &mesh.ns)
-                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tether-agent"))
-                .await?;
-            anyhow::ensure!(svcs.items.is_empty(), "services remain");
-            anyhow::ensure!(managed_slices(&mesh, r).await == 0, "slices remain");
-            let labels = Api::<Namespace>::all(client.clone())
-                .get(&app_ns)
-                .await?
-                .metadata
-                .labels
-                .unwrap_or_default();
-            anyhow::ensure!(!labels.contains_key("istio-injection"), "{labels:?}");
-            Ok(())
-        },
+        || cleaned_up(&mesh, r),
     )
     .await;
     eventually(

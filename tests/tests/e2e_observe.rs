@@ -8,7 +8,9 @@ use std::time::Duration;
 use tether_agent::client::connect;
 use tether_proto::v1::sync_client::SyncClient;
 use tether_proto::v1::{AgentMessage, Hello, HubMessage, agent_message};
-use tether_tests::fixtures::{REMOTES, SOON, client_settings, synced_mesh, synced_mesh_with};
+use tether_tests::fixtures::{
+    REMOTES, SOON, agent_channel, client_settings, synced_mesh, synced_mesh_with,
+};
 use tether_tests::mesh::Mesh;
 use tether_tests::{eventually, metric};
 
@@ -235,13 +237,7 @@ async fn metrics_move_as_the_system_acts_and_health_says_serving() {
     assert_eq!(streams["remote-1"]["streams"], 1);
 
     // grpc.health.v1 on the hub's mTLS port, with an agent's certificate.
-    let channel = connect(&client_settings(
-        &mesh,
-        &mesh.dir.join("tls-remote-1"),
-        "remote-1",
-    ))
-    .await
-    .unwrap();
+    let channel = agent_channel(&mesh, "remote-1").await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     for service in ["", "tether.sync.v1.Sync"] {
         let resp = health

@@ -6,16 +6,10 @@ use serde_json::{Value, json};
 use tether_tests::eventually;
 use tether_tests::faults::endpoints;
 use tether_tests::fixtures::{SOON, synced_mesh};
-use tether_tests::mesh::Mesh;
+use tether_tests::mesh::{Mesh, condition};
 
 fn spec_valid(status: &Value) -> (String, String, String) {
-    let c = status["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "SpecValid")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let c = condition(status, "SpecValid");
     let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
     (s("status"), s("reason"), s("message"))
 }

@@ -66,6 +66,18 @@ async fn ns_labels(
         .unwrap_or_default())
 }
 
+async fn wait_injection_label(client: &Client, ns: &str, what: &str) {
+    eventually(what, T, || async {
+        let labels = ns_labels(client, ns).await?;
+        anyhow::ensure!(
+            labels.get("istio-injection").map(String::as_str) == Some("enabled"),
+            "{labels:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn remotes_get_service_slices_endpoints_and_injection_labels() {
     let mesh = synced_mesh().await;
@@ -311,15 +323,7 @@ async fn hand_edits_and_deletions_on_a_remote_are_repaired() {
         .patch(&app_ns, &PatchParams::default(), &Patch::Merge(&remove))
         .await
         .unwrap();
-    eventually("the injection label put back", T, || async {
-        let labels = ns_labels(client, &app_ns).await?;
-        anyhow::ensure!(
-            labels.get("istio-injection").map(String::as_str) == Some("enabled"),
-            "{labels:?}"
-        );
-        Ok(())
-    })
-    .await;
+    wait_injection_label(client, &app_ns, "the injection label put back").await;
 }
 
 /// The remote's `istiod` Endpoints subsets as stored, or Null when it has none.
@@ -534,27 +538,13 @@ async fn an_injection_namespace_deleted_after_labelling_degrades_the_remote_unti
         .as_str()
         .unwrap_or_default();
     assert!(nack.contains(&app_ns), "{status}");
-    let synced = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Synced")
-        .cloned()
-        .unwrap();
+    let synced = tether_tests::mesh::condition(&status, "Synced");
     assert_eq!(synced["status"], "False", "{synced}");
     assert_eq!(mesh.status("remote-2").await.unwrap()["phase"], "Synced");
 
     tether_tests::mesh::create_namespace(client, &app_ns)
         .await
         .unwrap();
-    eventually("the recreated namespace labelled", T, || async {
-        let labels = ns_labels(client, &app_ns).await?;
-        anyhow::ensure!(
-            labels.get("istio-injection").map(String::as_str) == Some("enabled"),
-            "{labels:?}"
-        );
-        Ok(())
-    })
-    .await;
+    wait_injection_label(client, &app_ns, "the recreated namespace labelled").await;
     mesh.wait_phase(r, "Synced", T).await;
 }

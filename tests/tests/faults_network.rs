@@ -8,6 +8,16 @@ use tether_tests::faults::{churn, endpoints, mesh_through_proxy, more_istiod_pod
 use tether_tests::fixtures::SOON;
 use tether_tests::proxy::Mode;
 
+/// The state decided last: istiod-b ready again and a new pod istiod-c.
+async fn final_state(mesh: &tether_tests::mesh::Mesh) {
+    tether_tests::pods::set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], true)
+        .await
+        .unwrap();
+    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
+        .await
+        .unwrap();
+}
+
 fn ep(ip: &str, ready: bool) -> (String, bool) {
     (ip.to_string(), ready)
 }
@@ -35,12 +45,7 @@ async fn a_cut_keeps_the_remote_static_and_healing_brings_the_latest_state() {
     }
     churning.abort();
     // The latest state, decided while remote-1 could not hear about it.
-    tether_tests::pods::set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], true)
-        .await
-        .unwrap();
-    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
-        .await
-        .unwrap();
+    final_state(&mesh).await;
     let want = vec![
         ep("10.10.0.1", true),
         ep("10.10.0.2", true),
@@ -114,12 +119,7 @@ async fn latency_slows_nothing_down_into_stream_churn() {
     let churning = churn(&mesh, Duration::from_millis(250));
     tokio::time::sleep(Duration::from_secs(5)).await;
     churning.abort();
-    tether_tests::pods::set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], true)
-        .await
-        .unwrap();
-    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
-        .await
-        .unwrap();
+    final_state(&mesh).await;
     eventually(
         "remote-1 to converge through 200 ms each way",
         SOON,

@@ -315,20 +315,10 @@ pub fn same_status(a: &RemoteClusterStatus, b: &RemoteClusterStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::mk_desired as desired;
     use crate::streams::Nacked;
     use std::sync::Arc;
     use tether_proto::v1::Snapshot;
-
-    fn desired(version: &str) -> Desired {
-        Desired {
-            snapshot: Some(Arc::new(Snapshot {
-                version: version.into(),
-                ..Default::default()
-            })),
-            generation: 3,
-            ..Default::default()
-        }
-    }
 
     fn connected(acked: &str) -> StreamState {
         StreamState {

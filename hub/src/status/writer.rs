@@ -205,11 +205,7 @@ impl StatusWriter {
         unreachable
     }
 
-    async fn visit(
-        &self,
-        name: &str,
-        written: Option<Written>,
-    ) -> kube::Result<Visited> {
+    async fn visit(&self, name: &str, written: Option<Written>) -> kube::Result<Visited> {
         let Some(stored) = self.store.get(
             &kube::runtime::reflector::ObjectRef::new(name)
                 .within(self.api.namespace().expect("RemoteClusters are namespaced")),

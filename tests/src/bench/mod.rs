@@ -1,11 +1,16 @@
-//! Measuring helpers for `make bench` (`src/bin/tether-bench.rs`): process CPU and memory from
-//! /proc, percentiles, and a load generator of agent streams that answer without an API server.
+//! `make bench` (`src/bin/tether-bench.rs`): the measurements, by section, and the helpers they
+//! share: process CPU and memory from /proc, percentiles, and a load generator of agent streams that
+//! answer without an API server.
 
+pub mod fleet;
+pub mod propagation;
+pub mod report;
+
+use crate::fakes::{FakeAgent, Report};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tether_agent::client::StreamConfig;
-use tether_agent::metrics::AgentMetrics;
-use tether_agent::reconcile::{Answer, Command, Progress};
+use tether_agent::reconcile::Command;
 use tokio::sync::{mpsc, watch};
 
 /// CPU seconds used so far and memory of a process.
@@ -102,55 +107,34 @@ pub struct Seen {
     pub at: Instant,
 }
 
-/// N agent streams: the real agent stream client (TLS, keepalive, backoff with jitter, Hello,
-/// ACK/NACK), with the applier replaced by an immediate ACK. Every snapshot is reported on `seen`.
+/// N agent streams: [`FakeAgent`]s (the real agent stream client: TLS, keepalive, backoff with
+/// jitter, Hello, ACK) that ACK every snapshot at once. Every snapshot is reported on `seen`.
 pub struct LoadGen {
-    tasks: tokio::task::JoinSet<()>,
+    agents: Vec<FakeAgent>,
     pub seen: mpsc::UnboundedReceiver<Seen>,
 }
 
 impl LoadGen {
-    pub fn start(settings: Vec<StreamConfig>) -> Self {
+    pub fn start(configs: Vec<StreamConfig>) -> Self {
         let (seen_tx, seen) = mpsc::unbounded_channel();
-        let mut tasks = tokio::task::JoinSet::new();
-        let metrics = AgentMetrics::register(&mut Default::default());
-        for (i, s) in settings.into_iter().enumerate() {
-            let (commands, mut cmd_rx) = watch::channel::<Option<Command>>(None);
-            let (results_tx, results) = mpsc::channel::<Answer>(4);
-            let (state_tx, state) = watch::channel(Progress::default());
-            let seen_tx = seen_tx.clone();
-            tasks.spawn(tether_agent::client::run(
-                s,
-                commands,
-                results,
-                state,
-                metrics.clone(),
-            ));
-            tasks.spawn(async move {
-                // The stream reads applied_version from here; it must outlive the stream.
-                let _state_tx = state_tx;
-                while cmd_rx.changed().await.is_ok() {
-                    let cmd = cmd_rx.borrow_and_update().clone();
-                    let Some(Command::Apply(snap)) = cmd else {
-                        continue;
-                    };
-                    let _ = seen_tx.send(Seen {
-                        stream: i,
-                        version: snap.version.clone(),
-                        at: Instant::now(),
-                    });
-                    let answer = Answer::Applied {
-                        version: snap.version.clone(),
-                        nonce: snap.nonce.clone(),
-                        failures: vec![],
-                    };
-                    if results_tx.send(answer).await.is_err() {
-                        return;
+        let agents = configs
+            .into_iter()
+            .enumerate()
+            .map(|(i, config)| {
+                let seen_tx = seen_tx.clone();
+                let report: Report = Box::new(move |cmd| {
+                    if let Command::Apply(snap) = cmd {
+                        let _ = seen_tx.send(Seen {
+                            stream: i,
+                            version: snap.version.clone(),
+                            at: Instant::now(),
+                        });
                     }
-                }
-            });
-        }
-        Self { tasks, seen }
+                });
+                FakeAgent::start_with(config, true, Some(report))
+            })
+            .collect();
+        Self { agents, seen }
     }
 
     /// Waits until `n` distinct streams saw a snapshot that satisfies `pred`, or `timeout`.
@@ -175,7 +159,7 @@ impl LoadGen {
         got
     }
 
-    pub fn stop(mut self) {
-        self.tasks.abort_all();
+    pub fn stop(self) {
+        self.agents.into_iter().for_each(FakeAgent::stop);
     }
 }
