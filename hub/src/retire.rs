@@ -19,9 +19,10 @@ use crate::streams::{StreamState, Streams};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -111,13 +112,13 @@ impl Retirements {
         &self,
         index: &RwLock<Index>,
         streams: &Streams,
-        remotes: &[Arc<RemoteCluster>],
+        store: &Store<RemoteCluster>,
     ) -> kube::Result<Option<Instant>> {
         let retired = index.read().expect("index lock").retired();
-        forget_streams_of_the_gone(index, streams, remotes);
         if retired.is_empty() {
             return Ok(None);
         }
+        let remotes = store.state();
         // A RemoteCluster being deleted is the one just retired, not a new one.
         let live: HashSet<String> = remotes
             .iter()
@@ -145,6 +146,16 @@ impl Retirements {
             }
         }
         Ok(next_due)
+    }
+
+    /// Drops the stream state of a cluster whose RemoteCluster is gone, unless a retirement is
+    /// remembered for it or its agent is connected (a RemoteCluster deleted while no finalizer held
+    /// it).
+    pub fn forget_stream_state(&self, cluster: &str, index: &RwLock<Index>, streams: &Streams) {
+        let known = index.read().expect("index lock").knows(cluster);
+        if !known && streams.get(cluster).streams == 0 {
+            streams.remove(cluster);
+        }
     }
 
     async fn remember(&self, cluster: &str) -> kube::Result<()> {
@@ -177,23 +188,6 @@ impl Retirements {
         {
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
             other => other.map(|_| ()),
-        }
-    }
-}
-
-/// Stream state of clusters with no RemoteCluster, no remembered retirement and no open stream
-/// (a RemoteCluster deleted while no finalizer held it) is dropped.
-fn forget_streams_of_the_gone(
-    index: &RwLock<Index>,
-    streams: &Streams,
-    remotes: &[Arc<RemoteCluster>],
-) {
-    let names = streams.names();
-    let live: HashSet<String> = remotes.iter().map(|rc| rc.name_any()).collect();
-    let index = index.read().expect("index lock");
-    for name in names {
-        if !live.contains(&name) && !index.knows(&name) && streams.get(&name).streams == 0 {
-            streams.remove(&name);
         }
     }
 }

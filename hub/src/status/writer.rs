@@ -17,7 +17,7 @@
 
 use super::compute::{compute, recent_duplicate, same_status, significant, transitions};
 use crate::changes::Changes;
-use crate::crd::RemoteCluster;
+use crate::crd::{RemoteCluster, RemoteClusterStatus};
 use crate::index::Index;
 use crate::metrics::HubMetrics;
 use crate::retire::Retirements;
@@ -54,8 +54,14 @@ pub struct StatusWriter {
     pub metrics: HubMetrics,
 }
 
-/// When the writer last wrote a remote's status, and the server's answer.
-type Written = (Instant, Arc<RemoteCluster>);
+/// The writer's last write of a remote's status: when, the resourceVersion the server answered
+/// with, and the status written (not the whole object: a 10,000-remote hub keeps one per remote).
+#[derive(Clone)]
+struct Written {
+    at: Instant,
+    resource_version: u64,
+    status: Arc<RemoteClusterStatus>,
+}
 
 /// What the writer remembers of one remote between visits.
 #[derive(Default)]
@@ -101,14 +107,22 @@ impl StatusWriter {
         let mut memory: HashMap<String, Memory> = HashMap::new();
         let mut retry = ApiRetry::default();
         let mut sweep_due: Option<Instant> = None;
+        let mut last_pass = Instant::now();
         loop {
             let next_due = memory.values().filter_map(|m| m.due).min();
-            tokio::select! {
-                _ = self.changes.changed() => {}
-                _ = sleep_until(earliest(next_due, sweep_due)) => {}
+            let changed = tokio::select! {
+                _ = self.changes.changed() => true,
+                _ = sleep_until(earliest(next_due, sweep_due)) => false,
+            };
+            if changed {
+                // Let a burst of changes arrive: one write per remote per interval.
+                tokio::time::sleep(self.interval).await;
+            } else {
+                // A deadline that falls due is late enough, but passes stay an interval apart
+                // (deadlines of a large fleet spread over time would otherwise each cost a pass).
+                sleep_until(Some(last_pass + self.interval)).await;
             }
-            // Let a burst of changes arrive: one write per remote per interval.
-            tokio::time::sleep(self.interval).await;
+            last_pass = Instant::now();
             let now = Instant::now();
             let mut todo = self.changes.take();
             for (name, m) in memory.iter_mut() {
@@ -122,7 +136,7 @@ impl StatusWriter {
                 Some(error) => Some(error),
                 None => match self
                     .retirements
-                    .sweep(&self.index, &self.streams, &self.store.state())
+                    .sweep(&self.index, &self.streams, &self.store)
                     .await
                 {
                     Ok(due) => {
@@ -176,6 +190,8 @@ impl StatusWriter {
             match result {
                 Ok(Visited::Gone) => {
                     memory.remove(&name);
+                    self.retirements
+                        .forget_stream_state(&name, &self.index, &self.streams);
                 }
                 Ok(Visited::Remote { written, due }) => {
                     let m = memory.entry(name).or_default();
@@ -212,11 +228,13 @@ impl StatusWriter {
         ) else {
             return Ok(Visited::Gone);
         };
-        // Our own newer write stands for the stored object until the watch delivers it.
-        let rc = match &written {
-            Some((_, mine)) if resource_version(mine) > resource_version(&stored) => mine.clone(),
-            _ => stored,
-        };
+        // Our own newer write stands for the stored status until the watch delivers it.
+        let mut rc = stored;
+        if let Some(mine) = &written
+            && mine.resource_version > resource_version(&rc)
+        {
+            Arc::make_mut(&mut rc).status = Some((*mine.status).clone());
+        }
         let Some(desired) = self.index.read().expect("index lock").desired(name) else {
             // The index has not seen it yet; its watch event marks the remote again.
             return Ok(Visited::Remote {
@@ -245,7 +263,7 @@ impl StatusWriter {
                     due: expires,
                 });
             }
-            let refresh_due = written.as_ref().map(|(at, _)| *at + self.refresh);
+            let refresh_due = written.as_ref().map(|w| w.at + self.refresh);
             if refresh_due.is_some_and(|due| Instant::now() < due) && !significant(old, &status) {
                 return Ok(Visited::Remote {
                     written: None,
@@ -272,7 +290,11 @@ impl StatusWriter {
             }
         }
         Ok(Visited::Remote {
-            written: Some((Instant::now(), Arc::new(answer))),
+            written: Some(Written {
+                at: Instant::now(),
+                resource_version: resource_version(&answer),
+                status: Arc::new(status),
+            }),
             due: expires,
         })
     }
