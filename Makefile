@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build controlplane helm test lint fmt demo bench clean-harness
+.PHONY: all build deps controlplane helm istio test lint fmt demo bench clean-harness
 
 all: build
 
@@ -13,13 +13,23 @@ build:
 controlplane:
 	@bash tests/controlplane/build.sh >/dev/null
 
+## Debian packages the harness needs (iproute2 for network namespaces); installs them as root,
+## otherwise prints the command to run
+deps:
+	@bash tests/deps.sh
+
+## istiod (pilot-discovery) and the remote-workload clients from the pinned Istio module, cached under
+## target/istio/ (the real-istiod tests use them)
+istio:
+	@bash tests/istio/build.sh >/dev/null
+
 ## helm, pinned, from `go install` (the chart tests use it)
 helm:
 	@bash tests/controlplane/helm.sh >/dev/null
 
 ## Every test: unit tests, harness tests and end-to-end tests against real API servers.
 ## The end-to-end tests run the hub and agent binaries, so those are built first.
-test: controlplane helm build
+test: deps controlplane helm istio build
 	$(CARGO) test --workspace
 
 ## Benchmarks (release build): prints figures and rewrites docs/benchmarks.md. Not part of `make test`.

@@ -112,9 +112,15 @@ pub fn service(namespace: &str, svc: &SnapService) -> DesiredObject {
         .iter()
         .map(|p| {
             // A selector-less Service's targetPort is not used for routing (the endpoints carry the pod
-            // ports), so it mirrors the port: stable while pods come and go.
+            // ports): the central Service's number when it has one, else the port; never a pod's,
+            // so it stays put while pods come and go.
             let mut v = port_json(p, p.port);
-            v["targetPort"] = p.port.into();
+            v["targetPort"] = if p.target_port > 0 {
+                p.target_port
+            } else {
+                p.port
+            }
+            .into();
             v
         })
         .collect();
@@ -280,12 +286,14 @@ mod tests {
                     protocol: "TCP".into(),
                     port: 15010,
                     app_protocol: String::new(),
+                    target_port: 0,
                 },
                 Port {
                     name: "https-webhook".into(),
                     protocol: "TCP".into(),
                     port: 443,
                     app_protocol: "https".into(),
+                    target_port: 15017,
                 },
             ],
             endpoints,
@@ -298,6 +306,9 @@ mod tests {
         assert!(s.body["spec"].get("selector").is_none());
         assert_eq!(s.body["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
         assert_eq!(s.body["spec"]["ports"][1]["appProtocol"], "https");
+        // The central Service's numeric target, else the port itself.
+        assert_eq!(s.body["spec"]["ports"][0]["targetPort"], 15010);
+        assert_eq!(s.body["spec"]["ports"][1]["targetPort"], 15017);
         assert!(s.body["spec"].get("clusterIP").is_none());
         let headless = service(
             "istio-system",

@@ -344,6 +344,7 @@ mod tests {
                     protocol: "TCP".into(),
                     port: 15010,
                     app_protocol: String::new(),
+                    target_port: 0,
                 }],
                 endpoints: endpoints
                     .iter()

@@ -26,6 +26,7 @@ fn port(i: usize) -> impl Strategy<Value = Port> {
             protocol: protocol.into(),
             port,
             app_protocol: String::new(),
+            target_port: 0,
         })
 }
 

@@ -336,11 +336,12 @@ enum Disturb {
 }
 
 fn service(name: &'static str) -> impl Strategy<Value = Service> {
-    let port = (0usize..3, any::<bool>()).prop_map(|(i, app)| Port {
+    let port = (0usize..3, any::<bool>(), any::<bool>()).prop_map(|(i, app, target)| Port {
         name: format!("p{i}"),
         protocol: "TCP".into(),
         port: 15010 + i as i32,
         app_protocol: if app { "grpc".into() } else { String::new() },
+        target_port: if target { 16010 + i as i32 } else { 0 },
     });
     (
         proptest::collection::vec(port, 1..3),

@@ -116,7 +116,7 @@ fn mirror_service(
     let ports = mirror
         .ports
         .clone()
-        .or_else(|| central.map(|c| c.ports.clone()));
+        .or_else(|| central.map(|c| default_ports(&mirror.name, c)));
     let (Some(selector), Some(ports)) = (selector, ports) else {
         return Err("no such Service in the control-plane namespace; create it, or give selector and ports in the spec".into());
     };
@@ -167,10 +167,45 @@ fn mirror_service(
                 protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
                 port: p.port,
                 app_protocol: p.app_protocol.clone().unwrap_or_default(),
+                target_port: match p.target_port {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => n,
+                    _ => 0,
+                },
             })
             .collect(),
         endpoints,
     })
+}
+
+/// The secure xDS and CA port of istiod.
+const ISTIOD_SECURE: i32 = 15012;
+
+/// A mirror's ports when its spec gives none: the central Service's, except for Istio's control
+/// plane (`istiod` or `istiod-<revision>`, serving 15012), whose mirror takes the shape Istio's own
+/// `remote` profile puts in a remote: `tcp-istiod` 15012 and `tcp-webhook` 443, each to the central
+/// Service's target of that port.
+fn default_ports(name: &str, central: &CentralService) -> Vec<MirrorPort> {
+    let control_plane = name == "istiod" || name.starts_with("istiod-");
+    let port = |number: i32| central.ports.iter().find(|p| p.port == number);
+    if !control_plane || port(ISTIOD_SECURE).is_none() {
+        return central.ports.clone();
+    }
+    let mirrored = |mirror_name: &str, number: i32| {
+        port(number).map(|p| MirrorPort {
+            name: mirror_name.into(),
+            port: number,
+            target_port: p.target_port.clone(),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        })
+    };
+    [
+        mirrored("tcp-istiod", ISTIOD_SECURE),
+        mirrored("tcp-webhook", 443),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn validate_ports(ports: &[MirrorPort]) -> Result<(), String> {
@@ -335,6 +370,49 @@ mod tests {
         assert_eq!(v1, v2);
         let (s3, p3) = state(&a[..1]);
         assert_ne!(build(&spec, &defaults(), &s3, &p3).unwrap().version, v1);
+    }
+
+    #[test]
+    fn istiods_mirror_takes_the_remote_profile_ports() {
+        let real = mk_service(
+            "istiod-canary",
+            &[("app", "istiod")],
+            &[
+                ("grpc-xds", 15010, "15010"),
+                ("https-dns", 15012, "15012"),
+                ("https-webhook", 443, "15017"),
+                ("http-monitoring", 15014, "15014"),
+            ],
+        );
+        let services = [(
+            "istiod-canary".to_string(),
+            CentralService::from_service(&real),
+        )]
+        .into();
+        let pods = [mk_pod("a", "istiod", &["10.0.0.1"], true, &[])]
+            .iter()
+            .map(|p| (p.metadata.name.clone().unwrap(), PodInfo::from_pod(p)))
+            .collect();
+        let spec = RemoteClusterSpec {
+            services: vec![ServiceMirror {
+                name: "istiod-canary".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let snap = build(&spec, &defaults(), &services, &pods).unwrap();
+        let svc = &snap.services[0];
+        let ports: Vec<(&str, i32)> = svc
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port))
+            .collect();
+        assert_eq!(ports, [("tcp-istiod", 15012), ("tcp-webhook", 443)]);
+        assert_eq!(svc.endpoints[0].target_ports, [15012, 15017]);
+        // A Service that does not serve 15012 keeps its own ports (and so does any other name).
+        let (services, pods) = state(&[mk_pod("a", "istiod", &["10.0.0.1"], true, &[])]);
+        let snap = build(&Default::default(), &defaults(), &services, &pods).unwrap();
+        assert_eq!(snap.services[0].ports[0].name, "grpc-xds");
     }
 
     #[test]

@@ -19,6 +19,7 @@ fn sample() -> Vec<u8> {
                 protocol: "TCP".into(),
                 port: 15010,
                 app_protocol: "grpc".into(),
+                target_port: 0,
             }],
             endpoints: (0..20)
                 .map(|i| Endpoint {

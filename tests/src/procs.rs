@@ -72,6 +72,22 @@ impl Proc {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// SIGTERM, then SIGKILL if the process has not exited within `grace`; reaps it. Idempotent.
+    pub fn terminate(&mut self, grace: std::time::Duration) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on the pid of our own unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + grace;
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        self.kill();
+    }
+
     /// SIGKILL and reap. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

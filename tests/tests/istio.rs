@@ -1,0 +1,306 @@
+//! The real istiod consumes what Tether writes. istiod (`pilot-discovery` from the pinned Istio
+//! module) runs in the central cluster's place as a process in a network namespace of its own, so its
+//! pod IP is a real address; the agent mirrors it into remote-1; a remote-1 workload finds istiod
+//! only through remote-1's own `istiod` Service and the EndpointSlices the agent wrote, and asks it
+//! for configuration (xDS) and for a certificate (its CA), as a sidecar would.
+//!
+//! istiod reads remote-1 through a remote secret the test makes, as `istioctl create-remote-secret`
+//! would (a reader ServiceAccount token and remote-1's address).
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tether_tests::ControlPlanes;
+use tether_tests::eventually;
+use tether_tests::fixtures::{CLUSTERS, SOON};
+use tether_tests::istio::{self, Istiod, Workload, service_name};
+use tether_tests::mesh::Mesh;
+
+const R: &str = "remote-1";
+const LONG: Duration = Duration::from_secs(90);
+
+/// A mesh with remote-1's agent mirroring the istiod Service of `revision`, istiod `name` running,
+/// and istiod reading remote-1 through a remote secret. Returns once remote-1 is Synced and istiod
+/// lists remote-1 as synced.
+async fn mesh_with_istiod(revision: &str, name: &str) -> (Mesh, Istiod) {
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let mut mesh = Mesh::new(planes, &[R]).await.unwrap();
+    Istiod::create_service(&mesh, revision).await.unwrap();
+    istio::prepare_remote(&mesh, R).await.unwrap();
+    let istiod = Istiod::start(&mesh, name, revision, &[R]).await.unwrap();
+    let svc = service_name(revision);
+    let labels = if revision == "default" {
+        json!({"istio-injection": "enabled"})
+    } else {
+        json!({"istio.io/rev": revision})
+    };
+    let app = format!("{}-app", mesh.ns);
+    tether_tests::mesh::create_namespace(mesh.remote(R), &app)
+        .await
+        .unwrap();
+    mesh.create_remote_cluster(
+        R,
+        json!({"services": [{"name": svc}], "injection": {"namespaces": [app], "labels": labels}}),
+    )
+    .await
+    .unwrap();
+    mesh.start_hub().unwrap();
+    mesh.start_agent(R).unwrap();
+    mesh.wait_phase(R, "Synced", SOON).await;
+    istio::create_remote_secret(&mesh, R).await.unwrap();
+    eventually("istiod to list remote-1 as synced", LONG, || async {
+        let clusters = istiod.clusters().await?;
+        anyhow::ensure!(
+            clusters.contains(&(R.to_string(), "synced".to_string())),
+            "{clusters:?}"
+        );
+        Ok(())
+    })
+    .await;
+    (mesh, istiod)
+}
+
+/// A Service and its endpoints in remote-1 (no pods run on the harness), for istiod to serve.
+async fn hello_service(mesh: &Mesh, ns: &str) {
+    tether_tests::mesh::create_namespace(mesh.remote(R), ns)
+        .await
+        .unwrap();
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello", "namespace": ns},
+               "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "selector": {"app": "hello"}}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "hello-1", "namespace": ns, "labels": {"kubernetes.io/service-name": "hello",
+                            "endpointslice.kubernetes.io/managed-by": "test"}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [{"addresses": ["10.1.0.5"], "conditions": {"ready": true}}]}),
+    ];
+    tether_tests::charts::apply_all(mesh.remote(R), &objects)
+        .await
+        .unwrap();
+}
+
+fn workload(mesh: &Mesh, ns: &str, revision: &str) -> Workload {
+    let _ = mesh;
+    Workload {
+        cluster: R.into(),
+        cluster_id: R.into(),
+        namespace: ns.into(),
+        account: "hello".into(),
+        istiod_service: service_name(revision),
+    }
+}
+
+/// Asks until the answer has no error (istiod writes the root certificate into the workload's
+/// namespace shortly after it syncs the remote); returns the answer.
+async fn until_answered<F, Fut>(what: &str, mut ask: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Value>>,
+{
+    eventually(what, LONG, || {
+        let fut = ask();
+        async move {
+            let v = fut.await?;
+            anyhow::ensure!(v.get("error").is_none(), "{v}");
+            Ok(v)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_remote_workload_gets_its_config_and_certificate_from_the_real_istiod_through_the_mirror()
+{
+    let (mesh, istiod) = mesh_with_istiod("default", "istiod-a").await;
+    let ns = format!("{}-demo", mesh.ns);
+    hello_service(&mesh, &ns).await;
+    let w = workload(&mesh, &ns, "default");
+    let hello = format!("outbound|80||hello.{ns}.svc.cluster.local");
+    let config = until_answered("the workload's config", || w.xds(&mesh, Some(&hello))).await;
+    let dialled = format!("{}:15012", istiod.ip);
+    assert_eq!(config["address"], dialled.as_str(), "{config}");
+    assert!(
+        config["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == hello.as_str()),
+        "remote-1's own service is in its config: {config}"
+    );
+    assert_eq!(config["endpoints"], json!(["10.1.0.5:8080"]), "{config}");
+
+    let cert = until_answered("the workload's certificate", || w.csr(&mesh)).await;
+    assert_eq!(cert["address"], dialled.as_str());
+    assert_eq!(
+        cert["uris"],
+        json!([format!("spiffe://cluster.local/ns/{ns}/sa/hello")]),
+        "{cert}"
+    );
+    assert_remote_profile_shape(&mesh, &istiod.ip.to_string(), "default").await;
+    // The same token claiming another cluster is refused: the CA really checks with remote-1.
+    let wrong = Workload {
+        cluster_id: "central".into(),
+        ..w
+    };
+    let refused = wrong.csr(&mesh).await.unwrap();
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("authenticate"),
+        "{refused}"
+    );
+}
+
+/// The mirror of `revision`'s istiod in remote-1 against what Istio's own chart (the `remote`
+/// profile: istiodRemote with remotePilotAddress) renders for the same address, both defaulted by
+/// the API server (a dry run for the chart's): names, ports, address type and addresses agree field
+/// by field. (Labels differ: Tether marks what it owns; the chart adds its release labels.)
+async fn assert_remote_profile_shape(mesh: &Mesh, ip: &str, revision: &str) {
+    let name = service_name(revision);
+    let (profile_svc, profile_slice) = istio::remote_profile(ip, revision);
+    let dry = PatchParams::apply("profile").dry_run();
+    let client = mesh.remote(R).clone();
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), &mesh.ns);
+    let slice_api: Api<EndpointSlice> = Api::namespaced(client, &mesh.ns);
+    let profile_name = format!("{name}-profile");
+    let want_svc = svc_api
+        .patch(&profile_name, &dry, &Patch::Apply(&renamed(&profile_svc)))
+        .await
+        .unwrap();
+    let want_slice = slice_api
+        .patch(&profile_name, &dry, &Patch::Apply(&renamed(&profile_slice)))
+        .await
+        .unwrap();
+    let got_svc = svc_api.get(&name).await.unwrap();
+    let spec = |s: &Service| {
+        let mut v = serde_json::to_value(s.spec.clone().unwrap_or_default()).unwrap();
+        for server_made in ["clusterIP", "clusterIPs"] {
+            v.as_object_mut().unwrap().remove(server_made);
+        }
+        v
+    };
+    assert_eq!(spec(&got_svc), spec(&want_svc), "Service {name} spec");
+    let list = slice_api
+        .list(&ListParams::default().labels(&format!(
+            "kubernetes.io/service-name={name},app.kubernetes.io/managed-by=tether-agent"
+        )))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1, "one mirror slice of {name}");
+    let got_slice = &list.items[0];
+    assert_eq!(got_slice.address_type, want_slice.address_type);
+    assert_eq!(
+        serde_json::to_value(&got_slice.ports).unwrap(),
+        serde_json::to_value(&want_slice.ports).unwrap(),
+        "EndpointSlice ports of {name}"
+    );
+    let addrs = |s: &EndpointSlice| -> Vec<Vec<String>> {
+        s.endpoints.iter().map(|e| e.addresses.clone()).collect()
+    };
+    assert_eq!(addrs(got_slice), addrs(&want_slice));
+    // The chart leaves conditions unset (ready); the mirror says ready.
+    assert!(
+        got_slice
+            .endpoints
+            .iter()
+            .all(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+    );
+    let label = |s: &EndpointSlice| {
+        s.metadata.labels.clone().unwrap_or_default()["kubernetes.io/service-name"].clone()
+    };
+    assert_eq!(label(got_slice), name);
+    assert_eq!(label(&want_slice), profile_name);
+}
+
+/// The profile's objects under another name (the mirror holds the real one), pointing at itself.
+fn renamed(v: &Value) -> Value {
+    let mut v = v.clone();
+    let name = format!("{}-profile", v["metadata"]["name"].as_str().unwrap());
+    v["metadata"]["name"] = name.clone().into();
+    v["metadata"].as_object_mut().unwrap().remove("namespace");
+    if v["kind"] == "EndpointSlice" {
+        v["metadata"]["labels"]["kubernetes.io/service-name"] = name.into();
+    }
+    v
+}
+
+#[tokio::test]
+async fn an_istiod_rollout_reaches_the_remote_workload_through_the_updated_slice() {
+    let (mesh, mut old) = mesh_with_istiod("default", "istiod-old").await;
+    let ns = format!("{}-demo", mesh.ns);
+    hello_service(&mesh, &ns).await;
+    let w = workload(&mesh, &ns, "default");
+    let first = until_answered("a certificate from the old istiod", || w.csr(&mesh)).await;
+    assert_eq!(first["address"], format!("{}:15012", old.ip).as_str());
+
+    // A rollout: the new pod comes up at a new address, then the old one goes.
+    let new = Istiod::start(&mesh, "istiod-new", "default", &[R])
+        .await
+        .unwrap();
+    eventually("istiod-new to list remote-1 as synced", LONG, || async {
+        let clusters = new.clusters().await?;
+        anyhow::ensure!(clusters.contains(&(R.to_string(), "synced".to_string())));
+        Ok(())
+    })
+    .await;
+    let deleted = Instant::now();
+    mesh.central_pods()
+        .delete("istiod-old", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    // The kubelet stops the old process (SIGTERM, which istiod may sit on) while the endpoints move.
+    let stopping = tokio::task::spawn_blocking(move || {
+        old.stop();
+        old
+    });
+    // Until the slice moves, the workload dials the old address and fails.
+    let after = until_answered("a certificate from the new istiod", || w.csr(&mesh)).await;
+    let took = deleted.elapsed();
+    let _old = stopping.await.unwrap();
+    assert_eq!(after["address"], format!("{}:15012", new.ip).as_str());
+    println!(
+        "istiod rollout: the workload's next successful request {:.2} s after the old Pod's deletion",
+        took.as_secs_f64()
+    );
+    let config = until_answered("config from the new istiod", || w.xds(&mesh, None)).await;
+    assert_eq!(config["address"], format!("{}:15012", new.ip).as_str());
+}
+
+#[tokio::test]
+async fn a_revisioned_control_plane_works_the_same_way() {
+    let (mesh, istiod) = mesh_with_istiod("canary", "istiod-canary-a").await;
+    let ns = format!("{}-demo", mesh.ns);
+    hello_service(&mesh, &ns).await;
+    let w = workload(&mesh, &ns, "canary");
+    let cert = until_answered("a certificate from istiod-canary", || w.csr(&mesh)).await;
+    assert_eq!(cert["address"], format!("{}:15012", istiod.ip).as_str());
+    assert_eq!(
+        cert["uris"],
+        json!([format!("spiffe://cluster.local/ns/{ns}/sa/hello")])
+    );
+    let config = until_answered("config from istiod-canary", || w.xds(&mesh, None)).await;
+    assert!(
+        config["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().contains(&format!("hello.{ns}"))),
+        "{config}"
+    );
+    assert_remote_profile_shape(&mesh, &istiod.ip.to_string(), "canary").await;
+    // The injection label of the revision is on the remote namespace.
+    let labels = Api::<k8s_openapi::api::core::v1::Namespace>::all(mesh.remote(R).clone())
+        .get(&format!("{}-app", mesh.ns))
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("istio.io/rev").map(String::as_str),
+        Some("canary")
+    );
+}
