@@ -56,6 +56,23 @@ pub struct Cli {
     pub standby_retry: Duration,
     #[arg(long, env = "TETHER_MAX_MESSAGE_BYTES", default_value_t = tether_proto::limits::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+    /// API access: serve central istiod's requests for this cluster's API server over a second
+    /// connection to the hub (see README, "API access"). Off by default.
+    #[arg(long, env = "TETHER_API_ACCESS")]
+    pub api_access: bool,
+    /// `namespace/name` of the ServiceAccount whose token forwarded requests carry (Istio's reader).
+    #[arg(
+        long,
+        env = "TETHER_API_READER",
+        default_value = "istio-system/istio-reader-service-account"
+    )]
+    pub api_reader: String,
+    /// Lifetime of the reader token; refreshed at two thirds of it.
+    #[arg(long, env = "TETHER_API_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub api_token_ttl: Duration,
+    /// Largest request body forwarded (istiod sends token reviews and ConfigMaps).
+    #[arg(long, env = "TETHER_API_MAX_BODY_BYTES", default_value_t = 3 << 20)]
+    pub api_max_body_bytes: usize,
 }
 
 impl Cli {
@@ -76,7 +93,25 @@ impl Cli {
             backoff_max,
             standby_retry,
             max_message_bytes,
+            api_access,
+            api_reader,
+            api_token_ttl,
+            api_max_body_bytes,
         } = self;
+        let tunnel = api_access.then(|| crate::tunnel::TunnelConfig {
+            hub_addr: hub_addr.clone(),
+            server_name: hub_server_name.clone(),
+            tls: tether_proto::tls::TlsFiles::in_dir(&tls_dir),
+            reader: api_reader
+                .split_once('/')
+                .map(|(ns, name)| (ns.to_string(), name.to_string()))
+                .unwrap_or_else(|| ("istio-system".into(), api_reader.clone())),
+            token_ttl: api_token_ttl,
+            max_body_bytes: api_max_body_bytes,
+            backoff_initial,
+            backoff_max,
+            keepalive: keepalive_interval,
+        });
         let settings = StreamConfig {
             cluster,
             hub_addr,
@@ -97,6 +132,7 @@ impl Cli {
                 field_manager,
                 admin_addr,
                 stream: settings,
+                tunnel,
             },
         )
     }

@@ -9,6 +9,7 @@
 //! ```
 //! Fail-static: losing the hub changes nothing here; only `Retire` removes what the agent manages.
 
+pub mod allow;
 pub mod apply;
 pub mod cli;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod objects;
 pub mod plan;
 pub mod reconcile;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct Config {
     /// Admin HTTP address: /live, /ready, /metrics.
     pub admin_addr: SocketAddr,
     pub stream: client::StreamConfig,
+    /// API access for central istiod (None: off).
+    pub tunnel: Option<tunnel::TunnelConfig>,
 }
 
 /// Runs the agent until `shutdown` turns true. Run it inside a span that names the cluster: every
@@ -48,7 +52,9 @@ pub async fn run(
         field_manager,
         admin_addr,
         stream,
+        tunnel,
     } = config;
+    let api_access = tunnel.map(|t| tokio::spawn(tunnel::run(kube.clone(), t).in_current_span()));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::AgentMetrics::register(&mut registry);
     let live = live::Live::start(&kube, &namespace);
@@ -84,5 +90,8 @@ pub async fn run(
     // Fail-static: stopping changes nothing in the cluster.
     stream.abort();
     reconciler.abort();
+    if let Some(t) = api_access {
+        t.abort();
+    }
     Ok(())
 }

@@ -3,10 +3,11 @@
 //! hands the connection to the gRPC server. A refused handshake is logged with what it most likely
 //! means, in an operator's words.
 
+use crate::tunnels::Tunnels;
 use std::sync::Arc;
 use std::time::Duration;
 use tether_proto::runtime::cli::stopped;
-use tether_proto::tls::ReloadingServerConfig;
+use tether_proto::tls::{ReloadingServerConfig, TUNNEL_ALPN};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -35,10 +36,14 @@ fn handshake_hint(error: &std::io::Error) -> &'static str {
 /// Accepts TCP connections and runs each TLS handshake on its own task with the config current at that
 /// moment, so a slow or hostile client never holds up the others and rotated certificates apply to the
 /// next connection.
+///
+/// A connection that chose the tunnel protocol (ALPN) is an agent's API-access tunnel: it goes to
+/// `tunnels` (refused when there are none); every other one to the gRPC server.
 pub async fn accept(
     listener: TcpListener,
     tls: Arc<ReloadingServerConfig>,
     out: mpsc::Sender<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    tunnels: Option<Arc<Tunnels>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -56,8 +61,15 @@ pub async fn accept(
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let out = out.clone();
+        let tunnels = tunnels.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(TUNNEL_ALPN) => {
+                    match tunnels {
+                        Some(tunnels) => tunnels.attach(stream).await,
+                        None => debug!(%peer, "API-access tunnel refused: not served here"),
+                    }
+                }
                 Ok(Ok(stream)) => {
                     let _ = out.send(stream).await;
                 }

@@ -63,8 +63,13 @@ fn rcgen_duration(d: Duration) -> time::Duration {
 
 /// A new CA.
 pub fn new_ca(valid_for: Duration) -> Result<Pem, CertError> {
+    new_named_ca("tether-hub-ca", valid_for)
+}
+
+/// A new CA with common name `cn`.
+pub fn new_named_ca(cn: &str, valid_for: Duration) -> Result<Pem, CertError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = dn("tether-hub-ca");
+    params.distinguished_name = dn(cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut params, valid_for);
@@ -108,6 +113,14 @@ pub fn hub_cert(
         .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.distinguished_name = dn("tether-hub");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf(ca, params, valid_for)
+}
+
+/// istiod's client certificate for API access (common name `istiod`, client auth only).
+pub fn istiod_cert(ca: &Pem, valid_for: Duration) -> Result<Pem, CertError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn("istiod");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     leaf(ca, params, valid_for)
 }
 

@@ -138,6 +138,33 @@ pub struct ServeArgs {
     /// RemoteCluster was released while it was away.
     #[arg(long, env = "TETHER_RETIRE_MEMORY", default_value = "30d", value_parser = parse_duration)]
     pub retire_memory: Duration,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// API access: the endpoint istiod uses to reach each remote's API server through its agent.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Address of the API endpoint for istiod (HTTPS). Unset: API access is off.
+    #[arg(long, env = "TETHER_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// The endpoint's base URL as istiod reaches it (goes into the remote secrets), e.g.
+    /// https://tether-hub.istio-system.svc:15443. Its host is in the serving certificate.
+    #[arg(long, env = "TETHER_API_ADVERTISE")]
+    pub api_advertise: Option<String>,
+    /// Where istiod reads its remote secrets (its own namespace).
+    #[arg(long, env = "TETHER_ISTIO_NAMESPACE", default_value = "istio-system")]
+    pub istio_namespace: String,
+    /// Lifetime of istiod's client certificate; renewed (and the remote secrets rewritten) at two
+    /// thirds of it.
+    #[arg(long, env = "TETHER_API_CREDENTIAL_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub api_credential_ttl: Duration,
+    /// Requests in flight per remote; more are answered 429.
+    #[arg(long, env = "TETHER_API_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub api_max_in_flight: usize,
+    /// How long a request waits for a remote's tunnel to come back before 503.
+    #[arg(long, env = "TETHER_API_HOLD", default_value = "3s", value_parser = parse_duration)]
+    pub api_hold: Duration,
 }
 
 impl ServeArgs {
@@ -162,6 +189,7 @@ impl ServeArgs {
             status_writers,
             retire_timeout,
             retire_memory,
+            api,
         } = self;
         let defaults = Defaults {
             remote_namespace: remote_namespace.unwrap_or_else(|| namespace.clone()),
@@ -186,6 +214,7 @@ impl ServeArgs {
             status_writers: status_writers.into(),
             retire_timeout,
             retire_memory,
+            api,
         }
     }
 }

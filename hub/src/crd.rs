@@ -38,6 +38,25 @@ pub struct RemoteClusterSpec {
     /// Reserved for multi-network meshes (gateway endpoints); must be empty for now.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub network: String,
+    /// API access: central istiod reaches this remote's API server through its agent (the hub writes
+    /// the Istio remote secret; the agent must run with `--api-access`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_access: Option<ApiAccess>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiAccess {
+    /// Serve istiod's requests for this remote through its agent, and write its remote secret.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+impl RemoteClusterSpec {
+    /// Whether istiod may reach this remote's API server through its agent.
+    pub fn api_access_enabled(&self) -> bool {
+        self.api_access.as_ref().is_some_and(|a| a.enabled)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -16,6 +16,8 @@
 //! `status::writer`, `retire`. Operator commands: `cmd`.
 
 pub mod accept;
+pub mod apicreds;
+pub mod apiproxy;
 pub mod central;
 pub mod certs;
 pub mod changes;
@@ -34,4 +36,5 @@ pub mod serve;
 pub mod snapshot;
 pub mod status;
 pub mod streams;
+pub mod tunnels;
 pub mod watch;

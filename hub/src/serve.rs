@@ -10,6 +10,8 @@
 //! ```
 
 use crate::accept::accept;
+use crate::apicreds::{Credentials, RemoteSecrets};
+use crate::apiproxy::{ApiLimits, ApiProxy};
 use crate::changes::Changes;
 use crate::crd::RemoteCluster;
 use crate::grpc::SyncService;
@@ -19,6 +21,7 @@ use crate::retire::Retirements;
 use crate::snapshot::Defaults;
 use crate::status::StatusWriter;
 use crate::streams::Streams;
+use crate::tunnels::Tunnels;
 use crate::watch::{feed, strip_managed_fields};
 use anyhow::Context;
 use futures::StreamExt;
@@ -54,6 +57,7 @@ pub struct ServeConfig {
     pub status_writers: usize,
     pub retire_timeout: Duration,
     pub retire_memory: Duration,
+    pub api: crate::cli::ApiArgs,
 }
 
 pub async fn run(
@@ -83,6 +87,19 @@ pub async fn run(
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &s.namespace);
     let retired = cfg().fields(&format!("metadata.name={}", crate::retire::CONFIGMAP));
     tokio::spawn(feed(watcher(configmaps.clone(), retired), index.clone()));
+
+    let tunnels = Arc::new(Tunnels::new(s.trust_domain.clone(), s.keepalive_interval));
+    if let Some(addr) = s.api.api_addr {
+        serve_api(
+            &client,
+            &s,
+            addr,
+            store.clone(),
+            tunnels.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+    }
 
     let reporter = Reporter {
         controller: "tether-hub".into(),
@@ -142,7 +159,74 @@ pub async fn run(
         max_message_bytes: s.max_message_bytes,
         max_concurrent_streams: s.max_concurrent_streams,
     };
-    serve_grpc(listener, tls, sync, limits, shutdown).await
+    serve_grpc(listener, tls, sync, limits, Some(tunnels), shutdown).await
+}
+
+/// API access: the endpoint for istiod, and the remote secrets that point it there.
+async fn serve_api(
+    client: &Client,
+    s: &ServeConfig,
+    addr: SocketAddr,
+    store: reflector::Store<RemoteCluster>,
+    tunnels: Arc<Tunnels>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let advertise =
+        s.api.api_advertise.clone().context(
+            "--api-advertise is required with --api-addr (the URL istiod uses to reach it)",
+        )?;
+    let host = advertise
+        .strip_prefix("https://")
+        .context("--api-advertise must be an https:// URL")?
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+    .trim_matches(['[', ']']);
+    let (dns, ips): (Vec<String>, Vec<std::net::IpAddr>) = match host.parse() {
+        Ok(ip) => (vec![], vec![ip]),
+        Err(_) => (vec![host.to_string()], vec![]),
+    };
+    let credentials =
+        Credentials::load_or_create(client.clone(), &s.namespace, s.api.api_credential_ttl)
+            .await
+            .context("loading the API-access CA")?;
+    let serving = crate::certs::hub_cert(
+        &credentials.ca,
+        &dns,
+        &ips,
+        Duration::from_secs(365 * 86400),
+    )?;
+    let tls = crate::apiproxy::server_config(&credentials.ca.cert, &serving.cert, &serving.key)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    info!(addr = %listener.local_addr()?, %advertise, "serving API access for istiod");
+    let limits = ApiLimits {
+        max_in_flight_per_remote: s.api.api_max_in_flight,
+        hold: s.api.api_hold,
+        ..ApiLimits::default()
+    };
+    let proxy = Arc::new(ApiProxy::new(
+        tunnels,
+        store.clone(),
+        s.namespace.clone(),
+        limits,
+    ));
+    tokio::spawn(proxy.serve(listener, Arc::new(tls), shutdown));
+    let secrets = RemoteSecrets {
+        secrets: Api::namespaced(client.clone(), &s.api.istio_namespace),
+        namespace: s.api.istio_namespace.clone(),
+        store,
+        credentials,
+        server_base: advertise.trim_end_matches('/').to_string(),
+        interval: Duration::from_secs(1),
+    };
+    tokio::spawn(secrets.run());
+    Ok(())
 }
 
 /// Transport limits of the gRPC server.
@@ -162,10 +246,11 @@ pub async fn serve_grpc(
     tls: Arc<ReloadingServerConfig>,
     sync: SyncService,
     limits: Limits,
+    tunnels: Option<Arc<Tunnels>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (conn_tx, conn_rx) = mpsc::channel(128);
-    tokio::spawn(accept(listener, tls, conn_tx, shutdown.clone()));
+    tokio::spawn(accept(listener, tls, conn_tx, tunnels, shutdown.clone()));
     // Standard probes on the same (mTLS) port: grpc.health.v1 and server reflection.
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SyncServer<SyncService>>().await;

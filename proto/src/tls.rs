@@ -113,7 +113,12 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The hub's config: TLS 1.3, h2, a client certificate signed by the CA required.
+/// ALPN of an agent's tunnel connection (API access): on it the roles flip, the hub is the HTTP/2
+/// client and the agent the server. The sync stream's connection offers `h2`.
+pub const TUNNEL_ALPN: &[u8] = b"tether-tunnel/1";
+
+/// The hub's config: TLS 1.3, h2 (the sync stream) or the tunnel, a client certificate signed by
+/// the CA required.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(&files.ca)?), provider())
@@ -124,7 +129,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, load_key(&files.key)?)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), TUNNEL_ALPN.to_vec()];
     Ok(config)
 }
 
@@ -157,6 +162,13 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
         .with_root_certificates(load_roots(&files.ca)?)
         .with_client_auth_cert(certs, load_key(&files.key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The agent's config for its tunnel connection: as [`client_config`], offering only the tunnel.
+pub fn tunnel_client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
+    let mut config = client_config(files)?;
+    config.alpn_protocols = vec![TUNNEL_ALPN.to_vec()];
     Ok(config)
 }
 

@@ -96,7 +96,7 @@ impl FakeHub {
             max_concurrent_streams: 4,
         };
         let server = tokio::spawn(async move {
-            if let Err(e) = serve_grpc(listener, tls, sync, limits, stop).await {
+            if let Err(e) = serve_grpc(listener, tls, sync, limits, None, stop).await {
                 eprintln!("fake hub: {e:#}");
             }
         });

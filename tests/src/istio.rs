@@ -122,11 +122,26 @@ impl Istiod {
         revision: &str,
         remotes: &[&str],
     ) -> anyhow::Result<Self> {
+        let mut ports = Vec::new();
+        for cluster in remotes {
+            ports.push(port_of(&mesh.planes.get(cluster).server)?);
+        }
+        Self::start_reaching(mesh, name, revision, &ports).await
+    }
+
+    /// As [`Istiod::start`], reaching the central API server and only the host's loopback `ports`
+    /// besides (the hub's API endpoint, say): no remote API server unless its port is listed.
+    pub async fn start_reaching(
+        mesh: &Mesh,
+        name: &str,
+        revision: &str,
+        ports: &[u16],
+    ) -> anyhow::Result<Self> {
         install_crds(&mesh.central).await?;
         let mut netns = Netns::create()?;
-        for cluster in std::iter::once("central").chain(remotes.iter().copied()) {
-            let port = port_of(&mesh.planes.get(cluster).server)?;
-            netns.bridge_loopback(port)?;
+        netns.bridge_loopback(port_of(&mesh.planes.get("central").server)?)?;
+        for port in ports {
+            netns.bridge_loopback(*port)?;
         }
         let dir = mesh.dir.join(name);
         std::fs::create_dir_all(&dir)?;

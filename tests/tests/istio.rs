@@ -304,3 +304,180 @@ async fn a_revisioned_control_plane_works_the_same_way() {
         Some("canary")
     );
 }
+
+/// API access (no remote secret made by the test, no route from istiod to remote-1's API server):
+/// the hub's remote secret alone makes istiod read remote-1 through the agent's tunnel; a remote-1
+/// workload gets its config and certificate; with the agent gone, certificates are refused, and
+/// granted again once it is back; the central cluster holds nothing of remote-1's API server; remote-1's
+/// audit log shows istiod's writes made as the reader ServiceAccount.
+#[tokio::test]
+async fn istiod_reaches_the_remote_through_its_agent_with_no_remote_credential_in_central() {
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let mut mesh = Mesh::new(planes, &[R]).await.unwrap();
+    Istiod::create_service(&mesh, "default").await.unwrap();
+    istio::prepare_remote(&mesh, R).await.unwrap();
+    let api_port = tether_tests::controlplane::free_port();
+    let api = format!("127.0.0.1:{api_port}");
+    mesh.hub_args = [
+        "--api-addr",
+        &api,
+        "--api-advertise",
+        &format!("https://{api}"),
+        "--istio-namespace",
+        &mesh.ns,
+        "--api-hold",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let reader = format!("{}/istio-reader-service-account", mesh.ns);
+    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
+    // istiod reaches the central API server and the hub's endpoint; remote-1's API server is not
+    // reachable from its network namespace at all.
+    let istiod = Istiod::start_reaching(&mesh, "istiod-a", "default", &[api_port])
+        .await
+        .unwrap();
+    mesh.create_remote_cluster(
+        R,
+        json!({"services": [{"name": "istiod"}], "apiAccess": {"enabled": true}}),
+    )
+    .await
+    .unwrap();
+    mesh.start_hub().unwrap();
+    mesh.start_agent(R).unwrap();
+    mesh.wait_phase(R, "Synced", SOON).await;
+    let synced = Instant::now();
+    eventually(
+        "istiod to list remote-1 as synced through the hub",
+        LONG,
+        || async {
+            let clusters = istiod.clusters().await?;
+            anyhow::ensure!(
+                clusters.contains(&(R.to_string(), "synced".to_string())),
+                "{clusters:?}"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    println!(
+        "API access: istiod listed remote-1 as synced {:.2} s after the remote was Synced",
+        synced.elapsed().as_secs_f64()
+    );
+
+    let ns = format!("{}-demo", mesh.ns);
+    hello_service(&mesh, &ns).await;
+    let w = workload(&mesh, &ns, "default");
+    let hello = format!("outbound|80||hello.{ns}.svc.cluster.local");
+    let config = until_answered("the workload's config", || w.xds(&mesh, Some(&hello))).await;
+    assert_eq!(config["endpoints"], json!(["10.1.0.5:8080"]), "{config}");
+    let cert = until_answered("the workload's certificate", || w.csr(&mesh)).await;
+    assert_eq!(
+        cert["uris"],
+        json!([format!("spiffe://cluster.local/ns/{ns}/sa/hello")])
+    );
+
+    // The agent goes: the CA can no longer review remote-1's tokens.
+    let killed = Instant::now();
+    mesh.kill_agent(R);
+    eventually("certificates refused without the agent", LONG, || async {
+        let v = w.csr(&mesh).await?;
+        anyhow::ensure!(v.get("error").is_some(), "still granted: {v}");
+        Ok(())
+    })
+    .await;
+    let refused_after = killed.elapsed();
+    let restarted = Instant::now();
+    mesh.start_agent(R).unwrap();
+    until_answered("a certificate once the agent is back", || w.csr(&mesh)).await;
+    println!(
+        "API access: certificates refused {:.2} s after the agent was killed; granted again {:.2} s after it was restarted",
+        refused_after.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
+
+    // Nothing of remote-1's API server in the central cluster: not its address, not its CA, no token.
+    let plane = planes.get(R);
+    let ca = std::fs::read_to_string(plane.dir.join("ca.crt")).unwrap();
+    let ca_body: String = ca.lines().filter(|l| !l.starts_with("-----")).collect();
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::all(mesh.central.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let configmaps = Api::<k8s_openapi::api::core::v1::ConfigMap>::all(mesh.central.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut texts: Vec<(String, String)> = Vec::new();
+    for s in &secrets.items {
+        for v in s.data.clone().unwrap_or_default().values() {
+            texts.push((
+                format!("Secret {:?}", s.metadata.name),
+                String::from_utf8_lossy(&v.0).into_owned(),
+            ));
+        }
+    }
+    for c in &configmaps.items {
+        for v in c.data.clone().unwrap_or_default().values() {
+            texts.push((format!("ConfigMap {:?}", c.metadata.name), v.clone()));
+        }
+    }
+    use base64::Engine;
+    let ca_b64 = base64::engine::general_purpose::STANDARD.encode(&ca);
+    let remote_port = plane.server.rsplit(':').next().unwrap().to_string();
+    for (what, text) in &texts {
+        assert!(
+            !text.contains(&plane.server),
+            "{what} holds remote-1's address"
+        );
+        assert!(
+            !text.contains(&format!(":{remote_port}")),
+            "{what} holds remote-1's port"
+        );
+        assert!(!text.contains(&ca_body[..64]), "{what} holds remote-1's CA");
+        assert!(!text.contains(&ca_b64[..64]), "{what} holds remote-1's CA");
+        assert!(!text.contains("token:"), "{what} holds a token");
+    }
+    let remote_secret = secrets
+        .items
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("istio-remote-secret-remote-1"))
+        .expect("the hub wrote remote-1's remote secret");
+    assert_eq!(
+        remote_secret.metadata.labels.clone().unwrap_or_default()["istio/multiCluster"],
+        "true"
+    );
+    // istiod's writes in remote-1 (root certificate, token reviews) were made as the reader.
+    let reader_user = format!(
+        "system:serviceaccount:{}:istio-reader-service-account",
+        mesh.ns
+    );
+    let writes = plane.audit_writes().unwrap();
+    let by_reader: Vec<String> = writes
+        .iter()
+        .filter(|w| w.user == reader_user)
+        .map(|w| format!("{} {}", w.verb, w.resource))
+        .collect();
+    assert!(
+        by_reader.iter().any(|w| w == "create tokenreviews"),
+        "token reviews as the reader: {by_reader:?}"
+    );
+    assert!(
+        by_reader.iter().any(|w| w == "create configmaps"),
+        "the root certificate written as the reader: {by_reader:?}"
+    );
+    // Disabling API access removes the hub's remote secret.
+    mesh.create_remote_cluster(R, json!({"services": [{"name": "istiod"}]}))
+        .await
+        .unwrap();
+    eventually("the remote secret removed", SOON, || async {
+        let s =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(mesh.central.clone(), &mesh.ns)
+                .get_opt("istio-remote-secret-remote-1")
+                .await?;
+        anyhow::ensure!(s.is_none(), "still there");
+        Ok(())
+    })
+    .await;
+}

@@ -1,0 +1,395 @@
+//! The API endpoint istiod uses for each remote: `https://<hub>/clusters/<name>/<Kubernetes API path>`.
+//! TLS with a certificate from the API-access CA, and a client certificate from that same CA required
+//! (only istiod's; an agent's certificate comes from the hub CA and is refused in the handshake).
+//! Each request goes down `<name>`'s tunnel to its agent, unchanged but for the prefix and the
+//! headers a proxy must not pass on; the agent checks it against its allowlist and forwards it.
+//!
+//! ```text
+//!  istiod ══mTLS══► serve (hyper, h2 or HTTP/1.1) ─► route: /clusters/<name>/<path> ─► Tunnels::get ─►
+//!                   limits: header size, body size, requests in flight per remote     agent (h2 client)
+//! ```
+//! Limits answer with a Kubernetes `Status` naming the limit: 404 for a remote without API access,
+//! 503 when its agent's tunnel is down (after a short hold), 429 over the in-flight bound, 413 for
+//! an oversized body, 400 for a path that is not plainly `/clusters/<name>/...`.
+
+use crate::crd::RemoteCluster;
+use crate::tunnels::Tunnels;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tether_proto::runtime::cli::stopped;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::{debug, warn};
+
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Limits of the API endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiLimits {
+    pub max_in_flight_per_remote: usize,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    /// How long a request waits for a remote's tunnel to come back.
+    pub hold: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_in_flight_per_remote: 256,
+            max_body_bytes: 3 << 20,
+            max_header_bytes: 64 << 10,
+            hold: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Routes istiod's requests to the remotes' tunnels.
+pub struct ApiProxy {
+    pub tunnels: Arc<Tunnels>,
+    pub remotes: Store<RemoteCluster>,
+    pub namespace: String,
+    pub limits: ApiLimits,
+    in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A Kubernetes `Status` answer.
+fn status(code: StatusCode, reason: &str, message: &str) -> http::Response<Body> {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    http::Response::builder()
+        .status(code)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("a valid response")
+}
+
+/// Splits `/clusters/<name>/<rest>` into the remote and the API path. Anything that is not plainly
+/// that (encoded characters in the name, dot segments, empty segments) is refused, so no spelling of
+/// a path reaches a remote other than the one it names.
+pub fn route(path: &str) -> Result<(&str, &str), String> {
+    let rest = path
+        .strip_prefix("/clusters/")
+        .ok_or_else(|| format!("{path:?}: the API endpoint serves /clusters/<name>/..."))?;
+    let (cluster, api_path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if !tether_proto::identity::is_dns_label(cluster) {
+        return Err(format!("{cluster:?} is not a cluster name"));
+    }
+    if api_path
+        .split('/')
+        .skip(1)
+        .any(|seg| seg == "." || seg == ".." || seg.contains('%'))
+        || (api_path.len() > 1 && api_path.split('/').skip(1).any(str::is_empty))
+    {
+        return Err(format!(
+            "{api_path:?}: dot segments, encoded characters and empty segments are refused"
+        ));
+    }
+    Ok((cluster, api_path))
+}
+
+/// A response body that holds its remote's in-flight permit until it is dropped.
+struct Guarded {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl ApiProxy {
+    pub fn new(
+        tunnels: Arc<Tunnels>,
+        remotes: Store<RemoteCluster>,
+        namespace: String,
+        limits: ApiLimits,
+    ) -> Self {
+        Self {
+            tunnels,
+            remotes,
+            namespace,
+            limits,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn permit(&self, cluster: &str) -> Option<OwnedSemaphorePermit> {
+        let sem = self
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .entry(cluster.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_in_flight_per_remote)))
+            .clone();
+        sem.try_acquire_owned().ok()
+    }
+
+    fn enabled(&self, cluster: &str) -> bool {
+        self.remotes
+            .get(&ObjectRef::new(cluster).within(&self.namespace))
+            .is_some_and(|rc| rc.spec.api_access_enabled())
+    }
+
+    /// One request from istiod.
+    pub async fn handle(&self, req: http::Request<Incoming>) -> http::Response<Body> {
+        let path = req.uri().path().to_string();
+        let (cluster, api_path) = match route(&path) {
+            Ok(r) => r,
+            Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
+        };
+        if !self.enabled(cluster) {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("no RemoteCluster {cluster} with apiAccess.enabled"),
+            );
+        }
+        let Some(permit) = self.permit(cluster) else {
+            return status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                &format!(
+                    "more than {} requests in flight for {cluster}",
+                    self.limits.max_in_flight_per_remote
+                ),
+            );
+        };
+        let Some(mut sender) = self.tunnels.get(cluster, self.limits.hold).await else {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("the agent of {cluster} is not connected for API access"),
+            );
+        };
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.limits.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(error) => {
+                return status(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    &format!(
+                        "request body over {} bytes or unreadable: {error}",
+                        self.limits.max_body_bytes
+                    ),
+                );
+            }
+        };
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{api_path}?{q}"),
+            None => api_path.to_string(),
+        };
+        // The authority is only a label for the agent's logs: the tunnel decides where it goes.
+        let uri = format!("https://{cluster}.tether{path_and_query}");
+        let mut out = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(Full::new(body))
+            .expect("a valid request");
+        *out.headers_mut() = parts.headers;
+        strip_headers(out.headers_mut());
+        debug!(%cluster, method = %parts.method, path = %api_path, "API request");
+        if sender.ready().await.is_err() {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("the agent of {cluster} went away"),
+            );
+        }
+        match sender.send_request(out).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_headers(&mut parts.headers);
+                let body = Guarded {
+                    body: body.map_err(Into::into).boxed(),
+                    _permit: permit,
+                };
+                http::Response::from_parts(parts, body.boxed())
+            }
+            Err(error) => status(
+                StatusCode::BAD_GATEWAY,
+                "BadGateway",
+                &format!("the agent of {cluster}: {error}"),
+            ),
+        }
+    }
+
+    /// Serves the endpoint on `listener` until `shutdown`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(error) => {
+                        warn!(%error, "API endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut shutdown) => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, proxy) = (acceptor.clone(), self.clone());
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => {
+                        warn!(%peer, %error, "API endpoint: TLS handshake refused (only istiod's certificate from the API-access CA is accepted)");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let limits = proxy.limits;
+                let service = hyper::service::service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req).await) }
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .max_buf_size(proxy_limits_buf(&limits));
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(limits.max_header_bytes as u32)
+                    .keep_alive_interval(Duration::from_secs(20))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
+                    debug!(%peer, %error, "API endpoint: connection ended");
+                }
+            });
+        }
+    }
+}
+
+fn proxy_limits_buf(limits: &ApiLimits) -> usize {
+    // hyper's HTTP/1 read buffer bounds the request head; it must be at least 8 KiB.
+    limits.max_header_bytes.max(8192)
+}
+
+/// Headers a proxy must not pass on (hop-by-hop), and those that would let a caller choose who it is.
+fn strip_headers(headers: &mut http::HeaderMap) {
+    use http::header;
+    for h in [
+        header::AUTHORIZATION,
+        header::CONNECTION,
+        header::HOST,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(h);
+    }
+    let drop: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("impersonate-") || k.as_str() == "keep-alive")
+        .cloned()
+        .collect();
+    for k in drop {
+        headers.remove(k);
+    }
+}
+
+/// The endpoint's TLS config: its serving certificate, istiod's client certificate (from `ca`)
+/// required, h2 or HTTP/1.1.
+pub fn server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn routes_only_plain_paths() {
+        assert_eq!(
+            route("/clusters/remote-1/api/v1/pods").unwrap(),
+            ("remote-1", "/api/v1/pods")
+        );
+        assert_eq!(route("/clusters/remote-1").unwrap(), ("remote-1", "/"));
+        assert_eq!(route("/clusters/remote-1/").unwrap(), ("remote-1", "/"));
+        for bad in [
+            "/api/v1/pods",
+            "/clusters/",
+            "/clusters/Remote-1/api",
+            "/clusters/remote%2d1/api",
+            "/clusters/remote-1/../remote-2/api/v1/pods",
+            "/clusters/remote-1/api/v1/namespaces/%2e%2e/pods",
+            "/clusters/remote-1/api//v1",
+            "/clusters/remote-1/./api",
+            "/clusters/../clusters/remote-2/api",
+        ] {
+            assert!(route(bad).is_err(), "{bad}");
+        }
+    }
+}
