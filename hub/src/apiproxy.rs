@@ -38,6 +38,8 @@ pub struct ApiLimits {
     pub max_header_bytes: usize,
     /// How long a request waits for a remote's tunnel to come back.
     pub hold: Duration,
+    /// How long a request waits for the head of its answer.
+    pub response_timeout: Duration,
 }
 
 impl Default for ApiLimits {
@@ -47,6 +49,7 @@ impl Default for ApiLimits {
             max_body_bytes: 3 << 20,
             max_header_bytes: 64 << 10,
             hold: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -163,6 +166,7 @@ impl ApiProxy {
     /// One request from istiod.
     pub async fn handle(&self, req: http::Request<Incoming>) -> http::Response<Body> {
         let path = req.uri().path().to_string();
+        debug!(method = %req.method(), %path, "API endpoint: request");
         let (cluster, api_path) = match route(&path) {
             Ok(r) => r,
             Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
@@ -229,7 +233,21 @@ impl ApiProxy {
                 &format!("the agent of {cluster} went away"),
             );
         }
-        match sender.send_request(out).await {
+        // The response head comes at once for every request istiod makes (a watch streams its body);
+        // a tunnel that dies under a request must not hold it for the client's own timeout.
+        let head =
+            tokio::time::timeout(self.limits.response_timeout, sender.send_request(out)).await;
+        let Ok(head) = head else {
+            return status(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                &format!(
+                    "no answer from the agent of {cluster} within {:?}",
+                    self.limits.response_timeout
+                ),
+            );
+        };
+        match head {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_headers(&mut parts.headers);
@@ -274,6 +292,11 @@ impl ApiProxy {
                     .await
                 {
                     Ok(Ok(s)) => s,
+                    // A client that left mid-handshake is noise (scanners, probes, floods).
+                    Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        debug!(%peer, %error, "API endpoint: client left during the TLS handshake");
+                        return;
+                    }
                     Ok(Err(error)) => {
                         warn!(%peer, %error, "API endpoint: TLS handshake refused (only istiod's certificate from the API-access CA is accepted)");
                         return;
@@ -290,7 +313,6 @@ impl ApiProxy {
                 builder
                     .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
                     .max_buf_size(proxy_limits_buf(&limits));
                 builder
                     .http2()

@@ -1,0 +1,290 @@
+//! API access under bad input and abuse, with real API servers, the real hub and agents, and a client
+//! that is istiod as far as the hub can tell: the kubeconfig of the remote secret the hub wrote.
+//! (The real istiod using the same path is in `istio.rs`.)
+
+use base64::Engine;
+use http::{Request, StatusCode};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use std::time::Instant;
+use tether_tests::controlplane::free_port;
+use tether_tests::fixtures::{CLUSTERS, SOON};
+use tether_tests::mesh::Mesh;
+use tether_tests::{ControlPlanes, eventually, istio};
+
+/// remote-1 and remote-2 with agents serving API access; remote-1 enabled on the hub, remote-2 not.
+async fn mesh() -> (Mesh, u16) {
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let mut mesh = Mesh::new(planes, &["remote-1", "remote-2"]).await.unwrap();
+    mesh.create_istiod().await.unwrap();
+    for r in ["remote-1", "remote-2"] {
+        istio::prepare_remote(&mesh, r).await.unwrap();
+    }
+    let port = free_port();
+    let api = format!("127.0.0.1:{port}");
+    mesh.hub_args = [
+        "--api-addr",
+        &api,
+        "--api-advertise",
+        &format!("https://{api}"),
+        "--istio-namespace",
+        &mesh.ns,
+        "--api-hold",
+        "500ms",
+        "--api-max-in-flight",
+        "8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let reader = format!("{}/istio-reader-service-account", mesh.ns);
+    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
+    mesh.create_remote_cluster("remote-1", json!({"apiAccess": {"enabled": true}}))
+        .await
+        .unwrap();
+    mesh.create_remote_cluster("remote-2", json!({}))
+        .await
+        .unwrap();
+    mesh.start_hub().unwrap();
+    for r in ["remote-1", "remote-2"] {
+        mesh.start_agent(r).unwrap();
+    }
+    for r in ["remote-1", "remote-2"] {
+        mesh.wait_phase(r, "Synced", SOON).await;
+    }
+    (mesh, port)
+}
+
+/// The kubeconfig the hub wrote for `cluster` (waits for it).
+async fn remote_secret(mesh: &Mesh, cluster: &str) -> Value {
+    let secrets: Api<Secret> = Api::namespaced(mesh.central.clone(), &mesh.ns);
+    let name = format!("istio-remote-secret-{cluster}");
+    let secret = eventually("the hub's remote secret", SOON, || async {
+        secrets
+            .get_opt(&name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("not yet"))
+    })
+    .await;
+    let text = &secret.data.unwrap()[cluster].0;
+    serde_yaml::from_slice(text).unwrap()
+}
+
+/// A client as istiod: the remote secret's kubeconfig, optionally with another client certificate.
+async fn istiod_client(kubeconfig: &Value, cert: Option<(&str, &str)>) -> kube::Client {
+    let mut k = kubeconfig.clone();
+    if let Some((c, key)) = cert {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        k["users"][0]["user"]["client-certificate-data"] = b64(c).into();
+        k["users"][0]["user"]["client-key-data"] = b64(key).into();
+    }
+    let parsed: kube::config::Kubeconfig = serde_json::from_value(k).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+        .await
+        .unwrap();
+    // Every answer as the endpoint gives it (kube's own client would retry a 503 for minutes).
+    config.default_retry = false;
+    kube::Client::try_from(config).unwrap()
+}
+
+/// Sends a raw request and returns (status, body).
+async fn raw(client: &kube::Client, req: Request<Vec<u8>>) -> anyhow::Result<(StatusCode, String)> {
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(parts, kube::client::Body::from(body));
+    let res = client.send(req).await?;
+    let code = res.status();
+    let body = res.into_body().collect_bytes().await?;
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test]
+async fn istiods_requests_reach_only_the_named_remote_and_bad_ones_are_refused() {
+    let (mut mesh, port) = mesh().await;
+    let kubeconfig = remote_secret(&mesh, "remote-1").await;
+    assert_eq!(
+        kubeconfig["clusters"][0]["cluster"]["server"],
+        format!("https://127.0.0.1:{port}/clusters/remote-1")
+    );
+    let istiod = istiod_client(&kubeconfig, None).await;
+
+    // A ConfigMap only remote-1 has is read through remote-1's agent.
+    let marker =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "only-in-remote-1"}});
+    Api::<ConfigMap>::namespaced(mesh.remote("remote-1").clone(), &mesh.ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(marker).unwrap(),
+        )
+        .await
+        .unwrap();
+    let via_hub: Api<ConfigMap> = Api::namespaced(istiod.clone(), &mesh.ns);
+    via_hub.get("only-in-remote-1").await.unwrap();
+
+    // The allowlist refuses at the agent what RBAC would allow (the reader may not, but the agent
+    // says so first, naming the request).
+    let err = Api::<Namespace>::all(istiod.clone())
+        .delete(&mesh.ns, &Default::default())
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 403, "{s:?}");
+            assert!(
+                s.message
+                    .contains("delete namespaces is not in the agent's API-access allowlist"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // No spelling of a path reaches another remote.
+    for path in [
+        format!("/../remote-2/api/v1/namespaces/{}/configmaps", mesh.ns),
+        format!("/%2e%2e/remote-2/api/v1/namespaces/{}/configmaps", mesh.ns),
+        "/api/v1/namespaces/%2e%2e/configmaps".to_string(),
+        "/api//v1/namespaces".to_string(),
+    ] {
+        let (code, body) = raw(&istiod, Request::get(path.as_str()).body(vec![]).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{path}: {body}");
+    }
+    // remote-2 has no API access on the hub: 404, and no secret for it.
+    let mut to_remote_2 = kubeconfig.clone();
+    to_remote_2["clusters"][0]["cluster"]["server"] =
+        format!("https://127.0.0.1:{port}/clusters/remote-2").into();
+    let remote_2 = istiod_client(&to_remote_2, None).await;
+    let (code, body) = raw(
+        &remote_2,
+        Request::get("/api/v1/namespaces").body(vec![]).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("apiAccess.enabled"), "{body}");
+    assert!(
+        Api::<Secret>::namespaced(mesh.central.clone(), &mesh.ns)
+            .get_opt("istio-remote-secret-remote-2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // An oversized body is refused before it goes anywhere.
+    let big = vec![b'x'; 4 << 20];
+    let (code, _) = raw(
+        &istiod,
+        Request::post("/apis/authentication.k8s.io/v1/tokenreviews")
+            .header("content-type", "application/json")
+            .body(big)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    // Oversized headers: refused by the endpoint (431 or the connection reset), never forwarded.
+    let header = "y".repeat(200 << 10);
+    let r = raw(
+        &istiod,
+        Request::get("/api/v1/namespaces")
+            .header("x-big", header)
+            .body(vec![])
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        !matches!(&r, Ok((code, _)) if code.is_success()),
+        "an oversized header went through: {r:?}"
+    );
+
+    // Wrong client identities fail the handshake: an agent's certificate (the hub CA), another CA's,
+    // none at all.
+    let agent_dir = mesh.dir.join("tls-remote-1");
+    let agent_cert = std::fs::read_to_string(agent_dir.join("tls.crt")).unwrap();
+    let agent_key = std::fs::read_to_string(agent_dir.join("tls.key")).unwrap();
+    let other = tether_tests::pki::Ca::new("another-ca").unwrap();
+    let other_cert = other.client("istiod", None).unwrap();
+    for (what, client) in [
+        (
+            "an agent's certificate",
+            istiod_client(&kubeconfig, Some((&agent_cert, &agent_key))).await,
+        ),
+        (
+            "another CA's certificate",
+            istiod_client(
+                &kubeconfig,
+                Some((&other_cert.cert_pem, &other_cert.key_pem)),
+            )
+            .await,
+        ),
+    ] {
+        let r = Api::<ConfigMap>::namespaced(client, &mesh.ns)
+            .get("only-in-remote-1")
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(kube::Error::HyperError(_)) | Err(kube::Error::Service(_))
+            ),
+            "{what}: {r:?}"
+        );
+    }
+    let mut anonymous = kubeconfig.clone();
+    anonymous["users"][0]["user"] = json!({});
+    let r = Api::<ConfigMap>::namespaced(istiod_client(&anonymous, None).await, &mesh.ns)
+        .get("only-in-remote-1")
+        .await;
+    assert!(r.is_err(), "no client certificate: {r:?}");
+
+    // 1,000 abandoned connections: the endpoint and every sync stream carry on.
+    let mut abandoned = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            abandoned.push(c);
+        }
+    }
+    via_hub.get("only-in-remote-1").await.unwrap();
+    drop(abandoned);
+    for r in ["remote-1", "remote-2"] {
+        mesh.wait_phase(r, "Synced", SOON).await;
+    }
+
+    // The agent goes: 503 within the hold, not a hang; back: served again.
+    mesh.kill_agent("remote-1");
+    let asked = Instant::now();
+    let (code, body) = eventually("503 without the agent", SOON, || async {
+        let r = raw(
+            &istiod,
+            Request::get("/api/v1/namespaces").body(vec![]).unwrap(),
+        )
+        .await?;
+        anyhow::ensure!(r.0 == StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+        Ok(r)
+    })
+    .await;
+    assert!(body.contains("not connected"), "{code} {body}");
+    println!(
+        "API access: 503 {:.2} s after the agent was killed",
+        asked.elapsed().as_secs_f64()
+    );
+    mesh.start_agent("remote-1").unwrap();
+    eventually("served again with the agent back", SOON, || async {
+        via_hub.get("only-in-remote-1").await?;
+        Ok(())
+    })
+    .await;
+    // The endpoint lists what it holds in the remote: nothing leaks across (remote-2 never saw the
+    // marker).
+    let list = Api::<ConfigMap>::namespaced(mesh.remote("remote-2").clone(), &mesh.ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        list.items
+            .iter()
+            .all(|c| c.metadata.name.as_deref() != Some("only-in-remote-1"))
+    );
+}
