@@ -397,18 +397,22 @@ async fn istiod_reaches_the_remote_through_its_agent_with_no_remote_credential_i
         restarted.elapsed().as_secs_f64()
     );
 
-    // Nothing of remote-1's API server in the central cluster: not its address, not its CA, no token.
+    // Nothing of remote-1's API server in the central namespace where the hub and istiod live (the
+    // only one they write to): not its address, not its CA, no token. (Other tests of this binary
+    // share the central cluster and make remote secrets of their own, in their own namespaces.)
     let plane = planes.get(R);
     let ca = std::fs::read_to_string(plane.dir.join("ca.crt")).unwrap();
     let ca_body: String = ca.lines().filter(|l| !l.starts_with("-----")).collect();
-    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::all(mesh.central.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    let configmaps = Api::<k8s_openapi::api::core::v1::ConfigMap>::all(mesh.central.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap();
+    let secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(mesh.central.clone(), &mesh.ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    let configmaps =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(mesh.central.clone(), &mesh.ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
     let mut texts: Vec<(String, String)> = Vec::new();
     for s in &secrets.items {
         for v in s.data.clone().unwrap_or_default().values() {
