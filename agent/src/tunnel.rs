@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tether_proto::runtime::proxy::{status_body, strip_headers};
 use tether_proto::tls::{TlsFiles, tunnel_client_config};
 use tracing::{debug, info, warn};
 
@@ -167,44 +168,15 @@ async fn serve_once(config: &TunnelConfig, reader: &Reader) -> anyhow::Result<()
 
 /// A Kubernetes `Status` answer.
 pub fn status(code: http::StatusCode, reason: &str, message: &str) -> http::Response<Body> {
-    let body = serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
     http::Response::builder()
         .status(code)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(
-            Full::new(Bytes::from(body.to_string()))
+            Full::new(Bytes::from(status_body(code, reason, message)))
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         )
         .expect("a valid response")
-}
-
-/// Headers a proxy must not pass on (hop-by-hop), and those that would let a caller choose who it is.
-pub fn strip_headers(headers: &mut http::HeaderMap) {
-    use http::header;
-    for h in [
-        header::AUTHORIZATION,
-        header::CONNECTION,
-        header::HOST,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(h);
-    }
-    let impersonation: Vec<_> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("impersonate-") || k.as_str() == "keep-alive")
-        .cloned()
-        .collect();
-    for k in impersonation {
-        headers.remove(k);
-    }
 }
 
 /// Checks one request against the allowlist and forwards it to the API server as the reader.

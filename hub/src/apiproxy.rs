@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_proto::runtime::cli::stopped;
+use tether_proto::runtime::proxy::{status_body, strip_headers};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, warn};
@@ -65,15 +66,11 @@ pub struct ApiProxy {
 
 /// A Kubernetes `Status` answer.
 fn status(code: StatusCode, reason: &str, message: &str) -> http::Response<Body> {
-    let body = serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
     http::Response::builder()
         .status(code)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(
-            Full::new(Bytes::from(body.to_string()))
+            Full::new(Bytes::from(status_body(code, reason, message)))
                 .map_err(|never| match never {})
                 .boxed(),
         )
@@ -331,31 +328,6 @@ impl ApiProxy {
 fn proxy_limits_buf(limits: &ApiLimits) -> usize {
     // hyper's HTTP/1 read buffer bounds the request head; it must be at least 8 KiB.
     limits.max_header_bytes.max(8192)
-}
-
-/// Headers a proxy must not pass on (hop-by-hop), and those that would let a caller choose who it is.
-fn strip_headers(headers: &mut http::HeaderMap) {
-    use http::header;
-    for h in [
-        header::AUTHORIZATION,
-        header::CONNECTION,
-        header::HOST,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(h);
-    }
-    let drop: Vec<_> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("impersonate-") || k.as_str() == "keep-alive")
-        .cloned()
-        .collect();
-    for k in drop {
-        headers.remove(k);
-    }
 }
 
 /// The endpoint's TLS config: its serving certificate, istiod's client certificate (from `ca`)

@@ -5,4 +5,5 @@
 
 pub mod admin;
 pub mod cli;
+pub mod proxy;
 pub mod retry;
