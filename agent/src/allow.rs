@@ -7,18 +7,7 @@
 //! access reviews, the root-certificate and CRL ConfigMaps and its leader-election ConfigMap, and the
 //! injector's webhook configurations (caBundle).
 
-/// What a request asks for, in RBAC's terms.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attributes {
-    /// get, list, watch, create, update, patch, delete, deletecollection; or the HTTP method in lower
-    /// case for a non-resource path.
-    pub verb: String,
-    /// API group ("" for the core group); None for a non-resource path (/version, /api, /apis/...).
-    pub group: Option<String>,
-    pub resource: String,
-    pub subresource: String,
-    pub name: String,
-}
+pub use tether_proto::runtime::proxy::Attributes;
 
 /// One rule: any of `verbs` on any of `resources` in any of `groups` ("*" matches any).
 #[derive(Clone, Debug)]
@@ -126,78 +115,11 @@ fn resource_name(a: &Attributes) -> String {
     }
 }
 
-/// The verb of `method` on a resource path (`named`: the path names one object; `watch`: the query
-/// asks for a watch).
-fn verb(method: &http::Method, named: bool, watch: bool) -> &'static str {
-    match *method {
-        http::Method::GET | http::Method::HEAD if watch => "watch",
-        http::Method::GET | http::Method::HEAD if named => "get",
-        http::Method::GET | http::Method::HEAD => "list",
-        http::Method::POST => "create",
-        http::Method::PUT => "update",
-        http::Method::PATCH => "patch",
-        http::Method::DELETE if named => "delete",
-        http::Method::DELETE => "deletecollection",
-        _ => "unknown",
-    }
-}
-
-/// Parses a request as the API server would for authorization. Paths with `.`/`..` segments or
-/// empty segments are refused (the API server would clean them; we do not guess).
+/// Parses a request as the API server would for authorization (see
+/// [`tether_proto::runtime::proxy::attributes`]).
 pub fn attributes(method: &http::Method, path: &str, query: &str) -> Result<Attributes, Refused> {
-    let bad = || Refused::BadPath(path.to_string());
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err(bad());
-    };
-    let parts: Vec<&str> = if rest.is_empty() {
-        Vec::new()
-    } else {
-        rest.split('/').collect()
-    };
-    if parts
-        .iter()
-        .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('%'))
-    {
-        return Err(bad());
-    }
-    let watch = query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1");
-    let non_resource = |verb: &str| Attributes {
-        verb: verb.into(),
-        group: None,
-        resource: path.into(),
-        subresource: String::new(),
-        name: String::new(),
-    };
-    // /api/v1/..., /apis/<group>/<version>/...
-    let (group, after) = match parts.as_slice() {
-        ["api", "v1", after @ ..] if !after.is_empty() => ("", after),
-        ["apis", group, _version, after @ ..] if !after.is_empty() => (*group, after),
-        _ => return Ok(non_resource(&method.as_str().to_ascii_lowercase())),
-    };
-    // [namespaces/<ns>/]<resource>[/<name>[/<subresource>]]; "namespaces/<name>" is the namespace.
-    let after = match after {
-        ["namespaces", _ns, resource, rest @ ..] => {
-            let mut v = vec![*resource];
-            v.extend_from_slice(rest);
-            v
-        }
-        other => other.to_vec(),
-    };
-    let (resource, name, subresource) = match after.as_slice() {
-        [r] => (*r, "", ""),
-        [r, n] => (*r, *n, ""),
-        [r, n, s] => (*r, *n, *s),
-        _ => return Err(bad()),
-    };
-    Ok(Attributes {
-        verb: verb(method, !name.is_empty(), watch).into(),
-        group: Some(group.into()),
-        resource: resource.into(),
-        subresource: subresource.into(),
-        name: name.into(),
-    })
+    tether_proto::runtime::proxy::attributes(method, path, query)
+        .ok_or_else(|| Refused::BadPath(path.to_string()))
 }
 
 /// The rule that admits the request, or why none does. Non-resource paths (discovery, /version) are

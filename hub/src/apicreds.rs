@@ -14,6 +14,7 @@
 //! reported; disabling access or deleting the RemoteCluster removes the hub's secret.
 
 use crate::certs::{self, Pem};
+use crate::changes::Changes;
 use crate::crd::RemoteCluster;
 use base64::Engine;
 use k8s_openapi::ByteString;
@@ -21,7 +22,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
@@ -201,6 +202,52 @@ pub fn secret_name(cluster: &str) -> String {
     format!("istio-remote-secret-{cluster}")
 }
 
+/// Why a remote's secret could not be written, per remote, for its `APIAccess` condition.
+pub struct SecretProblems {
+    problems: Mutex<HashMap<String, String>>,
+    status: Arc<Changes>,
+}
+
+impl SecretProblems {
+    pub fn new(status: Arc<Changes>) -> Self {
+        Self {
+            problems: Mutex::new(HashMap::new()),
+            status,
+        }
+    }
+
+    pub fn get(&self, cluster: &str) -> Option<String> {
+        self.problems
+            .lock()
+            .expect("problems lock")
+            .get(cluster)
+            .cloned()
+    }
+
+    /// Forgets the problems of remotes no longer enabled.
+    fn retain(&self, wanted: impl Fn(&str) -> bool) {
+        self.problems
+            .lock()
+            .expect("problems lock")
+            .retain(|c, _| wanted(c));
+    }
+
+    /// Records `cluster`'s problem (or its absence); true when that is news.
+    fn set(&self, cluster: &str, problem: Option<String>) -> bool {
+        let mut problems = self.problems.lock().expect("problems lock");
+        let news = problems.get(cluster) != problem.as_ref();
+        match problem {
+            Some(p) => problems.insert(cluster.to_string(), p),
+            None => problems.remove(cluster),
+        };
+        drop(problems);
+        if news {
+            self.status.mark(cluster);
+        }
+        news
+    }
+}
+
 /// Keeps the remote secrets equal to the enabled RemoteClusters.
 pub struct RemoteSecrets {
     pub secrets: Api<Secret>,
@@ -210,6 +257,7 @@ pub struct RemoteSecrets {
     /// `https://host:port` of the API endpoint, as istiod reaches it.
     pub server_base: String,
     pub interval: Duration,
+    pub problems: Arc<SecretProblems>,
 }
 
 impl RemoteSecrets {
@@ -217,7 +265,6 @@ impl RemoteSecrets {
     pub async fn run(self) {
         // What the hub last wrote, per cluster (seeded from the API so a restart writes nothing new).
         let mut written: HashMap<String, String> = HashMap::new();
-        let mut reported: HashMap<String, String> = HashMap::new();
         let mut seeded = false;
         loop {
             if !seeded {
@@ -251,17 +298,13 @@ impl RemoteSecrets {
                 {
                     warn!(%error, "renewing istiod's API-access certificate");
                 }
-                self.pass(&mut written, &mut reported).await;
+                self.pass(&mut written).await;
             }
             tokio::time::sleep(self.interval).await;
         }
     }
 
-    async fn pass(
-        &self,
-        written: &mut HashMap<String, String>,
-        reported: &mut HashMap<String, String>,
-    ) {
+    async fn pass(&self, written: &mut HashMap<String, String>) {
         let istiod = self.credentials.istiod().pem;
         let wanted: BTreeMap<String, String> = self
             .store
@@ -282,16 +325,16 @@ impl RemoteSecrets {
                 Ok(()) => {
                     info!(%cluster, secret = %secret_name(cluster), "wrote the Istio remote secret");
                     written.insert(cluster.clone(), config.clone());
-                    reported.remove(cluster);
+                    self.problems.set(cluster, None);
                 }
                 Err(error) => {
-                    if reported.get(cluster) != Some(&error) {
+                    if self.problems.set(cluster, Some(error.clone())) {
                         warn!(%cluster, %error, "cannot write the Istio remote secret");
-                        reported.insert(cluster.clone(), error);
                     }
                 }
             }
         }
+        self.problems.retain(|c| wanted.contains_key(c));
         let gone: Vec<String> = written
             .keys()
             .filter(|c| !wanted.contains_key(*c))

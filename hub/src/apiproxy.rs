@@ -13,6 +13,7 @@
 //! an oversized body, 400 for a path that is not plainly `/clusters/<name>/...`.
 
 use crate::crd::RemoteCluster;
+use crate::metrics::{ApiRequest, Cluster, HubMetrics, Verb};
 use crate::tunnels::Tunnels;
 use bytes::Bytes;
 use http::StatusCode;
@@ -62,6 +63,7 @@ pub struct ApiProxy {
     pub namespace: String,
     pub limits: ApiLimits,
     in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
+    metrics: HubMetrics,
 }
 
 /// A Kubernetes `Status` answer.
@@ -104,10 +106,20 @@ pub fn route(path: &str) -> Result<(&str, &str), String> {
     Ok((cluster, api_path))
 }
 
-/// A response body that holds its remote's in-flight permit until it is dropped.
+/// A response body that holds its remote's in-flight permit until it is dropped, and counts a
+/// streaming watch as open until then.
 struct Guarded {
     body: Body,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
+    watch: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(open) = &self.watch {
+            open.dec();
+        }
+    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -133,6 +145,7 @@ impl ApiProxy {
         remotes: Store<RemoteCluster>,
         namespace: String,
         limits: ApiLimits,
+        metrics: HubMetrics,
     ) -> Self {
         Self {
             tunnels,
@@ -140,6 +153,7 @@ impl ApiProxy {
             namespace,
             limits,
             in_flight: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -160,11 +174,57 @@ impl ApiProxy {
             .is_some_and(|rc| rc.spec.api_access_enabled())
     }
 
-    /// One request from istiod.
+    /// One request from istiod, counted: by remote (only remotes with API access: a name from the
+    /// path alone would let any client grow the metric), verb and answer.
     pub async fn handle(&self, req: http::Request<Incoming>) -> http::Response<Body> {
+        let started = std::time::Instant::now();
         let path = req.uri().path().to_string();
+        let (cluster, verb) = match route(&path) {
+            Ok((cluster, api_path)) if self.enabled(cluster) => {
+                let query = req.uri().query().unwrap_or_default();
+                let verb = tether_proto::runtime::proxy::attributes(req.method(), api_path, query)
+                    .map(|a| a.verb)
+                    .unwrap_or_else(|| "invalid".into());
+                (cluster.to_string(), verb)
+            }
+            _ => (String::new(), "invalid".into()),
+        };
+        let response = self.forward(req, &path).await;
+        let code = response.status();
+        self.metrics
+            .api_requests
+            .get_or_create(&ApiRequest {
+                cluster: cluster.clone(),
+                verb: verb.clone(),
+                code: code.as_u16(),
+            })
+            .inc();
+        self.metrics
+            .api_request_seconds
+            .get_or_create(&Verb { verb: verb.clone() })
+            .observe(started.elapsed().as_secs_f64());
+        if verb == "watch" && code.is_success() {
+            let open = self
+                .metrics
+                .api_open_watches
+                .get_or_create(&Cluster { cluster })
+                .clone();
+            open.inc();
+            // Counted as open until the body is dropped (istiod closed it, or the remote ended it).
+            let (parts, body) = response.into_parts();
+            let body = Guarded {
+                body,
+                _permit: None,
+                watch: Some(open),
+            };
+            return http::Response::from_parts(parts, body.boxed());
+        }
+        response
+    }
+
+    async fn forward(&self, req: http::Request<Incoming>, path: &str) -> http::Response<Body> {
         debug!(method = %req.method(), %path, "API endpoint: request");
-        let (cluster, api_path) = match route(&path) {
+        let (cluster, api_path) = match route(path) {
             Ok(r) => r,
             Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
         };
@@ -250,7 +310,8 @@ impl ApiProxy {
                 strip_headers(&mut parts.headers);
                 let body = Guarded {
                     body: body.map_err(Into::into).boxed(),
-                    _permit: permit,
+                    _permit: Some(permit),
+                    watch: None,
                 };
                 http::Response::from_parts(parts, body.boxed())
             }

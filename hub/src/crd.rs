@@ -24,6 +24,7 @@ pub const FINALIZER: &str = "tether.io/retire";
     printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".status.sync.desiredVersion"}"#,
     printcolumn = r#"{"name":"Acked","type":"string","jsonPath":".status.sync.ackedVersion"}"#,
     printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.sync.endpoints"}"#,
+    printcolumn = r#"{"name":"API","type":"string","jsonPath":".status.conditions[?(@.type==\"APIAccess\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -127,6 +128,8 @@ pub mod condition {
     pub const SYNCED: &str = "Synced";
     pub const SPEC_VALID: &str = "SpecValid";
     pub const SINGLE_AGENT: &str = "SingleAgent";
+    /// Only on remotes with `apiAccess.enabled`.
+    pub const API_ACCESS: &str = "APIAccess";
 
     pub mod reason {
         pub const AGENT_CONNECTED: &str = "AgentConnected";
@@ -142,6 +145,11 @@ pub mod condition {
         pub const INVALID: &str = "Invalid";
         pub const ONE_AGENT: &str = "OneAgent";
         pub const DUPLICATE_AGENT: &str = "DuplicateAgent";
+        pub const READY: &str = "Ready";
+        pub const TUNNEL_PENDING: &str = "TunnelPending";
+        pub const NO_TUNNEL: &str = "NoTunnel";
+        pub const HUB_NOT_SERVING: &str = "HubNotServing";
+        pub const REMOTE_SECRET_BLOCKED: &str = "RemoteSecretBlocked";
     }
 }
 

@@ -20,6 +20,25 @@ impl Reason {
     }
 }
 
+/// One API-access request, as counted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequest {
+    pub cluster: String,
+    /// get, list, watch, create, update, patch, delete, ... (RBAC's verb), or "invalid".
+    pub verb: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Verb {
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Cluster {
+    pub cluster: String,
+}
+
 #[derive(Clone)]
 pub struct HubMetrics {
     pub streams_connected: Gauge,
@@ -34,6 +53,14 @@ pub struct HubMetrics {
     /// Streams refused, by reason: unknown_cluster | identity_mismatch | no_hello | not_ready | bad_certificate
     pub streams_refused: Family<Reason, Counter>,
     pub status_writes: Counter,
+    /// API access: istiod's requests by remote, verb and answer.
+    pub api_requests: Family<ApiRequest, Counter>,
+    /// API access: request -> head of the answer (a watch's first byte of headers), by verb.
+    pub api_request_seconds: Family<Verb, Histogram, fn() -> Histogram>,
+    /// API access: watches streaming now, by remote.
+    pub api_open_watches: Family<Cluster, Gauge>,
+    /// API access: agents' tunnels up now.
+    pub api_tunnels_connected: Gauge,
 }
 
 impl HubMetrics {
@@ -48,6 +75,12 @@ impl HubMetrics {
             propagation_seconds: latency(),
             streams_refused: Family::default(),
             status_writes: Counter::default(),
+            api_requests: Family::default(),
+            api_request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+            }),
+            api_open_watches: Family::default(),
+            api_tunnels_connected: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("tether_hub");
         r.register(
@@ -85,6 +118,26 @@ impl HubMetrics {
             "status_writes",
             "RemoteCluster status writes",
             m.status_writes.clone(),
+        );
+        r.register(
+            "api_requests",
+            "API access: requests from istiod, by remote, verb and status code",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "api_request_seconds",
+            "API access: time from istiod's request to the head of the remote's answer, by verb",
+            m.api_request_seconds.clone(),
+        );
+        r.register(
+            "api_open_watches",
+            "API access: watches streaming from a remote to istiod now",
+            m.api_open_watches.clone(),
+        );
+        r.register(
+            "api_tunnels_connected",
+            "API access: agents' tunnels up now",
+            m.api_tunnels_connected.clone(),
         );
         m
     }

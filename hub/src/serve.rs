@@ -10,7 +10,7 @@
 //! ```
 
 use crate::accept::accept;
-use crate::apicreds::{Credentials, RemoteSecrets};
+use crate::apicreds::{Credentials, RemoteSecrets, SecretProblems};
 use crate::apiproxy::{ApiLimits, ApiProxy};
 use crate::changes::Changes;
 use crate::crd::RemoteCluster;
@@ -20,6 +20,7 @@ use crate::metrics::HubMetrics;
 use crate::retire::Retirements;
 use crate::snapshot::Defaults;
 use crate::status::StatusWriter;
+use crate::status::writer::ApiView;
 use crate::streams::Streams;
 use crate::tunnels::Tunnels;
 use crate::watch::{feed, strip_managed_fields};
@@ -88,18 +89,34 @@ pub async fn run(
     let retired = cfg().fields(&format!("metadata.name={}", crate::retire::CONFIGMAP));
     tokio::spawn(feed(watcher(configmaps.clone(), retired), index.clone()));
 
-    let tunnels = Arc::new(Tunnels::new(s.trust_domain.clone(), s.keepalive_interval));
-    if let Some(addr) = s.api.api_addr {
-        serve_api(
-            &client,
-            &s,
-            addr,
-            store.clone(),
-            tunnels.clone(),
-            shutdown.clone(),
-        )
-        .await?;
-    }
+    let tunnels = Arc::new(Tunnels::new(
+        s.trust_domain.clone(),
+        s.keepalive_interval,
+        s.api.api_max_in_flight,
+        changes.clone(),
+        metrics.api_tunnels_connected.clone(),
+    ));
+    let api = match s.api.api_addr {
+        Some(addr) => {
+            let view = ApiView {
+                tunnels: tunnels.clone(),
+                problems: Arc::new(SecretProblems::new(changes.clone())),
+                secret_namespace: s.api.istio_namespace.clone(),
+            };
+            serve_api(
+                &client,
+                &s,
+                addr,
+                store.clone(),
+                &view,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            Some(view)
+        }
+        None => None,
+    };
 
     let reporter = Reporter {
         controller: "tether-hub".into(),
@@ -122,6 +139,7 @@ pub async fn run(
         },
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        api_access: api,
     };
     tokio::spawn(status.run());
 
@@ -168,7 +186,8 @@ async fn serve_api(
     s: &ServeConfig,
     addr: SocketAddr,
     store: reflector::Store<RemoteCluster>,
-    tunnels: Arc<Tunnels>,
+    view: &ApiView,
+    metrics: HubMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let advertise =
@@ -211,10 +230,11 @@ async fn serve_api(
         ..ApiLimits::default()
     };
     let proxy = Arc::new(ApiProxy::new(
-        tunnels,
+        view.tunnels.clone(),
         store.clone(),
         s.namespace.clone(),
         limits,
+        metrics,
     ));
     tokio::spawn(proxy.serve(listener, Arc::new(tls), shutdown));
     let secrets = RemoteSecrets {
@@ -224,6 +244,7 @@ async fn serve_api(
         credentials,
         server_base: advertise.trim_end_matches('/').to_string(),
         interval: Duration::from_secs(1),
+        problems: view.problems.clone(),
     };
     tokio::spawn(secrets.run());
     Ok(())

@@ -288,3 +288,268 @@ async fn istiods_requests_reach_only_the_named_remote_and_bad_ones_are_refused()
             .all(|c| c.metadata.name.as_deref() != Some("only-in-remote-1"))
     );
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn hub_metrics(mesh: &Mesh) -> String {
+    let (code, body) = Mesh::admin_get(mesh.hub_admin_port, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    body
+}
+
+/// Watches of `resource` the remote API server holds now.
+async fn watches_held(client: &kube::Client, resource: &str) -> f64 {
+    let text = client
+        .request_text(Request::get("/metrics").body(vec![]).unwrap())
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_longrunning_requests{")
+                && l.contains(&format!("resource=\"{resource}\""))
+                && l.contains("verb=\"WATCH\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_holds_back_the_remote_not_the_hubs_or_agents_memory() {
+    let (mesh, _) = mesh().await;
+    let kubeconfig = remote_secret(&mesh, "remote-1").await;
+    let istiod = istiod_client(&kubeconfig, None).await;
+    let remote = mesh.remote("remote-1").clone();
+    let configmaps: Api<ConfigMap> = Api::namespaced(remote.clone(), &mesh.ns);
+    let mut big: ConfigMap = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}}),
+    )
+    .unwrap();
+    configmaps
+        .create(&PostParams::default(), &big)
+        .await
+        .unwrap();
+
+    // istiod opens a watch and stops reading it.
+    let path = format!("/api/v1/namespaces/{}/configmaps?watch=true", mesh.ns);
+    let stalled = istiod
+        .send(
+            Request::get(path.as_str())
+                .body(kube::client::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+    let open = |text: &str| {
+        tether_tests::metric(text, "tether_hub_api_open_watches{cluster=\"remote-1\"}")
+    };
+    assert_eq!(open(&hub_metrics(&mesh).await), 1.0);
+    let (hub, agent) = (mesh.hub_pid().unwrap(), mesh.agent_pid("remote-1").unwrap());
+    let before = (rss_kib(hub), rss_kib(agent));
+
+    // 100 MiB of events for it: 200 updates of 512 KiB each.
+    let chunk = "x".repeat(512 << 10);
+    for i in 0..200 {
+        big.data = Some([("blob".to_string(), format!("{i}{chunk}"))].into());
+        big.metadata.resource_version = None;
+        configmaps
+            .replace("big", &PostParams::default(), &big)
+            .await
+            .unwrap();
+    }
+    // The remote is still served for everything else while that watch is stuck.
+    Api::<ConfigMap>::namespaced(istiod.clone(), &mesh.ns)
+        .get("big")
+        .await
+        .unwrap();
+    let after = (rss_kib(hub), rss_kib(agent));
+    let grown = |b: u64, a: u64| a.saturating_sub(b) / 1024;
+    println!(
+        "100 MiB of events to a reader that stopped: hub grew {} MiB ({} -> {} KiB), agent {} MiB ({} -> {} KiB)",
+        grown(before.0, after.0),
+        before.0,
+        after.0,
+        grown(before.1, after.1),
+        before.1,
+        after.1
+    );
+    // Flow control: the hub takes in at most a stream window, each end sends at most its send
+    // buffer; a proxy that buffered would have grown by the 100 MiB.
+    assert!(
+        grown(before.0, after.0) < 32,
+        "hub: {before:?} -> {after:?}"
+    );
+    assert!(
+        grown(before.1, after.1) < 32,
+        "agent: {before:?} -> {after:?}"
+    );
+
+    // istiod closes the watch: the hub counts it closed, and the remote API server's watch ends.
+    drop(stalled);
+    eventually("the hub to count the watch closed", SOON, || async {
+        let text = hub_metrics(&mesh).await;
+        anyhow::ensure!(open(&text) == 0.0, "{}", open(&text));
+        Ok(())
+    })
+    .await;
+    let held = watches_held(&remote, "nodes").await;
+    let nodes = istiod
+        .send(
+            Request::get("/api/v1/nodes?watch=true")
+                .body(kube::client::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the remote to hold istiod's watch of nodes",
+        SOON,
+        || async {
+            let now = watches_held(&remote, "nodes").await;
+            anyhow::ensure!(now == held + 1.0, "{held} -> {now}");
+            Ok(())
+        },
+    )
+    .await;
+    drop(nodes);
+    eventually("the remote's watch to end with istiod's", SOON, || async {
+        let now = watches_held(&remote, "nodes").await;
+        anyhow::ensure!(now == held, "{held} -> {now}");
+        Ok(())
+    })
+    .await;
+}
+
+/// Waits for `cluster`'s APIAccess condition to have (status, reason); ("", "") for none.
+async fn wait_api(mesh: &Mesh, cluster: &str, want: (&str, &str)) {
+    eventually(&format!("{cluster} APIAccess {want:?}"), SOON, || async {
+        let c = tether_tests::mesh::condition(&mesh.status(cluster).await?, "APIAccess");
+        let got = (
+            c["status"].as_str().unwrap_or_default(),
+            c["reason"].as_str().unwrap_or_default(),
+        );
+        anyhow::ensure!(got == want, "{got:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_api_access_condition_says_what_is_missing_and_metrics_count_requests() {
+    let (mut mesh, _) = mesh().await;
+    wait_api(&mesh, "remote-1", ("True", "Ready")).await;
+    wait_api(&mesh, "remote-2", ("", "")).await;
+
+    // Requests are counted by remote, verb and code.
+    let kubeconfig = remote_secret(&mesh, "remote-1").await;
+    let istiod = istiod_client(&kubeconfig, None).await;
+    Api::<Namespace>::all(istiod.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let _ = Api::<Namespace>::all(istiod.clone())
+        .delete(&mesh.ns, &Default::default())
+        .await;
+    let text = hub_metrics(&mesh).await;
+    for (series, at_least) in [
+        (
+            "tether_hub_api_requests_total{cluster=\"remote-1\",verb=\"list\",code=\"200\"}",
+            1.0,
+        ),
+        (
+            "tether_hub_api_requests_total{cluster=\"remote-1\",verb=\"delete\",code=\"403\"}",
+            1.0,
+        ),
+        ("tether_hub_api_tunnels_connected", 2.0),
+        ("tether_hub_api_request_seconds_count{verb=\"list\"}", 1.0),
+    ] {
+        let v = tether_tests::metric(&text, series);
+        assert!(v >= at_least, "{series} = {v}\n{text}");
+    }
+
+    // The agent without --api-access: the hub says so once the tunnel is overdue, and the
+    // operator's table shows it.
+    mesh.kill_agent("remote-1");
+    mesh.agent_args(&[]);
+    mesh.start_agent("remote-1").unwrap();
+    mesh.wait_phase("remote-1", "Synced", SOON).await;
+    wait_api(&mesh, "remote-1", ("False", "NoTunnel")).await;
+    let (code, out, err) = mesh.hub_cli(&["status", "--namespace", &mesh.ns]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.starts_with("remote-1")).unwrap();
+    assert!(
+        line.contains("SYNCED") && line.contains("NoTunnel") && line.contains("--api-access"),
+        "{out}"
+    );
+    let reader = format!("{}/istio-reader-service-account", mesh.ns);
+    mesh.kill_agent("remote-1");
+    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
+    mesh.start_agent("remote-1").unwrap();
+    wait_api(&mesh, "remote-1", ("True", "Ready")).await;
+    let reasons: Vec<String> = mesh
+        .events_for("remote-1")
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "NoTunnel") && reasons.iter().any(|r| r == "Ready"),
+        "{reasons:?}"
+    );
+
+    // A remote secret of that name that the hub did not make: kept, and named in the condition.
+    let secrets: Api<Secret> = Api::namespaced(mesh.central.clone(), &mesh.ns);
+    let foreign: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "istio-remote-secret-remote-2", "labels": {"istio/multiCluster": "true"}},
+        "stringData": {"remote-2": "made by hand"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    mesh.remote_clusters()
+        .patch(
+            "remote-2",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"apiAccess": {"enabled": true}}})),
+        )
+        .await
+        .unwrap();
+    wait_api(&mesh, "remote-2", ("False", "RemoteSecretBlocked")).await;
+    let kept = secrets.get("istio-remote-secret-remote-2").await.unwrap();
+    assert_eq!(kept.data.unwrap()["remote-2"].0, b"made by hand");
+    secrets
+        .delete("istio-remote-secret-remote-2", &Default::default())
+        .await
+        .unwrap();
+    wait_api(&mesh, "remote-2", ("True", "Ready")).await;
+
+    // Access disabled: the condition and the secret go.
+    mesh.remote_clusters()
+        .patch(
+            "remote-1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"apiAccess": null}})),
+        )
+        .await
+        .unwrap();
+    wait_api(&mesh, "remote-1", ("", "")).await;
+    eventually("remote-1's secret removed", SOON, || async {
+        let s = secrets.get_opt("istio-remote-secret-remote-1").await?;
+        anyhow::ensure!(s.is_none(), "still there");
+        Ok(())
+    })
+    .await;
+}

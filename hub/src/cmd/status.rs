@@ -71,6 +71,8 @@ pub struct Row {
     pub endpoints: i32,
     /// Seconds since the agent's last ACK.
     pub since_last_ack: Option<i64>,
+    /// API access: `-` when not enabled, `READY`, or why not (the `APIAccess` condition's reason).
+    pub api_access: String,
     pub last_error: String,
 }
 
@@ -112,6 +114,12 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
         (Health::Synced | Health::Stale | Health::Nacked, Some(_)) => Health::Duplicate,
         (state, _) => state,
     };
+    let api = cond(condition::API_ACCESS);
+    let api_access = match api {
+        None => "-".to_string(),
+        Some(c) if c.status == "True" => "READY".to_string(),
+        Some(c) => c.reason.clone(),
+    };
     let mut last_error = String::new();
     if let Some(c) = duplicate {
         last_error = c.message.clone();
@@ -121,6 +129,8 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
         && let Some(n) = &sync.last_nack
     {
         last_error = n.message.clone();
+    } else if let Some(c) = api.filter(|c| c.status == "False") {
+        last_error = format!("API access: {}", c.message);
     }
     Row {
         cluster: rc.name_any(),
@@ -130,14 +140,23 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
         acked_version: acked,
         endpoints: sync.endpoints,
         since_last_ack: last_ack.map(|t| now.duration_since(t).as_secs()),
+        api_access,
         last_error,
     }
 }
 
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:>9}  {}\n",
-        "CLUSTER", "STATE", "AGENT", "DESIRED", "ACKED", "ENDPOINTS", "LAST ACK", "LAST ERROR"
+        "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:>9}  {:<19} {}\n",
+        "CLUSTER",
+        "STATE",
+        "AGENT",
+        "DESIRED",
+        "ACKED",
+        "ENDPOINTS",
+        "LAST ACK",
+        "API ACCESS",
+        "LAST ERROR"
     );
     for r in rows {
         let dash = |s: &str| {
@@ -153,7 +172,7 @@ pub fn table(rows: &[Row]) -> String {
             .unwrap_or_else(|| "-".into());
         let err: String = r.last_error.chars().take(160).collect();
         out.push_str(&format!(
-            "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:>9}  {}\n",
+            "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:>9}  {:<19} {}\n",
             r.cluster,
             r.state.as_str(),
             dash(&r.agent_version),
@@ -161,6 +180,7 @@ pub fn table(rows: &[Row]) -> String {
             dash(&r.acked_version),
             r.endpoints,
             ack,
+            r.api_access,
             dash(&err)
         ));
     }
@@ -328,5 +348,28 @@ mod tests {
         let t = table(&rows);
         assert!(t.starts_with("CLUSTER"));
         assert!(t.lines().nth(1).unwrap().contains("SYNCED"));
+    }
+
+    #[test]
+    fn api_access_column_shows_the_condition() {
+        let mut with = rc(Some(true), "v1", "v1", None);
+        let now = Timestamp::now();
+        assert_eq!(row(&with, None, now).api_access, "-");
+        let status = with.status.as_mut().unwrap();
+        status.conditions.push(Condition {
+            type_: condition::API_ACCESS.into(),
+            status: "False".into(),
+            reason: "NoTunnel".into(),
+            message: "run it with --api-access".into(),
+            last_transition_time: Time(now),
+            observed_generation: None,
+        });
+        let r = row(&with, None, now);
+        assert_eq!(r.state, Health::Synced, "sync and API access are apart");
+        assert_eq!(r.api_access, "NoTunnel");
+        assert_eq!(r.last_error, "API access: run it with --api-access");
+        assert!(table(&[r]).contains("NoTunnel"));
+        with.status.as_mut().unwrap().conditions[1].status = "True".into();
+        assert_eq!(row(&with, None, now).api_access, "READY");
     }
 }

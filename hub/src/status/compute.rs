@@ -15,6 +15,27 @@ use std::time::Duration;
 /// admitted standby (the other agent is gone) ends it at once.
 pub const DUPLICATE_MEMORY: Duration = Duration::from_secs(120);
 
+/// How long after the agent's stream connects a missing API-access tunnel is still expected (the
+/// agent dials both at start; the tunnel may come a moment later).
+pub const TUNNEL_GRACE: Duration = Duration::from_secs(10);
+
+/// What the hub knows of a remote's API access, beyond its spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiInput {
+    /// `apiAccess.enabled` is not set: no condition.
+    Disabled,
+    /// Enabled, but this hub serves no API endpoint.
+    HubNotServing,
+    Serving {
+        /// The agent's tunnel is up.
+        tunnel_up: bool,
+        /// Why the remote secret could not be written, if it could not.
+        secret_problem: Option<String>,
+        /// The remote secret's `namespace/name`.
+        secret: String,
+    },
+}
+
 /// The refused duplicate still worth reporting at `now`, and when it stops being so.
 pub fn recent_duplicate(stream: &StreamState, now: Timestamp) -> Option<(&Duplicate, Timestamp)> {
     let d = stream.duplicate.as_ref()?;
@@ -49,6 +70,7 @@ fn known(stream: &StreamState, recorded: Option<&RemoteClusterStatus>) -> Stream
 pub fn compute(
     desired: &Desired,
     stream: &StreamState,
+    api: &ApiInput,
     previous: Option<&RemoteClusterStatus>,
     now: Timestamp,
 ) -> RemoteClusterStatus {
@@ -116,6 +138,7 @@ pub fn compute(
         spec_valid(desired),
         single_agent(stream, duplicate),
     ];
+    conditions.extend(api_access(api, stream, now));
     for c in &mut conditions {
         c.observed_generation = Some(desired.generation);
         if let Some(old) = previous.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_))
@@ -174,6 +197,68 @@ fn spec_valid(desired: &Desired) -> Condition {
         let msg = format!("{}{kept}", desired.errors.join("; "));
         cond(condition::SPEC_VALID, false, reason::INVALID, &msg)
     }
+}
+
+/// Until when a missing tunnel is still expected, when it is.
+pub fn tunnel_expected_until(
+    api: &ApiInput,
+    stream: &StreamState,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let ApiInput::Serving {
+        tunnel_up: false, ..
+    } = api
+    else {
+        return None;
+    };
+    let until = stream.connected_since? + TUNNEL_GRACE;
+    (stream.streams > 0 && now < until).then_some(until)
+}
+
+fn api_access(api: &ApiInput, stream: &StreamState, now: Timestamp) -> Option<Condition> {
+    use condition::API_ACCESS;
+    let c = match api {
+        ApiInput::Disabled => return None,
+        ApiInput::HubNotServing => cond(
+            API_ACCESS,
+            false,
+            reason::HUB_NOT_SERVING,
+            "apiAccess.enabled, but this hub serves no API endpoint: start it with --api-addr and --api-advertise (hub chart value apiAccess.enabled)",
+        ),
+        ApiInput::Serving {
+            secret_problem: Some(problem),
+            ..
+        } => cond(API_ACCESS, false, reason::REMOTE_SECRET_BLOCKED, problem),
+        ApiInput::Serving {
+            tunnel_up: true,
+            secret,
+            ..
+        } => {
+            let msg = format!(
+                "istiod reaches this cluster's API server through its agent (remote secret {secret})"
+            );
+            cond(API_ACCESS, true, reason::READY, &msg)
+        }
+        ApiInput::Serving { .. } if stream.streams == 0 => cond(
+            API_ACCESS,
+            false,
+            reason::AGENT_DISCONNECTED,
+            "the agent is not connected: istiod's requests for this cluster are answered 503",
+        ),
+        ApiInput::Serving { .. } if tunnel_expected_until(api, stream, now).is_some() => cond(
+            API_ACCESS,
+            false,
+            reason::TUNNEL_PENDING,
+            "waiting for the agent's API-access tunnel",
+        ),
+        ApiInput::Serving { .. } => cond(
+            API_ACCESS,
+            false,
+            reason::NO_TUNNEL,
+            "the agent is connected but has opened no API-access tunnel: run it with --api-access (agent chart value apiAccess.enabled)",
+        ),
+    };
+    Some(c)
 }
 
 fn single_agent(stream: &StreamState, duplicate: Option<&Duplicate>) -> Condition {
@@ -261,6 +346,22 @@ pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus)
     {
         events.push(event(EventType::Warning, c, "Stream"));
     }
+    // API access: a problem of its own (not the agent's disconnect, which has its event), and the
+    // recovery from one.
+    let problem = |c: &Condition| {
+        c.status == "False"
+            && c.reason != reason::AGENT_DISCONNECTED
+            && c.reason != reason::TUNNEL_PENDING
+    };
+    if whole(old, condition::API_ACCESS) != whole(Some(new), condition::API_ACCESS)
+        && let Some(c) = find(Some(new), condition::API_ACCESS)
+    {
+        if problem(c) {
+            events.push(event(EventType::Warning, c, "APIAccess"));
+        } else if c.status == "True" && find(old, condition::API_ACCESS).is_some_and(problem) {
+            events.push(event(EventType::Normal, c, "APIAccess"));
+        }
+    }
     let nack = |s: Option<&RemoteClusterStatus>| {
         s.and_then(|s| s.sync.as_ref())
             .and_then(|s| s.last_nack.clone())
@@ -330,7 +431,9 @@ mod tests {
     }
 
     fn phase(d: &Desired, s: &StreamState) -> Phase {
-        compute(d, s, None, Timestamp::now()).phase.unwrap()
+        compute(d, s, &ApiInput::Disabled, None, Timestamp::now())
+            .phase
+            .unwrap()
     }
 
     #[test]
@@ -353,7 +456,13 @@ mod tests {
             conflict: true,
         });
         assert_eq!(phase(&desired("v2"), &nacked), Phase::Degraded);
-        let status = compute(&desired("v2"), &nacked, None, Timestamp::now());
+        let status = compute(
+            &desired("v2"),
+            &nacked,
+            &ApiInput::Disabled,
+            None,
+            Timestamp::now(),
+        );
         let synced = status
             .conditions
             .iter()
@@ -376,7 +485,7 @@ mod tests {
             instance: "bbbb".into(),
             at,
         });
-        let status = compute(&desired("v1"), &s, None, at);
+        let status = compute(&desired("v1"), &s, &ApiInput::Disabled, None, at);
         assert_eq!(status.phase, Some(Phase::Degraded));
         let c = status
             .conditions
@@ -393,11 +502,23 @@ mod tests {
             c.message
         );
         let events = transitions(
-            Some(&compute(&desired("v1"), &connected("v1"), None, at)),
+            Some(&compute(
+                &desired("v1"),
+                &connected("v1"),
+                &ApiInput::Disabled,
+                None,
+                at,
+            )),
             &status,
         );
         assert!(events.iter().any(|e| e.reason == "DuplicateAgent"));
-        let later = compute(&desired("v1"), &s, Some(&status), at + DUPLICATE_MEMORY);
+        let later = compute(
+            &desired("v1"),
+            &s,
+            &ApiInput::Disabled,
+            Some(&status),
+            at + DUPLICATE_MEMORY,
+        );
         assert_eq!(
             later.phase,
             Some(Phase::Synced),
@@ -409,7 +530,13 @@ mod tests {
     fn spec_errors_show_in_spec_valid_and_degrade() {
         let mut d = desired("v1");
         d.errors = vec!["service \"nope\": no such Service".into()];
-        let status = compute(&d, &connected("v1"), None, Timestamp::now());
+        let status = compute(
+            &d,
+            &connected("v1"),
+            &ApiInput::Disabled,
+            None,
+            Timestamp::now(),
+        );
         assert_eq!(status.phase, Some(Phase::Degraded));
         let c = status
             .conditions
@@ -428,10 +555,17 @@ mod tests {
 
     #[test]
     fn unchanged_condition_keeps_its_transition_time() {
-        let first = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let first = compute(
+            &desired("v1"),
+            &connected("v1"),
+            &ApiInput::Disabled,
+            None,
+            Timestamp::now(),
+        );
         let second = compute(
             &desired("v1"),
             &connected("v1"),
+            &ApiInput::Disabled,
             Some(&first),
             Timestamp::now(),
         );
@@ -449,7 +583,13 @@ mod tests {
             }],
             ..Default::default()
         }));
-        let status = compute(&d, &connected("v1"), None, Timestamp::now());
+        let status = compute(
+            &d,
+            &connected("v1"),
+            &ApiInput::Disabled,
+            None,
+            Timestamp::now(),
+        );
         assert_eq!(status.phase, Some(Phase::Synced), "valid and applied");
         let c = status
             .conditions
@@ -461,7 +601,13 @@ mod tests {
             ("True", "NoEndpoints")
         );
         assert!(c.message.contains("istiod-canary"));
-        let before = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let before = compute(
+            &desired("v1"),
+            &connected("v1"),
+            &ApiInput::Disabled,
+            None,
+            Timestamp::now(),
+        );
         let events = transitions(Some(&before), &status);
         assert_eq!(
             events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
@@ -472,10 +618,17 @@ mod tests {
 
     #[test]
     fn only_phase_condition_connection_and_nack_changes_are_significant() {
-        let v1 = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let v1 = compute(
+            &desired("v1"),
+            &connected("v1"),
+            &ApiInput::Disabled,
+            None,
+            Timestamp::now(),
+        );
         let v2 = compute(
             &desired("v2"),
             &connected("v2"),
+            &ApiInput::Disabled,
             Some(&v1),
             Timestamp::now(),
         );
@@ -484,24 +637,116 @@ mod tests {
         let pending = compute(
             &desired("v3"),
             &connected("v2"),
+            &ApiInput::Disabled,
             Some(&v2),
             Timestamp::now(),
         );
         assert!(significant(&v2, &pending));
         let mut gone = connected("v2");
         gone.streams = 0;
-        let disconnected = compute(&desired("v2"), &gone, Some(&v2), Timestamp::now());
+        let disconnected = compute(
+            &desired("v2"),
+            &gone,
+            &ApiInput::Disabled,
+            Some(&v2),
+            Timestamp::now(),
+        );
         assert!(significant(&v2, &disconnected));
     }
 
     #[test]
     fn a_restarted_hub_shows_an_agent_it_has_not_seen_as_disconnected_from_the_record() {
-        let recorded = compute(&desired("v1"), &connected("v1"), None, Timestamp::now());
+        let recorded = compute(
+            &desired("v1"),
+            &connected("v1"),
+            &ApiInput::Disabled,
+            None,
+            Timestamp::now(),
+        );
         let unseen = StreamState::default();
-        let status = compute(&desired("v1"), &unseen, Some(&recorded), Timestamp::now());
+        let status = compute(
+            &desired("v1"),
+            &unseen,
+            &ApiInput::Disabled,
+            Some(&recorded),
+            Timestamp::now(),
+        );
         assert_eq!(status.phase, Some(Phase::Disconnected));
         assert_eq!(status.sync.unwrap().acked_version, "v1");
         // Without a record: never connected.
         assert_eq!(phase(&desired("v1"), &unseen), Phase::Pending);
+    }
+
+    #[test]
+    fn api_access_condition_names_what_is_missing() {
+        let serving = |up: bool, problem: Option<&str>| ApiInput::Serving {
+            tunnel_up: up,
+            secret_problem: problem.map(String::from),
+            secret: "istio-system/istio-remote-secret-r".into(),
+        };
+        let at = Timestamp::now();
+        let mut s = connected("v1");
+        s.connected_since = Some(at);
+        let api = |api: &ApiInput, s: &StreamState, now| {
+            let st = compute(&desired("v1"), s, api, None, now);
+            assert_eq!(
+                st.phase,
+                Some(Phase::Synced),
+                "API access never moves the phase"
+            );
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == "APIAccess")
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        assert_eq!(api(&ApiInput::Disabled, &s, at), None);
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(api(&serving(true, None), &s, at), pair("True", "Ready"));
+        assert_eq!(
+            api(&serving(false, None), &s, at),
+            pair("False", "TunnelPending")
+        );
+        assert_eq!(
+            tunnel_expected_until(&serving(false, None), &s, at),
+            Some(at + TUNNEL_GRACE)
+        );
+        let later = at + TUNNEL_GRACE;
+        assert_eq!(
+            api(&serving(false, None), &s, later),
+            pair("False", "NoTunnel")
+        );
+        assert_eq!(
+            api(&serving(true, Some("foreign secret")), &s, at),
+            pair("False", "RemoteSecretBlocked")
+        );
+        assert_eq!(
+            api(&ApiInput::HubNotServing, &s, at),
+            pair("False", "HubNotServing")
+        );
+        let mut gone = s.clone();
+        gone.streams = 0;
+        let st = compute(&desired("v1"), &gone, &serving(false, None), None, later);
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "APIAccess")
+            .unwrap();
+        assert_eq!(c.reason, "AgentDisconnected");
+
+        // Events: a problem of its own, and the recovery from it; not the start-up wait.
+        let status = |api: &ApiInput, now| compute(&desired("v1"), &s, api, None, now);
+        let reasons = |old: &RemoteClusterStatus, new: &RemoteClusterStatus| {
+            transitions(Some(old), new)
+                .into_iter()
+                .map(|e| e.reason)
+                .collect::<Vec<_>>()
+        };
+        let pending = status(&serving(false, None), at);
+        let ready = status(&serving(true, None), at);
+        let missing = status(&serving(false, None), later);
+        assert!(reasons(&pending, &ready).is_empty());
+        assert_eq!(reasons(&ready, &missing), ["NoTunnel"]);
+        assert_eq!(reasons(&missing, &ready), ["Ready"]);
+        assert!(reasons(&missing, &missing).is_empty());
     }
 }

@@ -15,13 +15,18 @@
 //! as input, except to compare: the server's answer to its last write stands for the stored object
 //! until the watch delivers something newer.
 
-use super::compute::{compute, recent_duplicate, same_status, significant, transitions};
+use super::compute::{
+    ApiInput, compute, recent_duplicate, same_status, significant, transitions,
+    tunnel_expected_until,
+};
+use crate::apicreds::SecretProblems;
 use crate::changes::Changes;
 use crate::crd::{RemoteCluster, RemoteClusterStatus};
 use crate::index::Index;
 use crate::metrics::HubMetrics;
 use crate::retire::Retirements;
 use crate::streams::Streams;
+use crate::tunnels::Tunnels;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -52,6 +57,35 @@ pub struct StatusWriter {
     pub retirements: Retirements,
     pub recorder: Recorder,
     pub metrics: HubMetrics,
+    /// API access, when this hub serves it.
+    pub api_access: Option<ApiView>,
+}
+
+/// What the status writer reads of API access.
+pub struct ApiView {
+    pub tunnels: Arc<Tunnels>,
+    pub problems: Arc<SecretProblems>,
+    /// Where the remote secrets are written (istiod's namespace).
+    pub secret_namespace: String,
+}
+
+impl ApiView {
+    fn input(view: Option<&Self>, rc: &RemoteCluster) -> ApiInput {
+        let name = rc.name_any();
+        match view {
+            _ if !rc.spec.api_access_enabled() => ApiInput::Disabled,
+            None => ApiInput::HubNotServing,
+            Some(v) => ApiInput::Serving {
+                tunnel_up: v.tunnels.is_up(&name),
+                secret_problem: v.problems.get(&name),
+                secret: format!(
+                    "{}/{}",
+                    v.secret_namespace,
+                    crate::apicreds::secret_name(&name)
+                ),
+            },
+        }
+    }
 }
 
 /// The writer's last write of a remote's status: when, the resourceVersion the server answered
@@ -252,10 +286,15 @@ impl StatusWriter {
         }
         self.retirements.ensure_finalizer(&rc).await?;
         let now = Timestamp::now();
-        let status = compute(&desired, &stream, rc.status.as_ref(), now);
-        // A reported duplicate expires with time, not with an input: look again then.
-        let expires = recent_duplicate(&stream, now)
-            .map(|(_, until)| Instant::now() + now.duration_until(until).unsigned_abs());
+        let api = ApiView::input(self.api_access.as_ref(), &rc);
+        let status = compute(&desired, &stream, &api, rc.status.as_ref(), now);
+        // A reported duplicate, and the wait for a tunnel, expire with time, not with an input:
+        // look again then.
+        let at = |until: Timestamp| Instant::now() + now.duration_until(until).unsigned_abs();
+        let expires = earliest(
+            recent_duplicate(&stream, now).map(|(_, until)| at(until)),
+            tunnel_expected_until(&api, &stream, now).map(at),
+        );
         if let Some(old) = rc.status.as_ref() {
             if same_status(old, &status) {
                 return Ok(Visited::Remote {
