@@ -67,9 +67,12 @@ pub struct Cli {
         default_value = "istio-system/istio-reader-service-account"
     )]
     pub api_reader: String,
-    /// Lifetime of the reader token; refreshed at two thirds of it.
+    /// Lifetime of the reader token (the API server's minimum is 10m); refreshed at two thirds of it.
     #[arg(long, env = "TETHER_API_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
     pub api_token_ttl: Duration,
+    /// Refresh the reader token this often instead (shorter than two thirds of its lifetime).
+    #[arg(long, env = "TETHER_API_TOKEN_REFRESH", value_parser = parse_duration)]
+    pub api_token_refresh: Option<Duration>,
     /// Largest request body forwarded (istiod sends token reviews and ConfigMaps).
     #[arg(long, env = "TETHER_API_MAX_BODY_BYTES", default_value_t = 3 << 20)]
     pub api_max_body_bytes: usize,
@@ -96,6 +99,7 @@ impl Cli {
             api_access,
             api_reader,
             api_token_ttl,
+            api_token_refresh,
             api_max_body_bytes,
         } = self;
         let tunnel = api_access.then(|| crate::tunnel::TunnelConfig {
@@ -107,6 +111,9 @@ impl Cli {
                 .map(|(ns, name)| (ns.to_string(), name.to_string()))
                 .unwrap_or_else(|| ("istio-system".into(), api_reader.clone())),
             token_ttl: api_token_ttl,
+            token_refresh: api_token_refresh
+                .unwrap_or(api_token_ttl * 2 / 3)
+                .min(api_token_ttl * 2 / 3),
             max_body_bytes: api_max_body_bytes,
             backoff_initial,
             backoff_max,

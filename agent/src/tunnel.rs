@@ -36,8 +36,10 @@ pub struct TunnelConfig {
     pub tls: TlsFiles,
     /// `namespace/name` of the ServiceAccount whose token the forwarded requests carry.
     pub reader: (String, String),
-    /// Lifetime asked for the reader token; refreshed at two thirds of it.
+    /// Lifetime asked for the reader token.
     pub token_ttl: Duration,
+    /// How often it is refreshed (two thirds of the lifetime unless told more often).
+    pub token_refresh: Duration,
     pub max_body_bytes: usize,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -75,7 +77,9 @@ pub async fn run(own: kube::Client, config: TunnelConfig) {
     }
 }
 
-/// Requests the reader token, builds its client, and does it again at two thirds of the lifetime.
+/// Requests the reader token, builds its client, and does it again every `token_refresh`. Watches
+/// under the previous token go on (the API server checked it when they began); new requests carry
+/// the new one.
 async fn refresh_token(own: kube::Client, config: TunnelConfig, reader: Reader) {
     let (namespace, name) = config.reader.clone();
     let api: Api<ServiceAccount> = Api::namespaced(own, &namespace);
@@ -107,7 +111,7 @@ async fn refresh_token(own: kube::Client, config: TunnelConfig, reader: Reader) 
             Ok(client) => {
                 info!(account = %format!("{namespace}/{name}"), ttl = ?config.token_ttl, "reader token issued");
                 *reader.0.write().expect("reader lock") = Ok(client);
-                config.token_ttl * 2 / 3
+                config.token_refresh
             }
             Err(error) => {
                 warn!(%error, "cannot issue the reader token; API access answers 503 until it can");

@@ -39,10 +39,36 @@ pub struct IstiodCert {
     pub issued: SystemTime,
 }
 
+/// istiod's current client certificate as the endpoint compares it (DER), and since when this hub
+/// has known it as current (a restarted hub: since it started).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Current {
+    pub der: Vec<u8>,
+    pub since: tokio::time::Instant,
+}
+
+impl Current {
+    fn of(pem: &Pem) -> anyhow::Result<Self> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let der = CertificateDer::from_pem_slice(pem.cert.as_bytes())?;
+        Ok(Self {
+            der: der.as_ref().to_vec(),
+            since: tokio::time::Instant::now(),
+        })
+    }
+
+    /// When a client presenting `peer` stops being served: None while `peer` is current.
+    pub fn retired_at(&self, peer: &[u8], grace: Duration) -> Option<tokio::time::Instant> {
+        (self.der != peer).then(|| self.since + grace)
+    }
+}
+
 /// The CA and istiod's current certificate.
 pub struct Credentials {
     pub ca: Pem,
     istiod: RwLock<IstiodCert>,
+    current: tokio::sync::watch::Sender<Current>,
     ttl: Duration,
     secrets: Api<Secret>,
     namespace: String,
@@ -98,8 +124,10 @@ impl Credentials {
                         issued: SystemTime::now(),
                     },
                 };
+                let current = tokio::sync::watch::channel(Current::of(&istiod.pem)?).0;
                 let creds = Arc::new(Self {
                     ca,
+                    current,
                     istiod: RwLock::new(istiod),
                     ttl,
                     secrets,
@@ -128,6 +156,11 @@ impl Credentials {
         anyhow::bail!("could not read or create Secret {namespace}/{CA_SECRET}")
     }
 
+    /// istiod's current certificate, as it changes.
+    pub fn current(&self) -> tokio::sync::watch::Receiver<Current> {
+        self.current.subscribe()
+    }
+
     pub fn istiod(&self) -> IstiodCert {
         self.istiod.read().expect("credentials lock").clone()
     }
@@ -152,7 +185,9 @@ impl Credentials {
                 &Patch::Apply(&secret),
             )
             .await?;
+        let current = Current::of(&next.pem)?;
         *self.istiod.write().expect("credentials lock") = next;
+        self.current.send_replace(current);
         info!("renewed istiod's API-access client certificate");
         Ok(())
     }
@@ -406,6 +441,18 @@ fn ours(s: &Secret) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_superseded_certificate_retires_and_after_the_grace() {
+        let since = tokio::time::Instant::now();
+        let current = Current {
+            der: b"new".to_vec(),
+            since,
+        };
+        let grace = Duration::from_secs(60);
+        assert_eq!(current.retired_at(b"new", grace), None);
+        assert_eq!(current.retired_at(b"old", grace), Some(since + grace));
+    }
 
     #[test]
     fn kubeconfig_embeds_credentials_and_points_at_the_hub() {

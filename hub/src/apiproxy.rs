@@ -12,6 +12,7 @@
 //! 503 when its agent's tunnel is down (after a short hold), 429 over the in-flight bound, 413 for
 //! an oversized body, 400 for a path that is not plainly `/clusters/<name>/...`.
 
+use crate::apicreds::Current;
 use crate::crd::RemoteCluster;
 use crate::metrics::{ApiRequest, Cluster, HubMetrics, Verb};
 use crate::tunnels::Tunnels;
@@ -28,7 +29,7 @@ use tether_proto::runtime::cli::stopped;
 use tether_proto::runtime::proxy::{status_body, strip_headers};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -42,6 +43,8 @@ pub struct ApiLimits {
     pub hold: Duration,
     /// How long a request waits for the head of its answer.
     pub response_timeout: Duration,
+    /// How long istiod's previous certificate still works after a renewal.
+    pub superseded_grace: Duration,
 }
 
 impl Default for ApiLimits {
@@ -52,6 +55,7 @@ impl Default for ApiLimits {
             max_header_bytes: 64 << 10,
             hold: Duration::from_secs(3),
             response_timeout: Duration::from_secs(30),
+            superseded_grace: Duration::from_secs(60),
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct ApiProxy {
     pub limits: ApiLimits,
     in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
     metrics: HubMetrics,
+    /// istiod's current certificate: connections with an older one end after the grace.
+    current: watch::Receiver<Current>,
 }
 
 /// A Kubernetes `Status` answer.
@@ -146,8 +152,10 @@ impl ApiProxy {
         namespace: String,
         limits: ApiLimits,
         metrics: HubMetrics,
+        current: watch::Receiver<Current>,
     ) -> Self {
         Self {
+            current,
             tunnels,
             remotes,
             namespace,
@@ -361,10 +369,30 @@ impl ApiProxy {
                     }
                     Err(_) => return,
                 };
+                let peer_cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec())
+                    .unwrap_or_default();
                 let limits = proxy.limits;
+                let mut current = proxy.current.clone();
+                let retired_at =
+                    move |c: &Current| c.retired_at(&peer_cert, limits.superseded_grace);
+                let retired = retired_at.clone();
+                let watched = current.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req).await) }
+                    let superseded = retired(&watched.borrow())
+                        .filter(|at| *at <= tokio::time::Instant::now())
+                        .is_some();
+                    async move {
+                        if superseded {
+                            return Ok::<_, std::convert::Infallible>(superseded_answer());
+                        }
+                        Ok(proxy.handle(req).await)
+                    }
                 });
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -378,12 +406,54 @@ impl ApiProxy {
                     .max_header_list_size(limits.max_header_bytes as u32)
                     .keep_alive_interval(Duration::from_secs(20))
                     .keep_alive_timeout(Duration::from_secs(10));
-                if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
-                    debug!(%peer, %error, "API endpoint: connection ended");
+                let connection = builder.serve_connection(TokioIo::new(tls), service);
+                tokio::pin!(connection);
+                // A connection of a superseded certificate (istiod's old client, whose watches
+                // istiod leaves open) ends when the grace runs out. One opened after that is
+                // answered 401 (the service above) and ends with its client.
+                let refused = retired_at(&current.borrow())
+                    .is_some_and(|at| at <= tokio::time::Instant::now());
+                loop {
+                    let deadline = retired_at(&current.borrow()).filter(|_| !refused);
+                    tokio::select! {
+                        result = &mut connection => {
+                            if let Err(error) = result {
+                                debug!(%peer, %error, "API endpoint: connection ended");
+                            }
+                            return;
+                        }
+                        _ = sleep_until(deadline) => {
+                            info!(%peer, "API endpoint: closing a connection of istiod's superseded certificate");
+                            return;
+                        }
+                        changed = current.changed() => if changed.is_err() {
+                            // No more renewals: serve the connection to its end.
+                            if let Err(error) = connection.await {
+                                debug!(%peer, %error, "API endpoint: connection ended");
+                            }
+                            return;
+                        },
+                    }
                 }
             });
         }
     }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer on a connection whose client certificate was superseded more than the grace ago.
+fn superseded_answer() -> http::Response<Body> {
+    status(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "this client certificate was superseded by a newer one: istiod reads it from the current remote secret",
+    )
 }
 
 fn proxy_limits_buf(limits: &ApiLimits) -> usize {

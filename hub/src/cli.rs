@@ -159,6 +159,10 @@ pub struct ApiArgs {
     /// thirds of it.
     #[arg(long, env = "TETHER_API_CREDENTIAL_TTL", default_value = "24h", value_parser = parse_duration)]
     pub api_credential_ttl: Duration,
+    /// After istiod's certificate is renewed, how long the previous one still works: then the
+    /// connections it opened (and their watches) are closed and it is refused (401).
+    #[arg(long, env = "TETHER_API_CREDENTIAL_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub api_credential_grace: Duration,
     /// Requests in flight per remote; more are answered 429.
     #[arg(long, env = "TETHER_API_MAX_IN_FLIGHT", default_value_t = 256)]
     pub api_max_in_flight: usize,

@@ -227,6 +227,7 @@ async fn serve_api(
     let limits = ApiLimits {
         max_in_flight_per_remote: s.api.api_max_in_flight,
         hold: s.api.api_hold,
+        superseded_grace: s.api.api_credential_grace,
         ..ApiLimits::default()
     };
     let proxy = Arc::new(ApiProxy::new(
@@ -235,6 +236,7 @@ async fn serve_api(
         s.namespace.clone(),
         limits,
         metrics,
+        credentials.current(),
     ));
     tokio::spawn(proxy.serve(listener, Arc::new(tls), shutdown));
     let secrets = RemoteSecrets {

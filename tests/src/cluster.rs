@@ -46,6 +46,9 @@ pub struct AuditWrite {
     pub namespace: String,
     pub name: String,
     pub code: i64,
+    /// The credential the request was made with (a ServiceAccount token's `JTI=<id>`), if the API
+    /// server names one.
+    pub credential: String,
 }
 
 impl Cluster {
@@ -245,6 +248,7 @@ impl Cluster {
                     .pointer("/responseStatus/code")
                     .and_then(|c| c.as_i64())
                     .unwrap_or(0),
+                credential: s("/user/extra/authentication.kubernetes.io~1credential-id/0"),
             });
         }
         Ok(out)

@@ -111,6 +111,17 @@ async fn charts_lint_render_and_are_accepted_by_the_api_server_with_exactly_the_
     ];
     for (chart_name, extra) in renders {
         let ns = fresh_namespace(&client, "chart").await.unwrap();
+        let full = !extra.is_empty() && extra[0] == "-f";
+        // The full values enable API access: its Roles go to the namespace under test.
+        let here = [
+            format!("apiAccess.istioNamespace={ns}"),
+            format!("apiAccess.reader.namespace={ns}"),
+        ];
+        let mut extra = extra.clone();
+        if full {
+            let i = if chart_name == "tether-hub" { 0 } else { 1 };
+            extra.extend(["--set", here[i].as_str()]);
+        }
         let objects = template(chart_name, chart_name, &ns, &extra);
         // The third-party CRDs take a moment to be served.
         let applied = eventually(&format!("{chart_name} {extra:?} applied"), SOON, || {
@@ -145,8 +156,46 @@ async fn charts_lint_render_and_are_accepted_by_the_api_server_with_exactly_the_
             .list(&Default::default())
             .await
             .unwrap();
-        assert_eq!(roles.items.len(), 1, "one Role per chart");
-        let got = grants(roles.items[0].rules.as_deref().unwrap_or_default());
+        let names: BTreeSet<String> = roles
+            .items
+            .iter()
+            .filter_map(|r| r.metadata.name.clone())
+            .collect();
+        let api_role = format!("{chart_name}-api-access");
+        let want_names = if full {
+            BTreeSet::from([chart_name.to_string(), api_role.clone()])
+        } else {
+            BTreeSet::from([chart_name.to_string()])
+        };
+        assert_eq!(names, want_names, "the chart's Roles");
+        let role = |name: &str| {
+            let r = roles
+                .items
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(name))
+                .unwrap();
+            grants(r.rules.as_deref().unwrap_or_default())
+        };
+        if full && chart_name == "tether-hub" {
+            let rw: &[&str] = &["get", "list", "create", "patch", "delete"];
+            assert_eq!(
+                role(&api_role),
+                set(&[("", "secrets", rw)]),
+                "hub API-access Role: istiod's remote secrets and the API-access CA"
+            );
+        }
+        if full && chart_name == "tether-agent" {
+            assert_eq!(
+                role(&api_role),
+                set(&[(
+                    "",
+                    "serviceaccounts/token#istio-reader-service-account",
+                    &["create"]
+                )]),
+                "agent API-access Role: the reader's token and nothing else"
+            );
+        }
+        let got = role(chart_name);
         if chart_name == "tether-hub" {
             let want = set(&[
                 ("", "pods", &["get", "list", "watch"]),
@@ -173,7 +222,11 @@ async fn charts_lint_render_and_are_accepted_by_the_api_server_with_exactly_the_
             );
         } else {
             assert_eq!(got, agent_role(), "agent Role");
-            let name = &applied.iter().find(|(k, _)| k == "ClusterRole").unwrap().1;
+            let name = &applied
+                .iter()
+                .find(|(k, n)| k == "ClusterRole" && n.ends_with("-namespaces"))
+                .unwrap()
+                .1;
             let cr = Api::<ClusterRole>::all(client.clone())
                 .get(name)
                 .await

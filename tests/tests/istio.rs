@@ -310,31 +310,34 @@ async fn a_revisioned_control_plane_works_the_same_way() {
 /// workload gets its config and certificate; with the agent gone, certificates are refused, and
 /// granted again once it is back; the central cluster holds nothing of remote-1's API server; remote-1's
 /// audit log shows istiod's writes made as the reader ServiceAccount.
-#[tokio::test]
-async fn istiod_reaches_the_remote_through_its_agent_with_no_remote_credential_in_central() {
+/// API access: remote-1's agent serves istiod's requests through its tunnel; istiod reaches the
+/// central API server and the hub's endpoint only (remote-1's API server is not reachable from its
+/// network namespace at all) and has no remote secret but the hub's. Returns once istiod lists
+/// remote-1 as synced.
+async fn mesh_with_api_access(hub_args: &[&str], agent_args: &[&str]) -> (Mesh, Istiod) {
     let planes = ControlPlanes::shared(CLUSTERS).await;
     let mut mesh = Mesh::new(planes, &[R]).await.unwrap();
     Istiod::create_service(&mesh, "default").await.unwrap();
     istio::prepare_remote(&mesh, R).await.unwrap();
     let api_port = tether_tests::controlplane::free_port();
     let api = format!("127.0.0.1:{api_port}");
-    mesh.hub_args = [
+    let advertise = format!("https://{api}");
+    let mut args = vec![
         "--api-addr",
         &api,
         "--api-advertise",
-        &format!("https://{api}"),
+        &advertise,
         "--istio-namespace",
         &mesh.ns,
         "--api-hold",
         "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
+    args.extend_from_slice(hub_args);
+    mesh.hub_args = args.iter().map(|s| s.to_string()).collect();
     let reader = format!("{}/istio-reader-service-account", mesh.ns);
-    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
-    // istiod reaches the central API server and the hub's endpoint; remote-1's API server is not
-    // reachable from its network namespace at all.
+    let mut args = vec!["--api-access", "--api-reader", &reader];
+    args.extend_from_slice(agent_args);
+    mesh.agent_args(&args);
     let istiod = Istiod::start_reaching(&mesh, "istiod-a", "default", &[api_port])
         .await
         .unwrap();
@@ -365,7 +368,14 @@ async fn istiod_reaches_the_remote_through_its_agent_with_no_remote_credential_i
         "API access: istiod listed remote-1 as synced {:.2} s after the remote was Synced",
         synced.elapsed().as_secs_f64()
     );
+    (mesh, istiod)
+}
 
+#[tokio::test]
+async fn istiod_reaches_the_remote_through_its_agent_with_no_remote_credential_in_central() {
+    // Held: istiod stops when it is dropped.
+    let (mut mesh, _istiod) = mesh_with_api_access(&[], &[]).await;
+    let planes = mesh.planes;
     let ns = format!("{}-demo", mesh.ns);
     hello_service(&mesh, &ns).await;
     let w = workload(&mesh, &ns, "default");
@@ -484,4 +494,123 @@ async fn istiod_reaches_the_remote_through_its_agent_with_no_remote_credential_i
         Ok(())
     })
     .await;
+}
+
+/// istiod's open watches of remote-1 through the hub (the hub's metric).
+async fn open_watches(mesh: &Mesh) -> f64 {
+    let (_, text) = Mesh::admin_get(mesh.hub_admin_port, "/metrics")
+        .await
+        .unwrap();
+    tether_tests::metric(
+        &text,
+        &format!("tether_hub_api_open_watches{{cluster=\"{R}\"}}"),
+    )
+}
+
+/// API access keeps working while both of its credentials rotate: istiod's client certificate
+/// (a 15 s lifetime: renewed every 10 s, the remote secret rewritten, the old certificate's
+/// connections closed 3 s later) and the agent's reader token (refreshed every 4 s). After three
+/// renewals, a remote-1 workload still gets certificates (token reviews through the agent, under
+/// several reader tokens), istiod still sees remote-1's changes, and istiod's old clients' watches
+/// are gone.
+#[tokio::test]
+async fn rotating_istiods_certificate_and_the_reader_token_keeps_the_remote() {
+    let (mesh, _istiod) = mesh_with_api_access(
+        &[
+            "--api-credential-ttl",
+            "15s",
+            "--api-credential-grace",
+            "3s",
+        ],
+        &["--api-token-refresh", "4s"],
+    )
+    .await;
+    let ns = format!("{}-demo", mesh.ns);
+    hello_service(&mesh, &ns).await;
+    let w = workload(&mesh, &ns, "default");
+    until_answered("the workload's certificate", || w.csr(&mesh)).await;
+    let secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(mesh.central.clone(), &mesh.ns);
+    let name = format!("istio-remote-secret-{R}");
+    let kubeconfig =
+        |s: k8s_openapi::api::core::v1::Secret| s.data.unwrap_or_default()[R].0.clone();
+    let mut current = kubeconfig(secrets.get(&name).await.unwrap());
+    let watches_before = open_watches(&mesh).await;
+    let mut most_watches = watches_before;
+    for renewal in 1..=3 {
+        current = eventually("the next renewal of istiod's certificate", SOON, || {
+            let (secrets, name, current) = (&secrets, &name, &current);
+            async move {
+                let now = kubeconfig(secrets.get(name).await?);
+                anyhow::ensure!(&now != current, "not yet");
+                Ok(now)
+            }
+        })
+        .await;
+        let renewed = Instant::now();
+        until_answered("a certificate after the renewal", || w.csr(&mesh)).await;
+        most_watches = most_watches.max(open_watches(&mesh).await);
+        println!(
+            "renewal {renewal}: a workload certificate granted {:.2} s after the remote secret changed",
+            renewed.elapsed().as_secs_f64()
+        );
+    }
+    // istiod still follows remote-1: a Service made now reaches the workload's config.
+    let objects = [json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "late", "namespace": ns},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "selector": {"app": "late"}}})];
+    tether_tests::charts::apply_all(mesh.remote(R), &objects)
+        .await
+        .unwrap();
+    let late = format!("outbound|80||late.{ns}.svc.cluster.local");
+    until_answered("the late Service in the workload's config", || {
+        w.xds(&mesh, Some(&late))
+    })
+    .await;
+    // What istiod's earlier clients opened is closed: no more watches than before the renewals.
+    let settled = eventually("the old clients' watches closed", LONG, || async {
+        let n = open_watches(&mesh).await;
+        anyhow::ensure!(n <= watches_before, "{n} open, {watches_before} before");
+        Ok(n)
+    })
+    .await;
+    println!(
+        "istiod's watches of remote-1: {watches_before} before the renewals, at most {most_watches} during, {settled} after"
+    );
+    // The hub closed the old certificate's connections itself (istiod would leave them for minutes):
+    // one at least per renewal.
+    let closed = eventually(
+        "the hub to close each old certificate's connection",
+        SOON,
+        || async {
+            let n = mesh
+                .log("hub")
+                .matches("closing a connection of istiod's superseded certificate")
+                .count();
+            anyhow::ensure!(n >= 3, "{n} closed");
+            Ok(n)
+        },
+    )
+    .await;
+    println!("connections of superseded certificates closed by the hub: {closed}");
+    // The token reviews were made under more than one reader token, each from the agent.
+    let reader_user = format!(
+        "system:serviceaccount:{}:istio-reader-service-account",
+        mesh.ns
+    );
+    let mut tokens: Vec<String> = mesh
+        .planes
+        .get(R)
+        .audit_writes()
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.user == reader_user && w.resource == "tokenreviews")
+        .map(|w| w.credential)
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    assert!(
+        tokens.len() >= 2 && tokens.iter().all(|t| t.starts_with("JTI=")),
+        "token reviews under reader tokens: {tokens:?}"
+    );
 }

@@ -2,6 +2,7 @@
 //! share: process CPU and memory from /proc, percentiles, and a load generator of agent streams that
 //! answer without an API server.
 
+pub mod apiaccess;
 pub mod fleet;
 pub mod propagation;
 pub mod report;

@@ -1,6 +1,7 @@
 //! docs/benchmarks.md from the measurements, sections in order: 1 propagation, 2 footprint, 3 write
-//! amplification, 4 fan-out, 5 reconnect storm. The hand-written analysis below the marker survives.
+//! amplification, 4 fan-out, 5 reconnect storm, 6 API access. The hand-written analysis below the marker survives.
 
+use super::apiaccess::{ApiAccess, PODS};
 use super::fleet::{FANOUT_CHANGES, FanoutRow, Storm, secs};
 use super::propagation::{CHANGES, Propagation};
 use super::{ms, percentile};
@@ -11,6 +12,7 @@ pub const MARKER: &str = "<!-- analysis -->";
 
 pub struct Results {
     pub propagation: Propagation,
+    pub api_access: Result<ApiAccess, String>,
     /// One row per fan-out size; Err names a size that failed.
     pub fanout: Vec<Result<FanoutRow, String>>,
     pub storms: Vec<Storm>,
@@ -50,7 +52,75 @@ pub fn render(r: &Results, date: &str) -> String {
     for s in &r.storms {
         storm(&mut doc, s);
     }
+    api_access(&mut doc, &r.api_access);
     doc
+}
+
+fn api_access(doc: &mut String, r: &Result<ApiAccess, String>) {
+    let a = match r {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(
+                doc,
+                "## 6. API access
+
+The run failed: {e}
+"
+            );
+            return;
+        }
+    };
+    let direct: Vec<f64> = a.watch.iter().map(|w| w.0).collect();
+    let agent: Vec<f64> = a.watch.iter().map(|w| w.1).collect();
+    let added: Vec<f64> = a.watch.iter().map(|w| w.1 - w.0).collect();
+    let (l50d, l50a) = (
+        percentile(&a.list_direct, 50.0),
+        percentile(&a.list_agent, 50.0),
+    );
+    let (l99d, l99a) = (
+        percentile(&a.list_direct, 99.0),
+        percentile(&a.list_agent, 99.0),
+    );
+    let _ = writeln!(
+        doc,
+        "## 6. API access: through the agent vs direct
+
+         remote-1's API server read two ways in the same run: directly (its admin client, as a remote          secret's token would), and as istiod reads it through the hub's endpoint and the agent's tunnel          (the kubeconfig of the remote secret the hub wrote; release builds, production defaults).
+
+         Watch: both watches open at once on one ConfigMap, {} replaces; time from just before the write          to the event on each.
+
+         | | p50 | p90 | p99 | max |
+| --- | --- | --- | --- | --- |
+         | direct | {}
+| through the agent | {}
+| added (per event) | {}
+
+         LIST of {} pods ({:.1} MiB, protobuf as istiod asks), {} rounds alternating direct / through the agent:
+
+         | | p50 | p99 |
+| --- | --- | --- |
+| direct | {} | {} |
+| through the agent | {} | {} |
+         | ratio | {:.2}x | {:.2}x |
+
+         Targets: under 2 ms added at p99 for watch events ({}); LIST within 1.5x of direct ({}).
+",
+        a.watch.len(),
+        &summary(&direct)[2..],
+        &summary(&agent)[2..],
+        &summary(&added)[2..],
+        PODS,
+        a.list_bytes as f64 / (1 << 20) as f64,
+        a.list_direct.len(),
+        ms(l50d),
+        ms(l99d),
+        ms(l50a),
+        ms(l99a),
+        l50a / l50d,
+        l99a / l99d,
+        met(percentile(&added, 99.0) < 0.002),
+        met(l50a / l50d <= 1.5 && l99a / l99d <= 1.5),
+    );
 }
 
 fn propagation(doc: &mut String, p: &Propagation) {

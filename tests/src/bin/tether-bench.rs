@@ -4,14 +4,15 @@
 //! nothing here passes or fails.
 //!
 //! - `bench::propagation`: central + 3 remotes, 200 pod changes (sections 1-3);
-//! - `bench::fleet`: N load-generator streams, then a reconnect storm under 1,000 (sections 4-5).
+//! - `bench::fleet`: N load-generator streams, then a reconnect storm under 1,000 (sections 4-5);
+//! - `bench::apiaccess`: istiod's reads through the agent against direct reads (section 6).
 //!
 //! `TETHER_BENCH_STREAMS` (default `100,1000,10000`) sets the fan-out sizes.
 
 use std::time::Instant;
 use tether_tests::ControlPlanes;
 use tether_tests::bench::report::{MARKER, Results, render};
-use tether_tests::bench::{fleet, propagation};
+use tether_tests::bench::{apiaccess, fleet, propagation};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -26,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let planes: &'static ControlPlanes = Box::leak(Box::new(ControlPlanes::start(&names)?));
     tether_tests::mesh::bin_dir();
     let propagation = propagation::run(planes).await?;
+    let api_access = apiaccess::run(planes).await.map_err(|e| format!("{e:#}"));
     let mut rows = Vec::new();
     let mut storms = Vec::new();
     for n in &sizes {
@@ -50,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let results = Results {
         propagation,
+        api_access,
         fanout: rows,
         storms,
         took_secs: started.elapsed().as_secs_f64(),

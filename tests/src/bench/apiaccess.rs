@@ -1,0 +1,230 @@
+//! Section 6 of `make bench`: what API access adds. The same remote API server read two ways in one
+//! run: directly (the remote's admin client, as a remote secret's token would) and as istiod reads it
+//! through the hub's endpoint and the agent's tunnel (the kubeconfig of the remote secret the hub
+//! wrote). A watch event's latency (both watches open at once, the same writes) and a LIST of 5,000
+//! pods (protobuf, as istiod asks; rounds alternated).
+
+use super::{ms, percentile};
+use crate::ControlPlanes;
+use crate::controlplane::free_port;
+use crate::mesh::Mesh;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const R: &str = "remote-1";
+pub const WATCH_CHANGES: usize = 300;
+pub const PODS: usize = 5000;
+pub const LIST_ROUNDS: usize = 10;
+
+pub struct ApiAccess {
+    /// Write -> watch event, seconds: (direct, through the agent), per change.
+    pub watch: Vec<(f64, f64)>,
+    /// LIST of all pods, seconds.
+    pub list_direct: Vec<f64>,
+    pub list_agent: Vec<f64>,
+    pub list_bytes: usize,
+}
+
+async fn istiod_client(mesh: &Mesh) -> anyhow::Result<kube::Client> {
+    let secrets: Api<Secret> = Api::namespaced(mesh.central.clone(), &mesh.ns);
+    let name = format!("istio-remote-secret-{R}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let secret = loop {
+        if let Some(s) = secrets.get_opt(&name).await? {
+            break s;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no remote secret from the hub");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = &secret.data.unwrap_or_default()[R].0;
+    let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_slice(text)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.read_timeout = None;
+    Ok(kube::Client::try_from(config)?)
+}
+
+pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<ApiAccess> {
+    println!("== API access: through the agent vs direct ({R})");
+    let mut mesh = Mesh::new(planes, &[R]).await?;
+    mesh.test_timing = false;
+    mesh.log_filter = Some("info".into());
+    crate::istio::prepare_remote(&mesh, R).await?;
+    let api = format!("127.0.0.1:{}", free_port());
+    mesh.hub_args = [
+        "--api-addr",
+        &api,
+        "--api-advertise",
+        &format!("https://{api}"),
+        "--istio-namespace",
+        &mesh.ns,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let reader = format!("{}/istio-reader-service-account", mesh.ns);
+    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
+    mesh.create_remote_cluster(R, json!({"apiAccess": {"enabled": true}}))
+        .await?;
+    mesh.start_hub()?;
+    mesh.start_agent(R)?;
+    super::propagation::wait_synced(&mesh, &[R], Duration::from_secs(60)).await?;
+    let direct = mesh.remote(R).clone();
+    let via = istiod_client(&mesh).await?;
+    // The tunnel may come a moment after the stream.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Api::<ConfigMap>::namespaced(via.clone(), &mesh.ns)
+        .list(&Default::default())
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "API access never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let watch = watch_latency(&mesh, &direct, &via).await?;
+    let (list_direct, list_agent, list_bytes) = list_pods(&mesh, &direct, &via).await?;
+    let added: Vec<f64> = watch.iter().map(|(d, a)| a - d).collect();
+    println!(
+        "watch p50/p99 direct {} / {}, through the agent {} / {} (added p99 {}); LIST of {PODS} pods p50 direct {} agent {}",
+        ms(percentile(
+            &watch.iter().map(|w| w.0).collect::<Vec<_>>(),
+            50.0
+        )),
+        ms(percentile(
+            &watch.iter().map(|w| w.0).collect::<Vec<_>>(),
+            99.0
+        )),
+        ms(percentile(
+            &watch.iter().map(|w| w.1).collect::<Vec<_>>(),
+            50.0
+        )),
+        ms(percentile(
+            &watch.iter().map(|w| w.1).collect::<Vec<_>>(),
+            99.0
+        )),
+        ms(percentile(&added, 99.0)),
+        ms(percentile(&list_direct, 50.0)),
+        ms(percentile(&list_agent, 50.0)),
+    );
+    Ok(ApiAccess {
+        watch,
+        list_direct,
+        list_agent,
+        list_bytes,
+    })
+}
+
+/// The `n` of the marker in a watched ConfigMap.
+fn marker(event: &WatchEvent<ConfigMap>) -> Option<usize> {
+    match event {
+        WatchEvent::Added(c) | WatchEvent::Modified(c) => c.data.as_ref()?.get("n")?.parse().ok(),
+        _ => None,
+    }
+}
+
+async fn watch_latency(
+    mesh: &Mesh,
+    direct: &kube::Client,
+    via: &kube::Client,
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    let writer: Api<ConfigMap> = Api::namespaced(direct.clone(), &mesh.ns);
+    let mut cm: ConfigMap =
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "bench-watch"}, "data": {"n": "0"}}))?;
+    writer.create(&PostParams::default(), &cm).await?;
+    let wp = WatchParams::default().fields("metadata.name=bench-watch");
+    let mut streams = Vec::new();
+    for client in [direct, via] {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &mesh.ns);
+        let rv = api
+            .get("bench-watch")
+            .await?
+            .metadata
+            .resource_version
+            .unwrap_or_default();
+        streams.push(api.watch(&wp, &rv).await?.boxed());
+    }
+    let mut samples = Vec::new();
+    for n in 1..=WATCH_CHANGES {
+        cm.data = Some([("n".to_string(), n.to_string())].into());
+        cm.metadata.resource_version = None;
+        let at = Instant::now();
+        writer
+            .replace("bench-watch", &PostParams::default(), &cm)
+            .await?;
+        let mut got = [0.0; 2];
+        for (i, s) in streams.iter_mut().enumerate() {
+            loop {
+                let ev = tokio::time::timeout(Duration::from_secs(10), s.try_next())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no watch event in 10 s"))??
+                    .ok_or_else(|| anyhow::anyhow!("watch ended"))?;
+                if marker(&ev) == Some(n) {
+                    got[i] = at.elapsed().as_secs_f64();
+                    break;
+                }
+            }
+        }
+        samples.push((got[0], got[1]));
+    }
+    Ok(samples)
+}
+
+async fn list_pods(
+    mesh: &Mesh,
+    direct: &kube::Client,
+    via: &kube::Client,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
+    let ns = format!("{}-pods", mesh.ns);
+    crate::mesh::create_namespace(direct, &ns).await?;
+    let pods: Api<Pod> = Api::namespaced(direct.clone(), &ns);
+    futures::stream::iter(0..PODS)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let mut pod = crate::pods::mk_pod(
+                    &format!("bench-{i}"),
+                    &[("app", "bench")],
+                    &[("http", 8080)],
+                );
+                pod.metadata.namespace = None;
+                pods.create(&PostParams::default(), &pod).await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    let list = |client: kube::Client| {
+        let path = path.clone();
+        async move {
+            let req = http::Request::get(path.as_str())
+                .header(
+                    "accept",
+                    "application/vnd.kubernetes.protobuf,application/json",
+                )
+                .body(kube::client::Body::empty())?;
+            let at = Instant::now();
+            let res = client.send(req).await?;
+            anyhow::ensure!(res.status().is_success(), "LIST: {}", res.status());
+            let body = res.into_body().collect_bytes().await?;
+            Ok::<_, anyhow::Error>((at.elapsed().as_secs_f64(), body.len()))
+        }
+    };
+    // One of each to warm caches, then alternating rounds.
+    list(direct.clone()).await?;
+    list(via.clone()).await?;
+    let (mut d, mut a, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..LIST_ROUNDS {
+        let (t, n) = list(direct.clone()).await?;
+        d.push(t);
+        let (t, m) = list(via.clone()).await?;
+        anyhow::ensure!(n == m, "the two LISTs differ in size: {n} vs {m}");
+        a.push(t);
+        bytes = n;
+    }
+    Ok((d, a, bytes))
+}
