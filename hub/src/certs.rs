@@ -212,7 +212,7 @@ mod tests {
     fn agent_certificate_carries_the_cluster_identity_and_chains_to_the_ca() {
         let ca = new_ca(Duration::from_secs(3600)).unwrap();
         let agent = agent_cert(&ca, "remote-1", "mesh.local", Duration::from_secs(600)).unwrap();
-        let der = rustls_pemfile_first(&agent.cert);
+        let der = first_cert_der(&agent.cert);
         assert_eq!(
             tether_proto::identity::cluster_from_cert(&der, "mesh.local").unwrap(),
             "remote-1"
@@ -267,7 +267,7 @@ mod tests {
         N.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn rustls_pemfile_first(pem: &str) -> Vec<u8> {
+    fn first_cert_der(pem: &str) -> Vec<u8> {
         let dir = tempdir();
         write(&dir.join("c.pem"), pem, false).unwrap();
         tether_proto::tls::load_certs(&dir.join("c.pem"))

@@ -3,6 +3,7 @@
 //! the server takes its config per handshake from a [`ReloadingServerConfig`], the client builds a fresh
 //! config on every connect.
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -19,6 +20,11 @@ pub enum TlsError {
     },
     #[error("{path} holds no PEM {what}")]
     Empty { path: PathBuf, what: &'static str },
+    #[error("{path}: malformed PEM: {source}")]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
@@ -77,9 +83,9 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
+        .map_err(|source| TlsError::Pem {
             path: path.to_path_buf(),
             source,
         })?;
@@ -94,15 +100,16 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| TlsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::Empty {
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
             path: path.to_path_buf(),
             what: "private key",
-        })
+        },
+        source => TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -258,6 +265,24 @@ mod tests {
         let good = write_files(dir.path(), false);
         client_config(&good).unwrap();
         server_config(&good).unwrap();
+    }
+
+    #[test]
+    fn empty_and_malformed_pem_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        assert!(matches!(load_key(&empty), Err(TlsError::Empty { .. })));
+        assert!(matches!(load_certs(&empty), Err(TlsError::Empty { .. })));
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = load_certs(&broken).unwrap_err();
+        assert!(matches!(err, TlsError::Pem { .. }), "{err}");
+        assert!(err.to_string().contains("broken.pem"), "{err}");
     }
 
     #[test]

@@ -392,6 +392,29 @@ pub async fn prepare_remote(mesh: &Mesh, cluster: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Hub and agent arguments for API access (started after this): the hub serves istiod's endpoint on
+/// a free loopback port and writes remote secrets into the test's namespace; agents forward as the
+/// namespace's `istio-reader-service-account` (see [`prepare_remote`]). Returns the endpoint's port.
+pub fn api_access_args(mesh: &mut Mesh, hub: &[&str], agent: &[&str]) -> u16 {
+    let port = crate::controlplane::free_port();
+    let api = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--api-addr".to_string(),
+        api.clone(),
+        "--api-advertise".into(),
+        format!("https://{api}"),
+        "--istio-namespace".into(),
+        mesh.ns.clone(),
+    ];
+    args.extend(hub.iter().map(|s| s.to_string()));
+    mesh.hub_args = args;
+    let reader = format!("{}/istio-reader-service-account", mesh.ns);
+    let mut args = vec!["--api-access", "--api-reader", &reader];
+    args.extend_from_slice(agent);
+    mesh.agent_args(&args);
+    port
+}
+
 /// A token for `namespace/account` on `cluster` (TokenRequest), for `audience`.
 pub async fn token(
     mesh: &Mesh,

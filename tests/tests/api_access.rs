@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use std::time::Instant;
-use tether_tests::controlplane::free_port;
 use tether_tests::fixtures::{CLUSTERS, SOON};
 use tether_tests::mesh::Mesh;
 use tether_tests::{ControlPlanes, eventually, istio};
@@ -21,25 +20,11 @@ async fn mesh() -> (Mesh, u16) {
     for r in ["remote-1", "remote-2"] {
         istio::prepare_remote(&mesh, r).await.unwrap();
     }
-    let port = free_port();
-    let api = format!("127.0.0.1:{port}");
-    mesh.hub_args = [
-        "--api-addr",
-        &api,
-        "--api-advertise",
-        &format!("https://{api}"),
-        "--istio-namespace",
-        &mesh.ns,
-        "--api-hold",
-        "500ms",
-        "--api-max-in-flight",
-        "8",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let reader = format!("{}/istio-reader-service-account", mesh.ns);
-    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
+    let port = istio::api_access_args(
+        &mut mesh,
+        &["--api-hold", "500ms", "--api-max-in-flight", "8"],
+        &[],
+    );
     mesh.create_remote_cluster("remote-1", json!({"apiAccess": {"enabled": true}}))
         .await
         .unwrap();

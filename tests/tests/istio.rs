@@ -319,25 +319,9 @@ async fn mesh_with_api_access(hub_args: &[&str], agent_args: &[&str]) -> (Mesh, 
     let mut mesh = Mesh::new(planes, &[R]).await.unwrap();
     Istiod::create_service(&mesh, "default").await.unwrap();
     istio::prepare_remote(&mesh, R).await.unwrap();
-    let api_port = tether_tests::controlplane::free_port();
-    let api = format!("127.0.0.1:{api_port}");
-    let advertise = format!("https://{api}");
-    let mut args = vec![
-        "--api-addr",
-        &api,
-        "--api-advertise",
-        &advertise,
-        "--istio-namespace",
-        &mesh.ns,
-        "--api-hold",
-        "1s",
-    ];
-    args.extend_from_slice(hub_args);
-    mesh.hub_args = args.iter().map(|s| s.to_string()).collect();
-    let reader = format!("{}/istio-reader-service-account", mesh.ns);
-    let mut args = vec!["--api-access", "--api-reader", &reader];
-    args.extend_from_slice(agent_args);
-    mesh.agent_args(&args);
+    let mut hub = vec!["--api-hold", "1s"];
+    hub.extend_from_slice(hub_args);
+    let api_port = istio::api_access_args(&mut mesh, &hub, agent_args);
     let istiod = Istiod::start_reaching(&mesh, "istiod-a", "default", &[api_port])
         .await
         .unwrap();

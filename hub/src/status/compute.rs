@@ -430,6 +430,11 @@ mod tests {
         }
     }
 
+    /// The status now, without API access and without a stored status.
+    fn fresh(d: &Desired, s: &StreamState) -> RemoteClusterStatus {
+        compute(d, s, &ApiInput::Disabled, None, Timestamp::now())
+    }
+
     fn phase(d: &Desired, s: &StreamState) -> Phase {
         compute(d, s, &ApiInput::Disabled, None, Timestamp::now())
             .phase
@@ -456,13 +461,7 @@ mod tests {
             conflict: true,
         });
         assert_eq!(phase(&desired("v2"), &nacked), Phase::Degraded);
-        let status = compute(
-            &desired("v2"),
-            &nacked,
-            &ApiInput::Disabled,
-            None,
-            Timestamp::now(),
-        );
+        let status = fresh(&desired("v2"), &nacked);
         let synced = status
             .conditions
             .iter()
@@ -530,13 +529,7 @@ mod tests {
     fn spec_errors_show_in_spec_valid_and_degrade() {
         let mut d = desired("v1");
         d.errors = vec!["service \"nope\": no such Service".into()];
-        let status = compute(
-            &d,
-            &connected("v1"),
-            &ApiInput::Disabled,
-            None,
-            Timestamp::now(),
-        );
+        let status = fresh(&d, &connected("v1"));
         assert_eq!(status.phase, Some(Phase::Degraded));
         let c = status
             .conditions
@@ -555,13 +548,7 @@ mod tests {
 
     #[test]
     fn unchanged_condition_keeps_its_transition_time() {
-        let first = compute(
-            &desired("v1"),
-            &connected("v1"),
-            &ApiInput::Disabled,
-            None,
-            Timestamp::now(),
-        );
+        let first = fresh(&desired("v1"), &connected("v1"));
         let second = compute(
             &desired("v1"),
             &connected("v1"),
@@ -583,13 +570,7 @@ mod tests {
             }],
             ..Default::default()
         }));
-        let status = compute(
-            &d,
-            &connected("v1"),
-            &ApiInput::Disabled,
-            None,
-            Timestamp::now(),
-        );
+        let status = fresh(&d, &connected("v1"));
         assert_eq!(status.phase, Some(Phase::Synced), "valid and applied");
         let c = status
             .conditions
@@ -601,13 +582,7 @@ mod tests {
             ("True", "NoEndpoints")
         );
         assert!(c.message.contains("istiod-canary"));
-        let before = compute(
-            &desired("v1"),
-            &connected("v1"),
-            &ApiInput::Disabled,
-            None,
-            Timestamp::now(),
-        );
+        let before = fresh(&desired("v1"), &connected("v1"));
         let events = transitions(Some(&before), &status);
         assert_eq!(
             events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
@@ -618,13 +593,7 @@ mod tests {
 
     #[test]
     fn only_phase_condition_connection_and_nack_changes_are_significant() {
-        let v1 = compute(
-            &desired("v1"),
-            &connected("v1"),
-            &ApiInput::Disabled,
-            None,
-            Timestamp::now(),
-        );
+        let v1 = fresh(&desired("v1"), &connected("v1"));
         let v2 = compute(
             &desired("v2"),
             &connected("v2"),
@@ -656,13 +625,7 @@ mod tests {
 
     #[test]
     fn a_restarted_hub_shows_an_agent_it_has_not_seen_as_disconnected_from_the_record() {
-        let recorded = compute(
-            &desired("v1"),
-            &connected("v1"),
-            &ApiInput::Disabled,
-            None,
-            Timestamp::now(),
-        );
+        let recorded = fresh(&desired("v1"), &connected("v1"));
         let unseen = StreamState::default();
         let status = compute(
             &desired("v1"),

@@ -6,7 +6,6 @@
 
 use super::{ms, percentile};
 use crate::ControlPlanes;
-use crate::controlplane::free_port;
 use crate::mesh::Mesh;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -51,21 +50,9 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<ApiAccess> {
     let mut mesh = Mesh::new(planes, &[R]).await?;
     mesh.test_timing = false;
     mesh.log_filter = Some("info".into());
+    mesh.create_istiod().await?;
     crate::istio::prepare_remote(&mesh, R).await?;
-    let api = format!("127.0.0.1:{}", free_port());
-    mesh.hub_args = [
-        "--api-addr",
-        &api,
-        "--api-advertise",
-        &format!("https://{api}"),
-        "--istio-namespace",
-        &mesh.ns,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let reader = format!("{}/istio-reader-service-account", mesh.ns);
-    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
+    crate::istio::api_access_args(&mut mesh, &[], &[]);
     mesh.create_remote_cluster(R, json!({"apiAccess": {"enabled": true}}))
         .await?;
     mesh.start_hub()?;
@@ -86,28 +73,19 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<ApiAccess> {
 
     let watch = watch_latency(&mesh, &direct, &via).await?;
     let (list_direct, list_agent, list_bytes) = list_pods(&mesh, &direct, &via).await?;
+    let direct_watch: Vec<f64> = watch.iter().map(|w| w.0).collect();
+    let agent_watch: Vec<f64> = watch.iter().map(|w| w.1).collect();
     let added: Vec<f64> = watch.iter().map(|(d, a)| a - d).collect();
+    let p = |v: &[f64], q| ms(percentile(v, q));
     println!(
         "watch p50/p99 direct {} / {}, through the agent {} / {} (added p99 {}); LIST of {PODS} pods p50 direct {} agent {}",
-        ms(percentile(
-            &watch.iter().map(|w| w.0).collect::<Vec<_>>(),
-            50.0
-        )),
-        ms(percentile(
-            &watch.iter().map(|w| w.0).collect::<Vec<_>>(),
-            99.0
-        )),
-        ms(percentile(
-            &watch.iter().map(|w| w.1).collect::<Vec<_>>(),
-            50.0
-        )),
-        ms(percentile(
-            &watch.iter().map(|w| w.1).collect::<Vec<_>>(),
-            99.0
-        )),
-        ms(percentile(&added, 99.0)),
-        ms(percentile(&list_direct, 50.0)),
-        ms(percentile(&list_agent, 50.0)),
+        p(&direct_watch, 50.0),
+        p(&direct_watch, 99.0),
+        p(&agent_watch, 50.0),
+        p(&agent_watch, 99.0),
+        p(&added, 99.0),
+        p(&list_direct, 50.0),
+        p(&list_agent, 50.0),
     );
     Ok(ApiAccess {
         watch,

@@ -60,13 +60,7 @@ fn api_access(doc: &mut String, r: &Result<ApiAccess, String>) {
     let a = match r {
         Ok(a) => a,
         Err(e) => {
-            let _ = writeln!(
-                doc,
-                "## 6. API access
-
-The run failed: {e}
-"
-            );
+            let _ = writeln!(doc, "## 6. API access\n\nThe run failed: {e}\n");
             return;
         }
     };
@@ -83,28 +77,18 @@ The run failed: {e}
     );
     let _ = writeln!(
         doc,
-        "## 6. API access: through the agent vs direct
-
-         remote-1's API server read two ways in the same run: directly (its admin client, as a remote          secret's token would), and as istiod reads it through the hub's endpoint and the agent's tunnel          (the kubeconfig of the remote secret the hub wrote; release builds, production defaults).
-
-         Watch: both watches open at once on one ConfigMap, {} replaces; time from just before the write          to the event on each.
-
-         | | p50 | p90 | p99 | max |
-| --- | --- | --- | --- | --- |
-         | direct | {}
-| through the agent | {}
-| added (per event) | {}
-
-         LIST of {} pods ({:.1} MiB, protobuf as istiod asks), {} rounds alternating direct / through the agent:
-
-         | | p50 | p99 |
-| --- | --- | --- |
-| direct | {} | {} |
-| through the agent | {} | {} |
-         | ratio | {:.2}x | {:.2}x |
-
-         Targets: under 2 ms added at p99 for watch events ({}); LIST within 1.5x of direct ({}).
-",
+        "## 6. API access: through the agent vs direct\n\n\
+         remote-1's API server read two ways in the same run: directly (its admin client, as a remote \
+         secret's token would), and as istiod reads it through the hub's endpoint and the agent's tunnel \
+         (the kubeconfig of the remote secret the hub wrote; release builds, production defaults).\n\n\
+         Watch: both watches open at once on one ConfigMap, {} replaces; time from just before the write \
+         to the event on each.\n\n\
+         | | p50 | p90 | p99 | max |\n| --- | --- | --- | --- | --- |\n\
+         | direct | {}\n| through the agent | {}\n| added (per event) | {}\n\n\
+         LIST of {} pods ({:.1} MiB, protobuf as istiod asks), {} rounds alternating direct / through the agent:\n\n\
+         | | p50 | p99 |\n| --- | --- | --- |\n| direct | {} | {} |\n| through the agent | {} | {} |\n\
+         | ratio | {:.2}x | {:.2}x |\n\n\
+         Targets: under 2 ms added at p99 for watch events ({}); LIST within 1.5x of direct ({}).\n",
         a.watch.len(),
         &summary(&direct)[2..],
         &summary(&agent)[2..],

@@ -27,7 +27,10 @@ async fn main() -> anyhow::Result<()> {
     let planes: &'static ControlPlanes = Box::leak(Box::new(ControlPlanes::start(&names)?));
     tether_tests::mesh::bin_dir();
     let propagation = propagation::run(planes).await?;
-    let api_access = apiaccess::run(planes).await.map_err(|e| format!("{e:#}"));
+    let api_access = apiaccess::run(planes).await.map_err(|e| {
+        println!("  API access failed: {e:#}");
+        format!("{e:#}")
+    });
     let mut rows = Vec::new();
     let mut storms = Vec::new();
     for n in &sizes {
