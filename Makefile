@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps controlplane helm istio test lint fmt demo bench clean-harness
+.PHONY: all build deps controlplane helm istio test lint deny fmt demo bench clean-harness
 
 all: build
 
@@ -37,9 +37,13 @@ bench: controlplane
 	$(CARGO) build --release --workspace --bins
 	./target/release/tether-bench
 
-lint:
+lint: deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Supply chain: advisories, licences, sources, duplicate versions (cargo-deny, installed on first use)
+deny:
+	@bash tests/deny.sh
 
 fmt:
 	$(CARGO) fmt --all
@@ -48,7 +52,8 @@ fmt:
 clean-harness:
 	rm -rf target/harness
 
-## The local demo: central + two remotes on loopback, hub and agents over mTLS (Ctrl-C stops it all).
+## The local demo: central + two remotes on loopback, hub and agents over mTLS, a real istiod reading
+## the remotes through the agents (Ctrl-C stops it all). Needs root (istiod's network namespace).
 ## (The binary is run directly: `cargo run -p` would compile the dependencies with another feature set.)
-demo: controlplane build
+demo: deps controlplane istio build
 	./target/debug/tether-demo
