@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 const R: &str = "remote-1";
 pub const WATCH_CHANGES: usize = 300;
 pub const PODS: usize = 5000;
-pub const LIST_ROUNDS: usize = 10;
+pub const LIST_ROUNDS: usize = 20;
 
 pub struct ApiAccess {
     /// Write -> watch event, seconds: (direct, through the agent), per change.

@@ -7,7 +7,8 @@
 //! - `bench::fleet`: N load-generator streams, then a reconnect storm under 1,000 (sections 4-5);
 //! - `bench::apiaccess`: istiod's reads through the agent against direct reads (section 6).
 //!
-//! `TETHER_BENCH_STREAMS` (default `100,1000,10000`) sets the fan-out sizes.
+//! `TETHER_BENCH_STREAMS` (default `100,1000,10000`) sets the fan-out sizes; `TETHER_BENCH_ONLY=api`
+//! runs section 6 alone and only prints it.
 
 use std::time::Instant;
 use tether_tests::ControlPlanes;
@@ -26,6 +27,11 @@ async fn main() -> anyhow::Result<()> {
     names.extend(propagation::REMOTES);
     let planes: &'static ControlPlanes = Box::leak(Box::new(ControlPlanes::start(&names)?));
     tether_tests::mesh::bin_dir();
+    // One section alone, printed and not written: for trying a change.
+    if std::env::var("TETHER_BENCH_ONLY").as_deref() == Ok("api") {
+        apiaccess::run(planes).await?;
+        return Ok(());
+    }
     let propagation = propagation::run(planes).await?;
     let api_access = apiaccess::run(planes).await.map_err(|e| {
         println!("  API access failed: {e:#}");

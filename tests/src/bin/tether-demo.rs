@@ -1,11 +1,17 @@
 //! `make demo`: Tether doing its job on this machine. A central cluster and two remotes (real etcd and
-//! kube-apiserver on loopback), the hub and two agents as processes over mTLS, two istiod pods; then an
-//! istiod pod is replaced and the remotes follow. Ctrl-C stops everything this started.
+//! kube-apiserver on loopback), the hub and two agents as processes over mTLS, and a real istiod
+//! (built from the pinned Istio module; it runs in a network namespace of its own, so its pod IP is a
+//! real address). The remotes mirror istiod; istiod reads both remotes through their agents (API
+//! access: no remote secret made by hand, no route from istiod to a remote API server); a remote-1
+//! workload gets its config and certificate; then istiod is rolled out to a new pod and the remotes
+//! follow. Ctrl-C stops everything this started. Needs root (network namespaces).
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams};
 use std::time::{Duration, Instant};
 use tether_tests::ControlPlanes;
+use tether_tests::istio::{self, Istiod, Workload};
 use tether_tests::mesh::Mesh;
 
 const NS: &str = "istio-system";
@@ -89,30 +95,77 @@ async fn watch(mesh: &Mesh, timeout: Duration, done: impl Fn(&str) -> bool) -> a
     )
 }
 
-/// Every remote Synced at a version other than `not_version` (the status lags the slices by up to one
-/// status interval, so the old version can still read Synced), with exactly these addresses.
-fn synced_with(table: &str, ips: &[&str], not_version: &str) -> bool {
+/// Every remote Synced (desired == acked) with exactly the address `ip` in its slices.
+fn synced_with(table: &str, ip: &str) -> bool {
     let rows: Vec<&str> = table.lines().skip(1).collect();
     rows.len() == REMOTES.len()
         && rows.iter().all(|row| {
             let cols: Vec<&str> = row.split_whitespace().collect();
-            // Synced, desired == acked, and exactly these addresses in the remote's slices.
-            cols.get(1) == Some(&"Synced")
-                && cols.get(2) == cols.get(3)
-                && cols.get(2) != Some(&not_version)
-                && ips.iter().all(|ip| row.contains(ip))
-                && row.matches("10.10.0.").count() == ips.len()
+            cols.get(1) == Some(&"Synced") && cols.get(2) == cols.get(3) && cols[4..] == [ip]
         })
+}
+
+/// Asks until the answer has no error (istiod writes the root certificate into the workload's
+/// namespace shortly after it syncs the remote).
+async fn answered<F, Fut>(what: &str, mut ask: F) -> anyhow::Result<serde_json::Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let v = ask().await?;
+        if v.get("error").is_none() {
+            return Ok(v);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until istiod lists every remote as synced; returns what it lists.
+async fn istiod_synced(istiod: &Istiod) -> anyhow::Result<Vec<(String, String)>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let clusters = istiod.clusters().await.unwrap_or_default();
+        if REMOTES
+            .iter()
+            .all(|r| clusters.contains(&(r.to_string(), "synced".to_string())))
+        {
+            return Ok(clusters);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "istiod did not sync the remotes: {clusters:?}\n{}",
+            istiod.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "the demo runs istiod in a network namespace of its own, which needs root: run `sudo make demo`"
+        );
+    }
     step(
         "Building kube-apiserver and etcd from the pinned Go modules (cached after the first run)",
     );
     let bins = tokio::task::spawn_blocking(|| tether_tests::controlplane::binaries().to_path_buf())
         .await?;
     println!("    {}", bins.display());
+    step(
+        "Building istiod from the pinned Istio module (cached; the first build takes about 10 min)",
+    );
+    let started = Instant::now();
+    let bins = tokio::task::spawn_blocking(|| istio::binaries().to_path_buf()).await?;
+    println!(
+        "    {} ({:.0} s)",
+        bins.display(),
+        started.elapsed().as_secs_f64()
+    );
     tokio::task::spawn_blocking(tether_tests::mesh::bin_dir).await?;
 
     step(
@@ -135,45 +188,120 @@ async fn main() -> anyhow::Result<()> {
     );
 
     step(
-        "Central cluster: Service istiod, pods istiod-a (10.10.0.1) and istiod-b (10.10.0.2), a RemoteCluster per remote",
+        "Remotes: Istio's reader ServiceAccount; remote-1 has a Service `hello` in namespace demo-app",
     );
-    mesh.create_istiod().await?;
     for r in REMOTES {
+        istio::prepare_remote(&mesh, r).await?;
         tether_tests::mesh::create_namespace(mesh.remote(r), "demo-app").await?;
+    }
+    let hello = [
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello", "namespace": "demo-app"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}], "selector": {"app": "hello"}}}),
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "hello-1", "namespace": "demo-app", "labels": {"kubernetes.io/service-name": "hello",
+                         "endpointslice.kubernetes.io/managed-by": "demo"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.1.0.5"], "conditions": {"ready": true}}]}),
+    ];
+    tether_tests::charts::apply_all(mesh.remote("remote-1"), &hello).await?;
+
+    let api_port = istio::api_access_args(&mut mesh, &[], &[]);
+    step(&format!(
+        "Central: Service istiod, and a real istiod (istiod-a) that reaches only the central API server \
+         and the hub's API endpoint (127.0.0.1:{api_port}): no route to any remote API server"
+    ));
+    Istiod::create_service(&mesh, "default").await?;
+    let istiod_a = Istiod::start_reaching(&mesh, "istiod-a", "default", &[api_port]).await?;
+    println!("    istiod-a runs at {} (its pod IP)", istiod_a.ip);
+    for r in REMOTES {
         mesh.create_remote_cluster(
             r,
-            serde_json::json!({"injection": {"namespaces": ["demo-app"]}}),
+            serde_json::json!({"services": [{"name": "istiod"}],
+                               "injection": {"namespaces": ["demo-app"]},
+                               "apiAccess": {"enabled": true}}),
         )
         .await?;
     }
 
     step(&format!(
-        "Starting the hub on {} and one agent per remote (each dials the hub over mTLS)",
+        "Starting the hub on {} (API access for istiod on 127.0.0.1:{api_port}) and one agent per remote \
+         (each dials the hub over mTLS, twice: its sync stream and its API-access tunnel)",
         mesh.hub_addr()
     ));
     mesh.start_hub()?;
     for r in REMOTES {
         mesh.start_agent(r)?;
     }
-    watch(&mesh, Duration::from_secs(60), |t| {
-        synced_with(t, &["10.10.0.1", "10.10.0.2"], "-")
-    })
-    .await?;
+    let ip_a = istiod_a.ip.to_string();
+    watch(&mesh, Duration::from_secs(60), |t| synced_with(t, &ip_a)).await?;
 
-    let before = mesh.status(REMOTES[0]).await?["sync"]["desiredVersion"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    step("Replacing istiod-a (10.10.0.1) with istiod-c (10.10.0.3), as a rollout would");
+    step("istiod reads both remotes through their agents, from the remote secrets the hub wrote");
+    let clusters = istiod_synced(&istiod_a).await?;
+    println!("    istiod /debug/clusterz: {clusters:?}");
+    let secrets = Api::<Secret>::namespaced(mesh.central.clone(), NS)
+        .list(&ListParams::default().labels("istio/multiCluster=true"))
+        .await?;
+    for s in &secrets.items {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let cluster = name.trim_start_matches("istio-remote-secret-");
+        let text = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(cluster))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .unwrap_or_default();
+        let server = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .unwrap_or("-");
+        println!(
+            "    secret {name}: server {server}, token: {}",
+            if text.contains("token:") {
+                "yes"
+            } else {
+                "none"
+            }
+        );
+    }
+
+    step(
+        "A remote-1 workload asks istiod, found through remote-1's own istiod Service and the agent's slices",
+    );
+    let workload = Workload {
+        cluster: "remote-1".into(),
+        cluster_id: "remote-1".into(),
+        namespace: "demo-app".into(),
+        account: "hello".into(),
+        istiod_service: "istiod".into(),
+    };
+    let eds = "outbound|80||hello.demo-app.svc.cluster.local";
+    let config = answered("config", || workload.xds(&mesh, Some(eds))).await?;
+    println!(
+        "    xDS from {}: endpoints of hello.demo-app (remote-1's own Service): {}",
+        config["address"], config["endpoints"]
+    );
+    let cert = answered("a certificate", || workload.csr(&mesh)).await?;
+    println!(
+        "    certificate from {}: {} (istiod reviewed the workload's token in remote-1 through the agent)",
+        cert["address"], cert["uris"]
+    );
+
+    step("Rolling istiod out: istiod-b starts at a new address, then istiod-a's pod goes");
+    let istiod_b = Istiod::start_reaching(&mesh, "istiod-b", "default", &[api_port]).await?;
+    istiod_synced(&istiod_b).await?;
+    println!("    istiod-b runs at {}", istiod_b.ip);
     mesh.central_pods()
         .delete("istiod-a", &DeleteParams::default().grace_period(0))
         .await?;
-    mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
-        .await?;
-    watch(&mesh, Duration::from_secs(60), |t| {
-        synced_with(t, &["10.10.0.2", "10.10.0.3"], &before)
-    })
-    .await?;
+    let mut istiod_a = istiod_a;
+    tokio::task::spawn_blocking(move || istiod_a.stop()).await?;
+    let ip_b = istiod_b.ip.to_string();
+    watch(&mesh, Duration::from_secs(60), |t| synced_with(t, &ip_b)).await?;
+    let cert = answered("a certificate from istiod-b", || workload.csr(&mesh)).await?;
+    println!(
+        "    the workload's next certificate came from {}",
+        cert["address"]
+    );
 
     step("What an operator sees: `tether-hub status` (like istioctl proxy-status)");
     let admin = format!("http://127.0.0.1:{}", mesh.hub_admin_port);
@@ -198,17 +326,20 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("    kubectl -n istio-system get remoteclusters          # in central");
+    println!("    kubectl -n istio-system get secrets -l istio/multiCluster=true   # in central");
     println!(
         "    kubectl -n istio-system get svc,endpointslices,endpoints -l app.kubernetes.io/managed-by=tether-agent   # in a remote"
     );
     println!("    kubectl get ns demo-app --show-labels               # in a remote");
     println!(
-        "    logs: {}/{{hub,agent-remote-1,agent-remote-2}}.log",
-        mesh.dir.display()
+        "    logs: {}/{{hub,agent-remote-1,agent-remote-2}}.log, istiod: {}/istiod.log",
+        mesh.dir.display(),
+        istiod_b.dir.display()
     );
     println!("\nPress Ctrl-C to stop; every process started here stops with it.");
     tokio::signal::ctrl_c().await?;
-    println!("\nStopping hub, agents and control planes.");
+    println!("\nStopping istiod, hub, agents and control planes.");
+    drop(istiod_b);
     drop(mesh);
     Ok(())
 }
