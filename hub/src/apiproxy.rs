@@ -261,6 +261,21 @@ impl ApiProxy {
             );
         };
         let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_body_bytes as u64) {
+            return status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &format!(
+                    "request body of {} bytes is over {} bytes",
+                    declared.unwrap_or_default(),
+                    self.limits.max_body_bytes
+                ),
+            );
+        }
         let body = match Limited::new(body, self.limits.max_body_bytes)
             .collect()
             .await

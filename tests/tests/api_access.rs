@@ -73,6 +73,73 @@ async fn istiod_client(kubeconfig: &Value, cert: Option<(&str, &str)>) -> kube::
     kube::Client::try_from(config).unwrap()
 }
 
+/// A TLS connection to the endpoint with istiod's credentials from `kubeconfig`, offering `alpn`.
+async fn istiod_tls(
+    kubeconfig: &Value,
+    port: u16,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let ca = b64(&kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"]);
+    let cert = b64(&kubeconfig["users"][0]["user"]["client-certificate-data"]);
+    let key = b64(&kubeconfig["users"][0]["user"]["client-key-data"]);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(&key).unwrap())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Writes `bytes` as they are on a connection with istiod's credentials, and returns what comes
+/// back before the endpoint closes (or 5 s pass).
+async fn send_raw(kubeconfig: &Value, port: u16, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = istiod_tls(kubeconfig, port, &[]).await;
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+type H2Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// One HTTP/2 request as istiod sends it (istiod speaks only HTTP/2 to API servers): its status.
+async fn h2_status(kubeconfig: &Value, port: u16, req: Request<H2Body>) -> StatusCode {
+    let tls = istiod_tls(kubeconfig, port, &[b"h2"]).await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender.send_request(req).await.unwrap().status()
+}
+
 /// Sends a raw request and returns (status, body).
 async fn raw(client: &kube::Client, req: Request<Vec<u8>>) -> anyhow::Result<(StatusCode, String)> {
     let (parts, body) = req.into_parts();
@@ -159,17 +226,26 @@ async fn istiods_requests_reach_only_the_named_remote_and_bad_ones_are_refused()
     );
 
     // An oversized body is refused before it goes anywhere.
-    let big = vec![b'x'; 4 << 20];
-    let (code, _) = raw(
-        &istiod,
-        Request::post("/apis/authentication.k8s.io/v1/tokenreviews")
+    // Over HTTP/2, as istiod sends: an answer before the whole body is read is a clean end of the
+    // stream there (over HTTP/1.1 the client may see the connection close before it reads it).
+    use http_body_util::BodyExt;
+    let path = "/clusters/remote-1/apis/authentication.k8s.io/v1/tokenreviews";
+    let whole = http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 4 << 20])).boxed();
+    // 64 chunks of 64 KiB with no length announced.
+    let chunks = futures::stream::iter((0..64).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+            vec![b'x'; 64 << 10],
+        )))
+    }));
+    let streamed = http_body_util::StreamBody::new(chunks).boxed();
+    for (what, body) in [("declared length", whole), ("streamed", streamed)] {
+        let req = Request::post(path)
             .header("content-type", "application/json")
-            .body(big)
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+            .body(body)
+            .unwrap();
+        let code = h2_status(&kubeconfig, port, req).await;
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{what}");
+    }
     // Oversized headers: refused by the endpoint (431 or the connection reset), never forwarded.
     let header = "y".repeat(200 << 10);
     let r = raw(
@@ -223,6 +299,20 @@ async fn istiods_requests_reach_only_the_named_remote_and_bad_ones_are_refused()
         .get("only-in-remote-1")
         .await;
     assert!(r.is_err(), "no client certificate: {r:?}");
+
+    // Malformed HTTP from a client with istiod's own certificate: the connection ends, nothing else.
+    for garbage in [
+        &b"\x00\x01\x02GARBAGE\r\n\r\n"[..],
+        &b"GET /clusters/remote-1/api HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff"[..],
+    ] {
+        let answer = send_raw(&kubeconfig, port, garbage).await;
+        assert!(
+            !answer.contains(" 200 "),
+            "malformed request answered 200: {answer}"
+        );
+    }
+    via_hub.get("only-in-remote-1").await.unwrap();
 
     // 1,000 abandoned connections: the endpoint and every sync stream carry on.
     let mut abandoned = Vec::new();

@@ -269,11 +269,24 @@ async fn service_account_kubeconfig(mesh: &Mesh, cluster: &str, sa: &str) -> std
 #[tokio::test]
 async fn agent_with_exactly_the_chart_permissions_syncs_and_reports_a_denial() {
     let mut mesh = synced_mesh_with(|mesh| {
+        // With API access on: the chart's Role for the reader's token, and the reader itself.
+        let reader_ns = format!("apiAccess.reader.namespace={}", mesh.ns);
         let objects = template(
             "tether-agent",
             "tether-agent",
             &mesh.ns,
-            &["--set", "cluster=remote-1", "--set", "hub.address=unused:1"],
+            &[
+                "--set",
+                "cluster=remote-1",
+                "--set",
+                "hub.address=unused:1",
+                "--set",
+                "apiAccess.enabled=true",
+                "--set",
+                "apiAccess.createReader=true",
+                "--set",
+                &reader_ns,
+            ],
         );
         let client = mesh.remote("remote-1").clone();
         async move {
@@ -285,8 +298,25 @@ async fn agent_with_exactly_the_chart_permissions_syncs_and_reports_a_denial() {
     mesh.kill_agent("remote-1");
     let kubeconfig = service_account_kubeconfig(&mesh, "remote-1", "tether-agent").await;
     mesh.agent_kubeconfig.insert("remote-1".into(), kubeconfig);
+    let reader = format!("{}/istio-reader-service-account", mesh.ns);
+    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
     mesh.start_agent("remote-1").unwrap();
     mesh.wait_phase("remote-1", "Synced", SOON).await;
+    // The chart's one grant for API access is enough to request the reader's token.
+    eventually(
+        "the reader token issued under the chart's RBAC",
+        SOON,
+        || async {
+            let log = mesh.log("agent-remote-1");
+            anyhow::ensure!(
+                log.contains("reader token issued"),
+                "not yet; cannot issue: {}",
+                log.contains("cannot issue the reader token")
+            );
+            Ok(())
+        },
+    )
+    .await;
     let writes_by_sa = mesh
         .planes
         .get("remote-1")

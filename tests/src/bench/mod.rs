@@ -3,6 +3,7 @@
 //! answer without an API server.
 
 pub mod apiaccess;
+pub mod direct;
 pub mod fleet;
 pub mod propagation;
 pub mod report;

@@ -21,8 +21,14 @@ pub const CHANGES: usize = 200;
 pub struct Propagation {
     /// Central write -> remote EndpointSlice event, seconds (each change x each remote).
     pub latencies: Vec<f64>,
+    /// The same changes through the prior art's direct push (`bench::direct`), at the same moments.
+    pub direct: Vec<f64>,
+    /// The direct push's writes for the changes, per remote.
+    pub direct_writes: Vec<usize>,
     /// One server-side apply -> its watch event, seconds.
     pub floor: Vec<f64>,
+    /// The floor without each remote's first write (the first apply of an object is the slow one).
+    pub floor_warm: Vec<f64>,
     pub footprint: Footprint,
     pub writes: Writes,
 }
@@ -126,8 +132,17 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         .iter()
         .map(|r| watch_endpoints(mesh.remote(r).clone(), &mesh.ns, "istiod"))
         .collect();
+    let direct = super::direct::start(
+        mesh.central.clone(),
+        &mesh.ns,
+        REMOTES.iter().map(|r| mesh.remote(r).clone()).collect(),
+    );
+    let mut direct_watches: Vec<_> = REMOTES
+        .iter()
+        .map(|r| watch_endpoints(mesh.remote(r).clone(), &mesh.ns, super::direct::SERVICE))
+        .collect();
     let mut want: EndpointSet = [("10.10.0.1".into(), true), ("10.10.0.2".into(), true)].into();
-    for w in &mut watches {
+    for w in watches.iter_mut().chain(direct_watches.iter_mut()) {
         wait_set(w, &want).await?;
     }
     let agents: Vec<u32> = REMOTES.iter().filter_map(|r| mesh.agent_pid(r)).collect();
@@ -138,8 +153,20 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     let steady: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
     let writes_before: Vec<usize> = REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect();
     let hub_before = usage(hub);
+    let direct_before: Vec<usize> = direct
+        .writes
+        .iter()
+        .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
 
-    let churn = churn(&mesh, &mut watches, &mut want).await?;
+    let churn = churn(&mesh, &mut watches, &mut direct_watches, &mut want).await?;
+    let direct_writes: Vec<usize> = direct
+        .writes
+        .iter()
+        .zip(&direct_before)
+        .map(|(w, b)| w.load(std::sync::atomic::Ordering::Relaxed) - b)
+        .collect();
+    drop(direct);
     let churned: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
     let hub_churn = usage(hub);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -149,7 +176,7 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         .map(|(r, b)| mesh.agent_writes(r).len() - b)
         .collect();
     let per_kind = churn.writes_per_kind(mesh.agent_writes("remote-1").len());
-    let floor = floor(&mesh).await?;
+    let (floor, floor_warm) = floor(&mesh).await?;
     let reconnect = reconnect_writes(&mut mesh).await?;
 
     let cpu = |a: &Usage, b: &Usage, secs: f64| (b.cpu_secs - a.cpu_secs) / secs;
@@ -171,15 +198,20 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         hub_churn_cpu: cpu(&hub_before, &hub_churn, churn.secs),
     };
     println!(
-        "propagation p50/p99 {} / {}; floor {} / {}; writes {per_remote:?}; reconnect writes {reconnect}",
+        "propagation p50/p99 {} / {}; direct push {} / {} ({direct_writes:?} writes); floor {} / {}; writes {per_remote:?}; reconnect writes {reconnect}",
         ms(percentile(&churn.latencies, 50.0)),
         ms(percentile(&churn.latencies, 99.0)),
+        ms(percentile(&churn.direct, 50.0)),
+        ms(percentile(&churn.direct, 99.0)),
         ms(percentile(&floor, 50.0)),
         ms(percentile(&floor, 99.0))
     );
     Ok(Propagation {
         latencies: churn.latencies,
+        direct: churn.direct,
+        direct_writes,
         floor,
+        floor_warm,
         footprint,
         writes: Writes {
             per_remote,
@@ -209,6 +241,8 @@ async fn synced_mesh(planes: &'static ControlPlanes) -> anyhow::Result<Mesh> {
 /// What the 200 changes measured.
 struct Churn {
     latencies: Vec<f64>,
+    /// The direct push's latencies for the same changes.
+    direct: Vec<f64>,
     secs: f64,
     /// The kind of each change (0 readiness flip, 1 new pod, 2 deleted pod), in order.
     kinds: Vec<usize>,
@@ -236,12 +270,14 @@ impl Churn {
 async fn churn(
     mesh: &Mesh,
     watches: &mut [tokio::sync::watch::Receiver<(Instant, EndpointSet)>],
+    direct: &mut [tokio::sync::watch::Receiver<(Instant, EndpointSet)>],
     want: &mut EndpointSet,
 ) -> anyhow::Result<Churn> {
     let pods = mesh.central_pods();
     let started = Instant::now();
     let mut out = Churn {
         latencies: Vec::new(),
+        direct: Vec::new(),
         secs: 0.0,
         kinds: Vec::new(),
         by_kind: [0; 3],
@@ -287,6 +323,10 @@ async fn churn(
             let at = wait_set(w, want).await?;
             out.latencies.push((at - t0).as_secs_f64());
         }
+        for w in direct.iter_mut() {
+            let at = wait_set(w, want).await?;
+            out.direct.push((at - t0).as_secs_f64());
+        }
         out.kinds.push(i % 3);
         // A pause as between real changes, so each is measured on its own.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -295,9 +335,11 @@ async fn churn(
     Ok(out)
 }
 
-/// One server-side apply of an EndpointSlice and its watch event, on the same API servers.
-async fn floor(mesh: &Mesh) -> anyhow::Result<Vec<f64>> {
+/// One server-side apply of an EndpointSlice and its watch event, on the same API servers; and the
+/// same without each remote's first apply (which creates the object).
+async fn floor(mesh: &Mesh) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let mut floor = Vec::new();
+    let mut warm = Vec::new();
     for (j, r) in REMOTES.iter().enumerate() {
         let client = mesh.remote(r).clone();
         let mut rx = watch_endpoints(client.clone(), &mesh.ns, "floor");
@@ -313,10 +355,13 @@ async fn floor(mesh: &Mesh) -> anyhow::Result<Vec<f64>> {
             api.patch("floor", &apply, &Patch::Apply(&body)).await?;
             let at = wait_set(&mut rx, &[("10.99.0.1".to_string(), ready)].into()).await?;
             floor.push((at - t0).as_secs_f64());
+            if i > 0 {
+                warm.push((at - t0).as_secs_f64());
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    Ok(floor)
+    Ok((floor, warm))
 }
 
 /// Writes when nothing changed: the hub restarted, then each agent restarted.

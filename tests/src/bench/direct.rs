@@ -1,0 +1,106 @@
+//! The prior art's architecture, as a baseline for section 1: one central process that watches the
+//! istiod pods and writes each remote's EndpointSlice itself, with a kubeconfig for every remote API
+//! server (what Tether exists to remove). Same latest-wins pacing as Tether's streams: one write in
+//! flight per remote, and the newest state next. It writes its own slice (`istiod-direct`), so it
+//! runs beside Tether and both follow the same changes at the same moment.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const SERVICE: &str = "istiod-direct";
+
+/// The running baseline: its writes per remote; stops when dropped.
+pub struct DirectPush {
+    pub writes: Vec<Arc<AtomicUsize>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for DirectPush {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The EndpointSlice for the istiod pods now: a ready endpoint per running pod with an IP, not
+/// ready while it terminates.
+fn slice(pods: &BTreeMap<String, Pod>) -> Value {
+    let endpoints: Vec<Value> = pods
+        .values()
+        .filter_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.clone()?;
+            let ready = p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+            Some(json!({"addresses": [ip], "conditions": {"ready": ready}}))
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": SERVICE, "labels": {"kubernetes.io/service-name": SERVICE}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc-xds", "port": 15010, "protocol": "TCP"}],
+        "endpoints": endpoints})
+}
+
+pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> DirectPush {
+    let (tx, rx) = tokio::sync::watch::channel(None::<Value>);
+    let mut tasks = Vec::new();
+    let pods: Api<Pod> = Api::namespaced(central, ns);
+    tasks.push(tokio::spawn(async move {
+        let mut known: BTreeMap<String, Pod> = BTreeMap::new();
+        let cfg = watcher::Config::default().labels("app=istiod");
+        let mut stream = watcher(pods, cfg).boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                    known.insert(p.metadata.name.clone().unwrap_or_default(), p);
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    known.remove(p.metadata.name.as_deref().unwrap_or_default());
+                }
+                Ok(watcher::Event::Init) => known.clear(),
+                Ok(watcher::Event::InitDone) | Err(_) => {}
+            }
+            let next = slice(&known);
+            tx.send_if_modified(|cur| {
+                let changed = cur.as_ref() != Some(&next);
+                *cur = Some(next);
+                changed
+            });
+        }
+    }));
+    let mut writes = Vec::new();
+    for client in remotes {
+        let count = Arc::new(AtomicUsize::new(0));
+        writes.push(count.clone());
+        let mut rx = rx.clone();
+        let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client, ns);
+        tasks.push(tokio::spawn(async move {
+            let apply = PatchParams::apply("direct-push").force();
+            while rx.changed().await.is_ok() {
+                let Some(body) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                if api
+                    .patch(SERVICE, &apply, &Patch::Apply(&body))
+                    .await
+                    .is_ok()
+                {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    DirectPush { writes, tasks }
+}
