@@ -179,58 +179,72 @@ impl Applier {
         out
     }
 
+    /// Runs the plan's writes. Each write is to a different object, so they go to the API server at
+    /// once: a snapshot is applied in the time of its slowest write, not the sum (the next state, which
+    /// waits for this one's ACK, comes sooner).
     async fn execute(&mut self, plan: Plan) -> Outcome {
         let mut out = Outcome {
             failures: plan.failures,
             writes: 0,
         };
-        for write in plan.writes {
-            let (kind, name) = (write.kind(), write.name());
-            let ns = if kind == Kind::Namespace {
-                String::new()
-            } else {
-                self.namespace.clone()
-            };
-            let result = match write {
-                Write::Apply {
-                    kind,
-                    name,
-                    body,
-                    force,
-                } => self
-                    .write(kind, &name, &body, force, &mut out)
-                    .await
-                    .map_err(|e| apply_failure(kind, &e)),
-                Write::Delete { kind, object } => self
-                    .delete(kind, &object, &mut out)
-                    .await
-                    .map_err(|e| (format!("delete: {}", reason(&e)), false)),
-                Write::Recreate { kind, object, body } => {
-                    match self.delete(kind, &object, &mut out).await {
-                        Err(e) => Err((format!("recreate: {}", reason(&e)), false)),
-                        Ok(()) => self
-                            .write(kind, &name, &body, true, &mut out)
-                            .await
-                            .map_err(|e| apply_failure(kind, &e)),
-                    }
-                }
-            };
-            if let Err((message, conflict)) = result {
-                out.failures
-                    .push(failure(kind, &ns, &name, message, conflict));
+        let done = futures::future::join_all(plan.writes.into_iter().map(|w| self.run(w))).await;
+        for d in done {
+            out.writes += d.calls;
+            self.overlay.extend(d.written);
+            if let Some(f) = d.failure {
+                out.failures.push(f);
             }
         }
         out
     }
 
+    /// One write of a plan (a recreate is two calls, in order).
+    async fn run(&self, write: Write) -> Done {
+        let (kind, name) = (write.kind(), write.name());
+        let ns = if kind == Kind::Namespace {
+            String::new()
+        } else {
+            self.namespace.clone()
+        };
+        let mut done = Done::default();
+        let result = match write {
+            Write::Apply {
+                kind,
+                name,
+                body,
+                force,
+            } => self
+                .write(kind, &name, &body, force, &mut done)
+                .await
+                .map_err(|e| apply_failure(kind, &e)),
+            Write::Delete { kind, object } => self
+                .delete(kind, &object, &mut done)
+                .await
+                .map_err(|e| (format!("delete: {}", reason(&e)), false)),
+            Write::Recreate { kind, object, body } => {
+                match self.delete(kind, &object, &mut done).await {
+                    Err(e) => Err((format!("recreate: {}", reason(&e)), false)),
+                    Ok(()) => self
+                        .write(kind, &name, &body, true, &mut done)
+                        .await
+                        .map_err(|e| apply_failure(kind, &e)),
+                }
+            }
+        };
+        if let Err((message, conflict)) = result {
+            done.failure = Some(failure(kind, &ns, &name, message, conflict));
+        }
+        done
+    }
+
     /// Server-side apply.
     async fn write(
-        &mut self,
+        &self,
         kind: Kind,
         name: &str,
         body: &Value,
         force: bool,
-        out: &mut Outcome,
+        done: &mut Done,
     ) -> kube::Result<()> {
         let mut params = PatchParams::apply(&self.field_manager);
         params.force = force;
@@ -238,21 +252,16 @@ impl Applier {
             .api(&self.client, &self.namespace)
             .patch(name, &params, &Patch::Apply(body))
             .await;
-        out.writes += 1;
+        done.calls += 1;
         self.metrics.write(kind.as_str(), "apply");
         let obj = obj?;
         debug!(kind = kind.as_str(), name, "applied");
-        self.overlay
-            .insert((kind, name.to_string()), Written::Applied(Arc::new(obj)));
+        done.written
+            .push(((kind, name.to_string()), Written::Applied(Arc::new(obj))));
         Ok(())
     }
 
-    async fn delete(
-        &mut self,
-        kind: Kind,
-        obj: &DynamicObject,
-        out: &mut Outcome,
-    ) -> kube::Result<()> {
+    async fn delete(&self, kind: Kind, obj: &DynamicObject, done: &mut Done) -> kube::Result<()> {
         let name = obj.name_any();
         let dp = DeleteParams {
             preconditions: Some(kube::api::Preconditions {
@@ -265,7 +274,7 @@ impl Applier {
             .api(&self.client, &self.namespace)
             .delete(&name, &dp)
             .await;
-        out.writes += 1;
+        done.calls += 1;
         self.metrics.write(kind.as_str(), "delete");
         match res {
             Ok(_) => Ok(()),
@@ -275,9 +284,17 @@ impl Applier {
         .map(|()| {
             debug!(kind = kind.as_str(), %name, "deleted");
             let at = obj.resource_version().unwrap_or_default();
-            self.overlay.insert((kind, name), Written::Deleted(at));
+            done.written.push(((kind, name), Written::Deleted(at)));
         })
     }
+}
+
+/// What one write of a plan did: API calls made, what it leaves in the overlay, its failure.
+#[derive(Default)]
+struct Done {
+    calls: u32,
+    written: Vec<((Kind, String), Written)>,
+    failure: Option<ObjectFailure>,
 }
 
 /// (message, conflict) for a failed apply. Only namespaces are applied without force, so only they

@@ -25,6 +25,8 @@ pub struct Propagation {
     pub direct: Vec<f64>,
     /// The direct push's writes for the changes, per remote.
     pub direct_writes: Vec<usize>,
+    /// The kind of change of each sample (0 readiness flip, 1 new pod, 2 deleted pod).
+    pub kinds: Vec<usize>,
     /// One server-side apply -> its watch event, seconds.
     pub floor: Vec<f64>,
     /// The floor without each remote's first write (the first apply of an object is the slow one).
@@ -207,6 +209,11 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         ms(percentile(&floor, 99.0))
     );
     Ok(Propagation {
+        kinds: churn
+            .kinds
+            .iter()
+            .flat_map(|k| std::iter::repeat_n(*k, REMOTES.len()))
+            .collect(),
         latencies: churn.latencies,
         direct: churn.direct,
         direct_writes,

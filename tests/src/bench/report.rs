@@ -138,7 +138,8 @@ fn propagation(doc: &mut String, p: &Propagation) {
          Target: p99 under 50 ms ({}); within 3x of the floor: at p50 {}, at p99 {}.\n\n\
          Tether / direct push: **{vs50:.2}x at p50, {vs99:.2}x at p99** (target: within 1.05x: {}). Writes per \
          change and remote: Tether {:.2} (the EndpointSlice and the legacy Endpoints), direct push {:.2} (the \
-         EndpointSlice only).\n",
+         EndpointSlice only).\n\n\
+         By kind of change, p50 / p99, Tether against direct push: {}.\n",
         lat.len(),
         floor.len(),
         p.floor_warm.len(),
@@ -152,7 +153,34 @@ fn propagation(doc: &mut String, p: &Propagation) {
         met(vs50 <= 1.05 && vs99 <= 1.05),
         tether_writes / changes,
         direct_writes / changes,
+        by_kind(p),
     );
+}
+
+/// p50 / p99 of each kind of change, Tether against the direct push.
+pub fn by_kind(p: &Propagation) -> String {
+    ["readiness flip", "new pod", "deleted pod"]
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let pick = |v: &[f64]| -> Vec<f64> {
+                v.iter()
+                    .zip(&p.kinds)
+                    .filter(|(_, kind)| **kind == k)
+                    .map(|(x, _)| *x)
+                    .collect()
+            };
+            let (t, d) = (pick(&p.latencies), pick(&p.direct));
+            format!(
+                "{name} {} / {} against {} / {}",
+                ms(percentile(&t, 50.0)),
+                ms(percentile(&t, 99.0)),
+                ms(percentile(&d, 50.0)),
+                ms(percentile(&d, 99.0))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn mib(kib: u64) -> String {

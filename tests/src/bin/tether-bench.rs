@@ -8,7 +8,7 @@
 //! - `bench::apiaccess`: istiod's reads through the agent against direct reads (section 6).
 //!
 //! `TETHER_BENCH_STREAMS` (default `100,1000,10000`) sets the fan-out sizes; `TETHER_BENCH_ONLY=api`
-//! runs section 6 alone and only prints it.
+//! (or `propagation`) runs section 6 (or 1-3) alone and only prints it.
 
 use std::time::Instant;
 use tether_tests::ControlPlanes;
@@ -28,9 +28,17 @@ async fn main() -> anyhow::Result<()> {
     let planes: &'static ControlPlanes = Box::leak(Box::new(ControlPlanes::start(&names)?));
     tether_tests::mesh::bin_dir();
     // One section alone, printed and not written: for trying a change.
-    if std::env::var("TETHER_BENCH_ONLY").as_deref() == Ok("api") {
-        apiaccess::run(planes).await?;
-        return Ok(());
+    match std::env::var("TETHER_BENCH_ONLY").as_deref() {
+        Ok("api") => {
+            apiaccess::run(planes).await?;
+            return Ok(());
+        }
+        Ok("propagation") => {
+            let p = propagation::run(planes).await?;
+            println!("{}", tether_tests::bench::report::by_kind(&p));
+            return Ok(());
+        }
+        _ => {}
     }
     let propagation = propagation::run(planes).await?;
     let api_access = apiaccess::run(planes).await.map_err(|e| {
