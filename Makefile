@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps controlplane helm istio test lint deny fmt demo bench clean-harness
+.PHONY: all build deps controlplane helm istio image test lint deny fmt demo bench clean-harness
 
 all: build
 
@@ -26,6 +26,10 @@ istio:
 ## helm, pinned, from `go install` (the chart tests use it)
 helm:
 	@bash tests/controlplane/helm.sh >/dev/null
+
+## The OCI image of both binaries (no Docker engine: umoci + skopeo), under target/image/
+image: deps
+	@bash tests/image.sh
 
 ## Every test: unit tests, harness tests and end-to-end tests against real API servers.
 ## The end-to-end tests run the hub and agent binaries, so those are built first.

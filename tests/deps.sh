@@ -2,10 +2,13 @@
 # Installs the Debian packages the test harness needs, when they are missing:
 #   iproute2  `ip netns` and veth pairs: istiod (and every other "pod" with a real address) runs in a
 #             network namespace the harness creates
+#   umoci, skopeo  `make image`: the OCI image built without a Docker engine
 # As root it runs apt-get; otherwise it stops with the exact command to run.
 set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
+command -v umoci >/dev/null || need+=(umoci)
+command -v skopeo >/dev/null || need+=(skopeo)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "deps.sh: missing Debian packages; run: sudo apt-get install -y ${need[*]}" >&2
