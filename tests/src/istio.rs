@@ -145,6 +145,7 @@ impl Istiod {
         }
         let dir = mesh.dir.join(name);
         std::fs::create_dir_all(&dir)?;
+        write_mesh_ca(&dir.join("etc/cacerts"))?;
         let log = std::fs::File::create(dir.join("istiod.log"))?;
         let mut cmd = Command::new(binaries().join("pilot-discovery"));
         cmd.arg("discovery")
@@ -288,6 +289,40 @@ impl Drop for Istiod {
         }
         self.stop();
     }
+}
+
+/// One mesh CA for every istiod of this test binary, plugged in as Istio's `cacerts` files (istiod
+/// reads `./etc/cacerts` from its working directory). Every istiod that reads remote-1 writes its root
+/// certificate into each of remote-1's namespaces (`istio-ca-root-cert`); with a CA of its own each,
+/// concurrent tests' istiods would overwrite each other's roots and a workload would verify one
+/// istiod against another's root.
+fn write_mesh_ca(dir: &Path) -> anyhow::Result<()> {
+    static CA: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let (cert, key) = CA.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "cluster.local");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        let cert = params.self_signed(&key).expect("a CA certificate");
+        (cert.pem(), key.serialize_pem())
+    });
+    std::fs::create_dir_all(dir)?;
+    for (file, text) in [
+        ("ca-cert.pem", cert),
+        ("ca-key.pem", key),
+        ("root-cert.pem", cert),
+        ("cert-chain.pem", cert),
+    ] {
+        std::fs::write(dir.join(file), text)?;
+    }
+    Ok(())
 }
 
 /// What Istio's own chart puts in a remote for an istiod at `address` (the `remote` profile:
