@@ -179,15 +179,21 @@ impl Applier {
         out
     }
 
-    /// Runs the plan's writes. Each write is to a different object, so they go to the API server at
-    /// once: a snapshot is applied in the time of its slowest write, not the sum (the next state, which
-    /// waits for this one's ACK, comes sooner).
+    /// Runs the plan's writes. Each write is to a different object, so up to [`WRITES_AT_ONCE`] go to
+    /// the API server together: a snapshot is applied in the time of its slowest write, not the sum
+    /// (the next state, which waits for this one's ACK, comes sooner), and a large plan (a retire, many
+    /// namespaces) does not become a burst of hundreds of requests.
     async fn execute(&mut self, plan: Plan) -> Outcome {
+        use futures::StreamExt;
         let mut out = Outcome {
             failures: plan.failures,
             writes: 0,
         };
-        let done = futures::future::join_all(plan.writes.into_iter().map(|w| self.run(w))).await;
+        let done: Vec<Done> = futures::stream::iter(plan.writes)
+            .map(|w| self.run(w))
+            .buffer_unordered(WRITES_AT_ONCE)
+            .collect()
+            .await;
         for d in done {
             out.writes += d.calls;
             self.overlay.extend(d.written);
@@ -288,6 +294,9 @@ impl Applier {
         })
     }
 }
+
+/// Writes of one plan in flight at once.
+const WRITES_AT_ONCE: usize = 8;
 
 /// What one write of a plan did: API calls made, what it leaves in the overlay, its failure.
 #[derive(Default)]
