@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tether_proto::runtime::proxy::{status_body, strip_headers};
+use tether_proto::runtime::proxy::{status_response, strip_headers};
 use tether_proto::tls::{TlsFiles, tunnel_client_config};
 use tracing::{debug, info, warn};
 
@@ -172,15 +172,11 @@ async fn serve_once(config: &TunnelConfig, reader: &Reader) -> anyhow::Result<()
 
 /// A Kubernetes `Status` answer.
 pub fn status(code: http::StatusCode, reason: &str, message: &str) -> http::Response<Body> {
-    http::Response::builder()
-        .status(code)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(
-            Full::new(Bytes::from(status_body(code, reason, message)))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .expect("a valid response")
+    status_response(code, reason, message).map(|b| {
+        Full::new(Bytes::from(b))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    })
 }
 
 /// Checks one request against the allowlist and forwards it to the API server as the reader.

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_proto::runtime::cli::stopped;
-use tether_proto::runtime::proxy::{status_body, strip_headers};
+use tether_proto::runtime::proxy::{status_response, strip_headers};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
@@ -74,15 +74,11 @@ pub struct ApiProxy {
 
 /// A Kubernetes `Status` answer.
 fn status(code: StatusCode, reason: &str, message: &str) -> http::Response<Body> {
-    http::Response::builder()
-        .status(code)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(
-            Full::new(Bytes::from(status_body(code, reason, message)))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
-        .expect("a valid response")
+    status_response(code, reason, message).map(|b| {
+        Full::new(Bytes::from(b))
+            .map_err(|never| match never {})
+            .boxed()
+    })
 }
 
 /// Splits `/clusters/<name>/<rest>` into the remote and the API path. Anything that is not plainly
@@ -187,17 +183,31 @@ impl ApiProxy {
     pub async fn handle(&self, req: http::Request<Incoming>) -> http::Response<Body> {
         let started = std::time::Instant::now();
         let path = req.uri().path().to_string();
-        let (cluster, verb) = match route(&path) {
-            Ok((cluster, api_path)) if self.enabled(cluster) => {
+        debug!(method = %req.method(), %path, "API endpoint: request");
+        let (cluster, verb, response) = match route(&path) {
+            Err(message) => (
+                String::new(),
+                "invalid".to_string(),
+                status(StatusCode::BAD_REQUEST, "BadRequest", &message),
+            ),
+            Ok((cluster, _)) if !self.enabled(cluster) => (
+                String::new(),
+                "invalid".to_string(),
+                status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("no RemoteCluster {cluster} with apiAccess.enabled"),
+                ),
+            ),
+            Ok((cluster, api_path)) => {
                 let query = req.uri().query().unwrap_or_default();
                 let verb = tether_proto::runtime::proxy::attributes(req.method(), api_path, query)
                     .map(|a| a.verb)
                     .unwrap_or_else(|| "invalid".into());
-                (cluster.to_string(), verb)
+                let response = self.forward(req, cluster, api_path).await;
+                (cluster.to_string(), verb, response)
             }
-            _ => (String::new(), "invalid".into()),
         };
-        let response = self.forward(req, &path).await;
         let code = response.status();
         self.metrics
             .api_requests
@@ -230,19 +240,13 @@ impl ApiProxy {
         response
     }
 
-    async fn forward(&self, req: http::Request<Incoming>, path: &str) -> http::Response<Body> {
-        debug!(method = %req.method(), %path, "API endpoint: request");
-        let (cluster, api_path) = match route(path) {
-            Ok(r) => r,
-            Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", &message),
-        };
-        if !self.enabled(cluster) {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("no RemoteCluster {cluster} with apiAccess.enabled"),
-            );
-        }
+    /// Forwards a request for an enabled remote down its tunnel, within the limits.
+    async fn forward(
+        &self,
+        req: http::Request<Incoming>,
+        cluster: &str,
+        api_path: &str,
+    ) -> http::Response<Body> {
         let Some(permit) = self.permit(cluster) else {
             return status(
                 StatusCode::TOO_MANY_REQUESTS,

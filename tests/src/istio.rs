@@ -267,6 +267,18 @@ impl Istiod {
             .collect())
     }
 
+    /// Ok once istiod lists every one of `clusters` as synced; else what it lists.
+    pub async fn synced(&self, clusters: &[&str]) -> anyhow::Result<()> {
+        let have = self.clusters().await?;
+        anyhow::ensure!(
+            clusters
+                .iter()
+                .all(|c| have.contains(&(c.to_string(), "synced".to_string()))),
+            "{have:?}"
+        );
+        Ok(())
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.join("istiod.log")).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();

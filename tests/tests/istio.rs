@@ -50,13 +50,8 @@ async fn mesh_with_istiod(revision: &str, name: &str) -> (Mesh, Istiod) {
     mesh.start_agent(R).unwrap();
     mesh.wait_phase(R, "Synced", SOON).await;
     istio::create_remote_secret(&mesh, R).await.unwrap();
-    eventually("istiod to list remote-1 as synced", LONG, || async {
-        let clusters = istiod.clusters().await?;
-        anyhow::ensure!(
-            clusters.contains(&(R.to_string(), "synced".to_string())),
-            "{clusters:?}"
-        );
-        Ok(())
+    eventually("istiod to list remote-1 as synced", LONG, || {
+        istiod.synced(&[R])
     })
     .await;
     (mesh, istiod)
@@ -240,10 +235,8 @@ async fn an_istiod_rollout_reaches_the_remote_workload_through_the_updated_slice
     let new = Istiod::start(&mesh, "istiod-new", "default", &[R])
         .await
         .unwrap();
-    eventually("istiod-new to list remote-1 as synced", LONG, || async {
-        let clusters = new.clusters().await?;
-        anyhow::ensure!(clusters.contains(&(R.to_string(), "synced".to_string())));
-        Ok(())
+    eventually("istiod-new to list remote-1 as synced", LONG, || {
+        new.synced(&[R])
     })
     .await;
     let deleted = Instant::now();
@@ -338,14 +331,7 @@ async fn mesh_with_api_access(hub_args: &[&str], agent_args: &[&str]) -> (Mesh, 
     eventually(
         "istiod to list remote-1 as synced through the hub",
         LONG,
-        || async {
-            let clusters = istiod.clusters().await?;
-            anyhow::ensure!(
-                clusters.contains(&(R.to_string(), "synced".to_string())),
-                "{clusters:?}"
-            );
-            Ok(())
-        },
+        || istiod.synced(&[R]),
     )
     .await;
     println!(

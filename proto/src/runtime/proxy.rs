@@ -111,8 +111,21 @@ pub fn strip_headers(headers: &mut http::HeaderMap) {
     }
 }
 
+/// A Kubernetes `Status` failure as an answer (JSON); each end puts the bytes in its body type.
+pub fn status_response(
+    code: http::StatusCode,
+    reason: &str,
+    message: &str,
+) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(code)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(status_body(code, reason, message))
+        .expect("a valid response")
+}
+
 /// The JSON body of a Kubernetes `Status` failure.
-pub fn status_body(code: http::StatusCode, reason: &str, message: &str) -> Vec<u8> {
+fn status_body(code: http::StatusCode, reason: &str, message: &str) -> Vec<u8> {
     serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "code": code.as_u16(),

@@ -126,21 +126,15 @@ where
 /// Waits until istiod lists every remote as synced; returns what it lists.
 async fn istiod_synced(istiod: &Istiod) -> anyhow::Result<Vec<(String, String)>> {
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let clusters = istiod.clusters().await.unwrap_or_default();
-        if REMOTES
-            .iter()
-            .all(|r| clusters.contains(&(r.to_string(), "synced".to_string())))
-        {
-            return Ok(clusters);
-        }
+    while let Err(e) = istiod.synced(REMOTES).await {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "istiod did not sync the remotes: {clusters:?}\n{}",
+            "istiod did not sync the remotes: {e}\n{}",
             istiod.log_tail(20)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    istiod.clusters().await
 }
 
 #[tokio::main]
