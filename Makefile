@@ -34,7 +34,7 @@ image: deps
 ## Every test: unit tests, harness tests and end-to-end tests against real API servers.
 ## The end-to-end tests run the hub and agent binaries, so those are built first.
 test: deps controlplane helm istio build
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 ## Benchmarks (release build): prints figures and rewrites docs/benchmarks.md. Not part of `make test`.
 bench: controlplane

@@ -274,15 +274,21 @@ async fn a_revisioned_control_plane_works_the_same_way() {
         cert["uris"],
         json!([format!("spiffe://cluster.local/ns/{ns}/sa/hello")])
     );
-    let config = until_answered("config from istiod-canary", || w.xds(&mesh, None)).await;
-    assert!(
-        config["clusters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c.as_str().unwrap().contains(&format!("hello.{ns}"))),
-        "{config}"
-    );
+    // Wait for this test's Service by name: istiod may answer before it has seen it (it watches
+    // every namespace of the shared clusters, so the first answer can hold other tests' Services).
+    let hello = format!("outbound|80||hello.{ns}.svc.cluster.local");
+    let config = until_answered("config from istiod-canary with this test's Service", || {
+        let asked = w.xds(&mesh, None);
+        let hello = hello.clone();
+        async move {
+            let config = asked.await?;
+            let clusters = config["clusters"].as_array().cloned().unwrap_or_default();
+            anyhow::ensure!(clusters.iter().any(|c| c == hello.as_str()), "{config}");
+            Ok(config)
+        }
+    })
+    .await;
+    assert_eq!(config["address"], format!("{}:15012", istiod.ip).as_str());
     assert_remote_profile_shape(&mesh, &istiod.ip.to_string(), "canary").await;
     // The injection label of the revision is on the remote namespace.
     let labels = Api::<k8s_openapi::api::core::v1::Namespace>::all(mesh.remote(R).clone())
