@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const AUDIT_POLICY: &str = "\
+pub(crate) const AUDIT_POLICY: &str = "\
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
@@ -225,33 +225,7 @@ impl Cluster {
 
     /// Writes recorded by the audit log so far, oldest first.
     pub fn audit_writes(&self) -> anyhow::Result<Vec<AuditWrite>> {
-        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
-        let mut out = Vec::new();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let s = |p: &str| {
-                v.pointer(p)
-                    .and_then(|x| x.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            out.push(AuditWrite {
-                user: s("/user/username"),
-                verb: s("/verb"),
-                resource: s("/objectRef/resource"),
-                subresource: s("/objectRef/subresource"),
-                namespace: s("/objectRef/namespace"),
-                name: s("/objectRef/name"),
-                code: v
-                    .pointer("/responseStatus/code")
-                    .and_then(|c| c.as_i64())
-                    .unwrap_or(0),
-                credential: s("/user/extra/authentication.kubernetes.io~1credential-id/0"),
-            });
-        }
-        Ok(out)
+        read_audit(&self.dir.join("audit.log"))
     }
 
     /// PIDs of the processes this cluster runs (for leak checks).
@@ -273,6 +247,37 @@ impl Drop for Cluster {
             p.kill();
         }
     }
+}
+
+/// The writes in an API server's audit log (JSON lines), oldest first.
+pub fn read_audit(path: &Path) -> anyhow::Result<Vec<AuditWrite>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let s = |p: &str| {
+            v.pointer(p)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        out.push(AuditWrite {
+            user: s("/user/username"),
+            verb: s("/verb"),
+            resource: s("/objectRef/resource"),
+            subresource: s("/objectRef/subresource"),
+            namespace: s("/objectRef/namespace"),
+            name: s("/objectRef/name"),
+            code: v
+                .pointer("/responseStatus/code")
+                .and_then(|c| c.as_i64())
+                .unwrap_or(0),
+            credential: s("/user/extra/authentication.kubernetes.io~1credential-id/0"),
+        });
+    }
+    Ok(out)
 }
 
 /// A client from a kubeconfig file.

@@ -24,6 +24,7 @@ pub mod pki;
 pub mod pods;
 pub mod procs;
 pub mod proxy;
+pub mod realnode;
 
 pub use cluster::{AuditWrite, Cluster};
 

@@ -195,6 +195,40 @@ impl Netns {
     }
 }
 
+/// A veth pair between two namespaces, `a_ip/prefix` in `a` and `b_ip/prefix` in `b` (two nodes of
+/// different clusters on one link). It goes when either namespace is deleted.
+pub fn veth_between(
+    a: &Netns,
+    a_ip: Ipv4Addr,
+    b: &Netns,
+    b_ip: Ipv4Addr,
+    prefix: u8,
+) -> anyhow::Result<()> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let id = format!(
+        "{:x}",
+        std::process::id() % 0x10000 * 0x100 + N.fetch_add(1, Ordering::Relaxed) % 0x100
+    );
+    let (a_if, b_if) = (format!("w{id}a"), format!("w{id}b"));
+    ip(&[
+        "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns",
+        &b.name,
+    ])?;
+    for (ns, ifname, addr) in [(&a.name, &a_if, a_ip), (&b.name, &b_if, b_ip)] {
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/{prefix}"),
+            "dev",
+            ifname,
+        ])?;
+        ip(&["-n", ns, "link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for b in &self.bridges {

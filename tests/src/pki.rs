@@ -53,6 +53,27 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A serving (and client) certificate for `dns` names and `ips` only: a real node's API server
+    /// (its node address, the `kubernetes` Service's ClusterIP).
+    pub fn server_for(
+        &self,
+        common_name: &str,
+        dns: &[&str],
+        ips: &[std::net::IpAddr],
+    ) -> anyhow::Result<CertKey> {
+        let mut params =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        for ip in ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        params.distinguished_name = dn(common_name, None);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
     /// A client certificate; Kubernetes reads the user from CN and the group from O
     /// (rcgen holds one value per attribute type, so one group at most).
     pub fn client(&self, user: &str, group: Option<&str>) -> anyhow::Result<CertKey> {

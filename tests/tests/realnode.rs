@@ -1,0 +1,465 @@
+//! The charts as real pods, installed the way the README tells a new user: `make image`, `certs init`,
+//! `helm install` of the hub in central, `join`, `helm install` of the agent in the remote, on two
+//! real one-node clusters (kubelet, containerd, kube-proxy, CNI bridge; see `tether_tests::realnode`)
+//! whose nodes sit in network namespaces joined by one link: the agent reaches the hub's NodePort
+//! across it, as across clusters. Both namespaces enforce Pod Security `restricted`.
+//!
+//! The "istiod" pods here are the pause image behind the `istiod` Service: what Tether mirrors is
+//! their addresses, and the real istiod's use of the mirror is covered in `istio.rs`. Needs root.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tether_tests::controlplane::repo_root;
+use tether_tests::realnode::{RealCluster, node_binaries};
+
+const NS: &str = "istio-system";
+const HUB_DNS: &str = "tether-hub.istio-system.svc";
+const AGENT_USER: &str = "system:serviceaccount:istio-system:tether-agent";
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl(c: &RealCluster, args: &[&str]) -> String {
+    run(Command::new(node_binaries().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args(args))
+}
+
+fn kubectl_json(c: &RealCluster, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl(c, &all)).expect("kubectl JSON")
+}
+
+fn kubectl_apply(c: &RealCluster, yaml: &str) {
+    let path = c.dir.join(format!("apply-{}.yaml", unique()));
+    std::fs::write(&path, yaml).unwrap();
+    kubectl(c, &["apply", "-f", path.to_str().unwrap()]);
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn helm(c: &RealCluster, args: &[&str]) -> String {
+    run(Command::new(tether_tests::charts::helm())
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args(args))
+}
+
+/// `tether-hub <args>` (the release binary `make image` built) with the central cluster as the
+/// current kubeconfig context, as the README's commands run.
+fn hub_cli(central: &RealCluster) -> Command {
+    let mut cmd = Command::new(repo_root().join("target/release/tether-hub"));
+    cmd.env("KUBECONFIG", central.kubeconfig());
+    cmd
+}
+
+fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Pod Security `restricted`, enforced.
+fn restricted_namespace(c: &RealCluster, name: &str) {
+    kubectl_apply(
+        c,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+             pod-security.kubernetes.io/enforce: restricted\n    pod-security.kubernetes.io/enforce-version: latest\n"
+        ),
+    );
+    wait_default_sa(c, name);
+}
+
+/// The controller-manager creates a namespace's `default` ServiceAccount; pods wait for it.
+fn wait_default_sa(c: &RealCluster, ns: &str) {
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || {
+            let sa = kubectl_json(c, &["-n", ns, "get", "serviceaccounts"]);
+            let names: Vec<&str> = sa["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["metadata"]["name"].as_str())
+                .collect();
+            names
+                .contains(&"default")
+                .then_some(())
+                .ok_or(format!("{names:?}"))
+        },
+    );
+}
+
+/// A stand-in istiod pod (pause, restricted-compliant) behind the `istiod` Service.
+fn istiod_pod(c: &RealCluster, name: &str) -> String {
+    let pause = &tether_tests::realnode::pause_image().1;
+    kubectl_apply(
+        c,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {NS}, labels: {{app: istiod}}}}
+spec:
+  securityContext: {{runAsNonRoot: true, runAsUser: 65535, seccompProfile: {{type: RuntimeDefault}}}}
+  containers:
+  - name: discovery
+    image: {pause}
+    imagePullPolicy: Never
+    ports: [{{name: grpc-xds, containerPort: 15010}}, {{name: https-dns, containerPort: 15012}}, {{name: https-webhook, containerPort: 15017}}]
+    securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+"#
+        ),
+    );
+    eventually(&format!("{name} Ready"), Duration::from_secs(90), || {
+        let pod = kubectl_json(c, &["-n", NS, "get", "pod", name]);
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        match pod["status"]["podIP"].as_str() {
+            Some(ip) if ready => Ok(ip.to_string()),
+            _ => Err(pod["status"].to_string()),
+        }
+    })
+}
+
+/// The addresses in the remote's EndpointSlices of the mirror `istiod`, sorted.
+fn mirrored_addresses(remote: &RealCluster) -> Vec<String> {
+    let slices = kubectl_json(
+        remote,
+        &[
+            "-n",
+            NS,
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=istiod",
+        ],
+    );
+    let mut out: Vec<String> = slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The one pod of a Deployment's label, once Ready: (name, uid, restarts).
+fn ready_pod(c: &RealCluster, selector: &str) -> Result<(String, String, i64), String> {
+    let pods = kubectl_json(c, &["-n", NS, "get", "pods", "-l", selector]);
+    let items: Vec<&Value> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    let [pod] = items[..] else {
+        return Err(format!("{} pods", items.len()));
+    };
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    if !ready {
+        return Err(format!("not Ready: {}", pod["status"]));
+    }
+    let restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(-1);
+    Ok((
+        pod["metadata"]["name"].as_str().unwrap().to_string(),
+        pod["metadata"]["uid"].as_str().unwrap().to_string(),
+        restarts,
+    ))
+}
+
+/// `tether-hub status --wait`: exit 0 and the remote SYNCED.
+fn status_wait(central: &RealCluster) -> String {
+    let out =
+        run(hub_cli(central).args(["status", "--namespace", NS, "--wait", "--timeout", "2m"]));
+    assert!(out.contains("SYNCED"), "{out}");
+    out
+}
+
+/// Writes by the agent in the remote (audit log), from `since` on.
+fn agent_writes(remote: &RealCluster, since: usize) -> Vec<String> {
+    remote.audit_writes().unwrap()[since..]
+        .iter()
+        .filter(|w| w.user == AGENT_USER)
+        .map(|w| format!("{} {}/{} {}", w.verb, w.resource, w.subresource, w.name))
+        .collect()
+}
+
+fn serial_of(pem: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pem.as_bytes())
+        .unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The serial of the certificate the hub presents at `addr` (a TLS handshake without a client
+/// certificate: the server's certificate comes first).
+fn presented_serial(addr: &str) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            addr,
+            "-servername",
+            HUB_DNS,
+            "-showcerts",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----").unwrap_or(0);
+    let end = text
+        .find("-----END CERTIFICATE-----")
+        .map(|e| e + "-----END CERTIFICATE-----".len())
+        .unwrap_or(0);
+    serial_of(&text[start..end])
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
+    let repo = repo_root();
+    // `make image`.
+    run(Command::new("bash").arg(repo.join("tests/image.sh")));
+    let version = env!("CARGO_PKG_VERSION");
+    let image_tar = repo.join(format!("target/image/tether-{version}.tar"));
+
+    let (central, remote) = {
+        let c = std::thread::spawn(|| RealCluster::start("central", 0));
+        let r = std::thread::spawn(|| RealCluster::start("remote-1", 1));
+        let c = c.join().unwrap().unwrap_or_else(|e| panic!("{e:#}"));
+        let r = r.join().unwrap().unwrap_or_else(|e| panic!("{e:#}"));
+        (c, r)
+    };
+    // The remote's node reaches the central node over one link, as across clusters.
+    let (central_wan, _) = central.link(&remote).unwrap();
+    // No registry: the image goes into each node's containerd, under the charts' default name.
+    central.import_image(&image_tar).unwrap();
+    remote.import_image(&image_tar).unwrap();
+    let work: PathBuf = central.dir.join("user");
+    std::fs::create_dir_all(&work).unwrap();
+
+    // Central: Istio's namespace (restricted) with its control plane's Service and a pod.
+    restricted_namespace(&central, NS);
+    kubectl_apply(
+        &central,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: istiod, namespace: {NS}}}\nspec:\n  selector: {{app: istiod}}\n  ports:\n  \
+             - {{name: grpc-xds, port: 15010}}\n  - {{name: https-dns, port: 15012}}\n  - {{name: https-webhook, port: 443, targetPort: 15017}}\n"
+        ),
+    );
+    let istiod_a = istiod_pod(&central, "istiod-a");
+
+    // 1. Certificates.
+    let certs = work.join("tether-certs");
+    run(hub_cli(&central).args([
+        "certs",
+        "init",
+        "--out-dir",
+        certs.to_str().unwrap(),
+        "--hub-dns",
+        HUB_DNS,
+        "--secret",
+        "tether-hub-tls",
+        "--namespace",
+        NS,
+    ]));
+    kubectl(
+        &central,
+        &[
+            "apply",
+            "-f",
+            certs.join("hub/secret.yaml").to_str().unwrap(),
+        ],
+    );
+    // 2. The hub, reachable from other clusters on a NodePort.
+    let hub_chart = repo.join("charts/tether-hub");
+    helm(
+        &central,
+        &[
+            "install",
+            "tether-hub",
+            hub_chart.to_str().unwrap(),
+            "-n",
+            NS,
+            "--set",
+            "service.type=NodePort",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    let node_port = kubectl(
+        &central,
+        &[
+            "-n",
+            NS,
+            "get",
+            "svc",
+            "tether-hub",
+            "-o",
+            "jsonpath={.spec.ports[?(@.name==\"grpc\")].nodePort}",
+        ],
+    );
+    let hub_addr = format!("{central_wan}:{node_port}");
+    // 3. The remote.
+    restricted_namespace(&remote, NS);
+    kubectl(&remote, &["create", "namespace", "shop"]);
+    let values = work.join("tether-agent-remote-1.values.yaml");
+    run(hub_cli(&central).args([
+        "join",
+        "remote-1",
+        "--namespace",
+        NS,
+        "--ca-dir",
+        certs.to_str().unwrap(),
+        "--hub-addr",
+        &hub_addr,
+        "--hub-server-name",
+        HUB_DNS,
+        "--injection-namespaces",
+        "shop",
+        "--out",
+        values.to_str().unwrap(),
+    ]));
+    let agent_chart = repo.join("charts/tether-agent");
+    helm(
+        &remote,
+        &[
+            "install",
+            "tether-agent",
+            agent_chart.to_str().unwrap(),
+            "-n",
+            NS,
+            "-f",
+            values.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    // 4. Verify.
+    let (hub_pod, _, _) = ready_pod(&central, "app.kubernetes.io/name=tether-hub").unwrap();
+    let (_, agent_uid, _) = ready_pod(&remote, "app.kubernetes.io/name=tether-agent").unwrap();
+    let out = status_wait(&central);
+    println!("{out}");
+    let svc = kubectl_json(&remote, &["-n", NS, "get", "svc", "istiod"]);
+    assert_eq!(
+        svc["metadata"]["labels"]["app.kubernetes.io/managed-by"], "tether-agent",
+        "{svc}"
+    );
+    assert!(
+        svc["spec"]["selector"].is_null(),
+        "a selector-less mirror: {svc}"
+    );
+    eventually("the mirror's slices", Duration::from_secs(30), || {
+        let have = mirrored_addresses(&remote);
+        (have == vec![istiod_a.clone()])
+            .then_some(())
+            .ok_or(format!("{have:?}"))
+    });
+    let shop = kubectl_json(&remote, &["get", "namespace", "shop"]);
+    assert_eq!(shop["metadata"]["labels"]["istio-injection"], "enabled");
+
+    // An istiod rollout in central reaches the remote.
+    let istiod_b = istiod_pod(&central, "istiod-b");
+    kubectl(
+        &central,
+        &["-n", NS, "delete", "pod", "istiod-a", "--wait=false"],
+    );
+    eventually(
+        "the rollout in the remote's slices",
+        Duration::from_secs(30),
+        || {
+            let have = mirrored_addresses(&remote);
+            (have == vec![istiod_b.clone()])
+                .then_some(())
+                .ok_or(format!("{have:?}"))
+        },
+    );
+
+    // Hub pod deleted: the Deployment replaces it; the remote stays served and nothing is rewritten.
+    let before = remote.audit_writes().unwrap().len();
+    kubectl(
+        &central,
+        &["-n", NS, "delete", "pod", &hub_pod, "--wait=false"],
+    );
+    eventually("a new hub pod Ready", Duration::from_secs(120), || {
+        let (name, _, _) = ready_pod(&central, "app.kubernetes.io/name=tether-hub")?;
+        (name != hub_pod)
+            .then_some(())
+            .ok_or("the old pod".to_string())
+    });
+    status_wait(&central);
+    assert_eq!(mirrored_addresses(&remote), vec![istiod_b.clone()]);
+    assert_eq!(agent_writes(&remote, before), Vec::<String>::new());
+
+    // Agent pod deleted: once back, no write in the remote.
+    let (agent_pod, _, _) = ready_pod(&remote, "app.kubernetes.io/name=tether-agent").unwrap();
+    kubectl(
+        &remote,
+        &["-n", NS, "delete", "pod", &agent_pod, "--wait=true"],
+    );
+    let before = remote.audit_writes().unwrap().len();
+    eventually("a new agent pod Ready", Duration::from_secs(120), || {
+        ready_pod(&remote, "app.kubernetes.io/name=tether-agent").map(|_| ())
+    });
+    status_wait(&central);
+    assert_eq!(agent_writes(&remote, before), Vec::<String>::new());
+    let _ = agent_uid;
+}
