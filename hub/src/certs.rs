@@ -186,6 +186,22 @@ pub fn init(
     Ok((ca, hub))
 }
 
+/// Replaces the hub certificate under `dir` (`hub/`) with a new one from the CA `certs init` wrote
+/// there. Returns (CA, new hub certificate).
+pub fn reissue_hub(
+    dir: &Path,
+    dns: &[String],
+    ips: &[std::net::IpAddr],
+    valid_for: Duration,
+) -> Result<(Pem, Pem), CertError> {
+    let ca = load_ca(dir)?;
+    let hub = hub_cert(&ca, dns, ips, valid_for)?;
+    write(&dir.join("hub/tls.crt"), &hub.cert, false)?;
+    write(&dir.join("hub/tls.key"), &hub.key, true)?;
+    write(&dir.join("hub/ca.crt"), &ca.cert, false)?;
+    Ok((ca, hub))
+}
+
 /// The CA `certs init` wrote in `dir`.
 pub fn load_ca(dir: &Path) -> Result<Pem, CertError> {
     Ok(Pem {

@@ -43,6 +43,9 @@ pub enum Command {
 pub enum CertsCommand {
     /// Create the hub CA and the hub's serving certificate as files (and optionally a Secret manifest).
     Init(CertsInitArgs),
+    /// Issue a new serving certificate for the hub from the existing CA (renewal, new DNS names),
+    /// and optionally its Secret manifest. Agents keep their certificates.
+    Hub(CertsHubArgs),
 }
 
 #[derive(Args, Debug)]
@@ -50,6 +53,22 @@ pub struct CertsInitArgs {
     /// Where to write ca.crt, ca.key and hub/{tls.crt,tls.key,ca.crt}. Keep ca.key safe: it mints agents.
     #[arg(long, default_value = "tether-certs")]
     pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub hub: HubCertArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CertsHubArgs {
+    /// Folder written by `certs init` (ca.crt, ca.key); hub/ in it is rewritten.
+    #[arg(long, default_value = "tether-certs")]
+    pub ca_dir: PathBuf,
+    #[command(flatten)]
+    pub hub: HubCertArgs,
+}
+
+/// The hub's serving certificate.
+#[derive(Args, Debug)]
+pub struct HubCertArgs {
     /// DNS names of the hub's serving certificate (how agents address the hub).
     #[arg(
         long,
@@ -60,7 +79,7 @@ pub struct CertsInitArgs {
     /// IP addresses of the hub's serving certificate.
     #[arg(long, value_delimiter = ',')]
     pub hub_ip: Vec<std::net::IpAddr>,
-    /// Lifetime of the CA and hub certificates.
+    /// Lifetime of the certificate(s) made (`certs init`: the CA's too).
     #[arg(long, default_value = "365d", value_parser = parse_duration)]
     pub validity: Duration,
     /// Also write hub/secret.yaml: a kubernetes.io/tls Secret with this name for the hub chart.

@@ -91,10 +91,10 @@ pub async fn run(client: kube::Client, args: JoinArgs) -> anyhow::Result<()> {
         args.namespace, args.cluster
     );
     println!(
-        "Agent certificate: spiffe://{}/cluster/{} (valid {:?}), written to {}",
+        "Agent certificate: spiffe://{}/cluster/{} (valid {}), written to {}",
         args.trust_domain,
         args.cluster,
-        args.validity,
+        tether_proto::runtime::cli::format_duration(args.validity),
         out.display()
     );
     println!(

@@ -56,6 +56,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The inverse of [`parse_duration`] for humans: the largest unit that divides it (`90d`, `36h`,
+/// `90s`, `250ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// A flag that turns true on SIGTERM or Ctrl-C.
 pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -84,6 +101,15 @@ pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_in_the_unit_they_are_written_in() {
+        for text in ["90d", "36h", "90m", "45s", "250ms", "0ms"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        assert_eq!(format_duration(Duration::from_secs(7_776_000)), "90d");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+    }
 
     #[test]
     fn durations() {
