@@ -173,6 +173,13 @@ impl Sync for SyncService {
             .identify(&req)
             .inspect_err(|e| warn!(%peer, error = %e.message(), "stream refused"))
             .map_err(|e| self.refuse("bad_certificate", e))?;
+        let cert_not_after = req
+            .peer_certs()
+            .and_then(|c| {
+                c.first()
+                    .and_then(|leaf| tether_proto::identity::not_after(leaf))
+            })
+            .and_then(|secs| Timestamp::from_second(secs).ok());
         let mut inbound = req.into_inner();
         let hello = self.hello(&mut inbound).await?;
         if hello.cluster != cluster {
@@ -200,7 +207,8 @@ impl Sync for SyncService {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let kicked = self.admit(&cluster, id, &hello, &peer)?;
         let (tx, rx) = mpsc::channel(2);
-        self.streams.connected(&cluster, &hello, &peer);
+        self.streams
+            .connected(&cluster, &hello, &peer, cert_not_after);
         info!(%cluster, stream = id, %peer, agent_version = %hello.agent_version, instance = %hello.instance, "agent connected");
         let stream = Stream {
             cluster: cluster.clone(),

@@ -279,6 +279,8 @@ pub async fn serve_grpc(
     health.set_serving::<SyncServer<SyncService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tether_proto::v1::FILE_DESCRIPTOR_SET)
+        // grpcurl ... grpc.health.v1.Health/Check works without a local proto file.
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
     let mut shutdown_signal = shutdown;

@@ -20,6 +20,8 @@ pub struct StreamState {
     /// The serving agent's process (Hello.instance).
     pub instance: String,
     pub connected_since: Option<Timestamp>,
+    /// When the serving agent's client certificate expires (the one its newest stream presented).
+    pub cert_not_after: Option<Timestamp>,
     pub last_seen: Option<Timestamp>,
     /// The version the agent last reported applied; cleared when it reports that version no longer
     /// holds.
@@ -82,9 +84,16 @@ impl Streams {
 
     /// A stream from agent `instance` was admitted. A standby admitted means the other agent is gone:
     /// the duplicate is over.
-    pub fn connected(&self, cluster: &str, hello: &Hello, peer: &str) {
+    pub fn connected(
+        &self,
+        cluster: &str,
+        hello: &Hello,
+        peer: &str,
+        cert_not_after: Option<Timestamp>,
+    ) {
         let now = Timestamp::now();
         self.update(cluster, |s| {
+            s.cert_not_after = cert_not_after;
             if s.streams == 0 {
                 s.connected_since = Some(now);
             }
@@ -168,6 +177,7 @@ impl Streams {
                     "peer": s.peer,
                     "instance": s.instance,
                     "connectedSince": t(&s.connected_since),
+                    "certificateNotAfter": t(&s.cert_not_after),
                     "lastSeen": t(&s.last_seen),
                     "lastAck": t(&s.last_ack),
                     "ackedVersion": s.acked_version,
@@ -203,7 +213,7 @@ mod tests {
     fn every_change_marks_the_remote_for_the_status_writer() {
         let changes = Arc::new(Changes::default());
         let streams = Streams::new(changes.clone());
-        streams.connected("r1", &hello("a", ""), "p");
+        streams.connected("r1", &hello("a", ""), "p", None);
         streams.acked("r2", "v1");
         let _ = streams.get("r3");
         let _ = streams.to_json();
@@ -215,8 +225,8 @@ mod tests {
     #[test]
     fn second_stream_keeps_remote_connected_until_both_close() {
         let streams = Streams::default();
-        streams.connected("r1", &hello("a", ""), "127.0.0.1:1");
-        streams.connected("r1", &hello("a", ""), "127.0.0.1:2");
+        streams.connected("r1", &hello("a", ""), "127.0.0.1:1", None);
+        streams.connected("r1", &hello("a", ""), "127.0.0.1:2", None);
         streams.disconnected("r1");
         assert_eq!(streams.get("r1").streams, 1);
         assert!(streams.get("r1").connected_since.is_some());
@@ -228,7 +238,7 @@ mod tests {
     #[test]
     fn hello_applied_version_counts_as_acked() {
         let streams = Streams::default();
-        streams.connected("r1", &hello("a", "abc"), "p");
+        streams.connected("r1", &hello("a", "abc"), "p", None);
         assert_eq!(streams.get("r1").acked_version, "abc");
     }
 
@@ -257,10 +267,10 @@ mod tests {
     #[test]
     fn an_admitted_standby_ends_the_duplicate() {
         let streams = Streams::default();
-        streams.connected("r1", &hello("a", ""), "p1");
+        streams.connected("r1", &hello("a", ""), "p1", None);
         streams.duplicate_refused("r1", "p2", "b");
         assert_eq!(streams.get("r1").duplicate.as_ref().unwrap().instance, "b");
-        streams.connected("r1", &hello("c", ""), "p3");
+        streams.connected("r1", &hello("c", ""), "p3", None);
         assert!(
             streams.get("r1").duplicate.is_some(),
             "a newer agent is no proof"
@@ -269,7 +279,7 @@ mod tests {
             standby: true,
             ..hello("b", "")
         };
-        streams.connected("r1", &standby, "p2");
+        streams.connected("r1", &standby, "p2", None);
         assert!(streams.get("r1").duplicate.is_none());
     }
 

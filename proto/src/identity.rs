@@ -22,6 +22,12 @@ pub fn spiffe_uri(trust_domain: &str, cluster: &str) -> String {
     format!("spiffe://{trust_domain}/cluster/{cluster}")
 }
 
+/// When a DER certificate expires (Unix seconds); `None` if it cannot be parsed.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// The cluster named by a DER certificate within `trust_domain`.
 pub fn cluster_from_cert(der: &[u8], trust_domain: &str) -> Result<String, IdentityError> {
     let (_, cert) =
