@@ -74,8 +74,8 @@ impl Live {
                             let gone =
                                 matches!(&error, watcher::Error::WatchError(s) if s.code == 410);
                             let wait = retry.failed(gone);
-                            warn!(kind = kind.as_str(), %error, ?wait,
-                                "watch failed; retrying with backoff (check the agent's Role and ClusterRole)");
+                            warn!(kind = kind.as_str(), %error, ?wait, hint = watch_hint(&error),
+                                "watch failed; retrying with backoff");
                             // The watcher retries when polled again.
                             tokio::time::sleep(wait).await;
                         }
@@ -115,5 +115,49 @@ impl Live {
 
     pub fn all(&self, kind: Kind) -> Vec<Arc<DynamicObject>> {
         self.stores[&kind].1.state()
+    }
+}
+
+/// What an operator should check for a failed watch: permissions only when the API server said so.
+fn watch_hint(error: &watcher::Error) -> &'static str {
+    let code = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => match e {
+            kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        },
+        watcher::Error::WatchError(status) => Some(status.code),
+        watcher::Error::NoResourceVersion => None,
+    };
+    match code {
+        Some(401) => "the API server refused the agent's credentials (its ServiceAccount token)",
+        Some(403) => "the API server denied it: check the agent's Role and ClusterRole",
+        Some(410) => "the watch fell behind; it relists",
+        Some(_) => "the API server answered with an error",
+        None => "the API server could not be reached or the connection broke",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_watch_failure_points_at_rbac_only_when_the_api_server_denied_it() {
+        let denied = watcher::Error::InitialListFailed(kube::Error::Api(status(403)));
+        assert!(watch_hint(&denied).contains("Role"));
+        let unreachable = watcher::Error::WatchStartFailed(kube::Error::Service(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )));
+        assert!(!watch_hint(&unreachable).contains("Role"));
+        assert!(watch_hint(&watcher::Error::WatchError(status(401))).contains("credentials"));
     }
 }
