@@ -18,7 +18,10 @@ pub const FINALIZER: &str = "tether.io/retire";
     kind = "RemoteCluster",
     namespaced,
     status = "RemoteClusterStatus",
-    shortname = "rc",
+    // `rc` is ReplicationController's; `kubectl get tether` lists every Tether kind.
+    shortname = "trc",
+    category = "tether",
+    doc = "A remote cluster joined to the mesh: what the hub mirrors into it (spec) and where its agent stands (status). One per remote, in the hub's namespace; `tether-hub join` creates it.",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.conditions[?(@.type==\"Connected\")].status"}"#,
     printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".status.sync.desiredVersion"}"#,
@@ -28,6 +31,8 @@ pub const FINALIZER: &str = "tether.io/retire";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+/// What the hub mirrors into this remote: control-plane Services with their endpoints, namespace
+/// injection labels, and (opt-in) API access for central istiod.
 pub struct RemoteClusterSpec {
     /// Control-plane Services to mirror into the remote. Empty: the hub's defaults (istiod).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -83,8 +88,10 @@ pub struct ServiceMirror {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MirrorPort {
+    /// The port's name (required when there are several).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// The mirror Service's port.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// Number or name of the pod's port; named ports are resolved per pod. Default: `port`.
@@ -93,6 +100,7 @@ pub struct MirrorPort {
     /// TCP (default), UDP or SCTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// The port's application protocol (e.g. `grpc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<String>,
 }
@@ -100,6 +108,7 @@ pub struct MirrorPort {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InjectionSpec {
+    /// Namespaces of the remote to label (they must exist there; a missing one is reported in the NACK).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
     /// Default `istio-injection: enabled`; use `istio.io/rev: <rev>` for revision-based installs.
@@ -153,6 +162,8 @@ pub mod condition {
     }
 }
 
+/// Written by the hub: the phase, conditions (Connected, Synced, SpecValid, APIAccess), the agent
+/// and the versions it applied. `tether-hub status` shows it with the hub's live view.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteClusterStatus {
