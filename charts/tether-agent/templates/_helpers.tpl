@@ -6,3 +6,6 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- define "tether-agent.secret" -}}
 {{- if .Values.tls.create }}{{ .Release.Name }}-tls{{ else }}{{ .Values.tls.existingSecret }}{{ end }}
 {{- end }}
+{{- define "tether-agent.mirrorNamespace" -}}
+{{ .Values.mirrorNamespace | default .Release.Namespace }}
+{{- end }}
