@@ -121,6 +121,36 @@ async fn status_command_reports_every_state_with_its_reason() {
     assert_eq!(code, 0);
     assert!(yaml_out.contains("state: NACKED"), "{yaml_out}");
 
+    // Server reflection lists every service on the port (grpcurl needs no proto file for health).
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(agent_channel(&mesh, "remote-1").await);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([ask]))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = match answers.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => l,
+        other => panic!("{other:?}"),
+    };
+    let mut names: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "tether.sync.v1.Sync"
+        ]
+    );
+
     let (code, _, stderr) = mesh.hub_cli(&[
         "status",
         "--namespace",
@@ -235,6 +265,13 @@ async fn metrics_move_as_the_system_acts_and_health_says_serving() {
     assert_eq!(code, 200);
     let streams: Value = serde_json::from_str(&streams).unwrap();
     assert_eq!(streams["remote-1"]["streams"], 1);
+    // When the agent's certificate expires (in the future: the harness mints long-lived ones).
+    let not_after: k8s_openapi::jiff::Timestamp = streams["remote-1"]["certificateNotAfter"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{streams}"))
+        .parse()
+        .unwrap();
+    assert!(not_after > k8s_openapi::jiff::Timestamp::now(), "{streams}");
 
     // grpc.health.v1 on the hub's mTLS port, with an agent's certificate.
     let channel = agent_channel(&mesh, "remote-1").await;

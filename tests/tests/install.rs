@@ -240,6 +240,133 @@ async fn charts_lint_render_and_are_accepted_by_the_api_server_with_exactly_the_
     }
 }
 
+/// What the charts render for the values a real install needs: the admin port off the exposed
+/// Service, certificate names from the release, the mirror namespace on both sides, extra flags.
+#[test]
+fn chart_values_for_a_real_install_render_as_documented() {
+    let find = |objs: &[serde_json::Value], kind: &str, name: &str| {
+        objs.iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let full_hub = tether_tests::controlplane::repo_root().join("tests/charts/hub-full.yaml");
+    let hub = template(
+        "tether-hub",
+        "mesh-hub",
+        "mesh",
+        &["-f", full_hub.to_str().unwrap()],
+    );
+    // Exposed: gRPC and API access only. Admin (unauthenticated /streams, /metrics): ClusterIP.
+    let exposed = find(&hub, "Service", "mesh-hub");
+    assert_eq!(exposed["spec"]["type"], "LoadBalancer");
+    let ports: Vec<&str> = exposed["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ports, ["grpc", "https-api"]);
+    let admin = find(&hub, "Service", "mesh-hub-admin");
+    assert_eq!(admin["spec"]["type"], "ClusterIP");
+    assert_eq!(admin["spec"]["ports"][0]["name"], "http-admin");
+    let monitor = find(&hub, "ServiceMonitor", "mesh-hub");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "admin"
+    );
+    let cert = find(&hub, "Certificate", "mesh-hub");
+    assert_eq!(
+        cert["spec"]["dnsNames"],
+        json!([
+            "mesh-hub",
+            "mesh-hub.mesh.svc",
+            "mesh-hub.mesh.svc.cluster.local",
+            "hub.example.com"
+        ])
+    );
+    let deploy = find(&hub, "Deployment", "mesh-hub");
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--remote-namespace=mesh-system"), "{args:?}");
+    assert!(args.contains(&"--status-refresh=5s"), "{args:?}");
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "RUST_BACKTRACE"),
+        "{container}"
+    );
+    let node_port = template(
+        "tether-hub",
+        "tether-hub",
+        "istio-system",
+        &[
+            "--set",
+            "service.type=NodePort",
+            "--set",
+            "service.nodePort=30412",
+        ],
+    );
+    assert_eq!(
+        find(&node_port, "Service", "tether-hub")["spec"]["ports"][0]["nodePort"],
+        30412
+    );
+
+    // The agent's mirror namespace: its flag and its Role, apart from the release namespace.
+    let agent = template(
+        "tether-agent",
+        "tether-agent",
+        "tether",
+        &[
+            "--set",
+            "cluster=remote-1",
+            "--set",
+            "hub.address=hub:15012",
+            "--set",
+            "mirrorNamespace=mesh-system",
+        ],
+    );
+    let role = find(&agent, "Role", "tether-agent");
+    assert_eq!(role["metadata"]["namespace"], "mesh-system");
+    assert_eq!(
+        find(&agent, "RoleBinding", "tether-agent")["metadata"]["namespace"],
+        "mesh-system"
+    );
+    let deploy = find(&agent, "Deployment", "tether-agent");
+    assert_eq!(deploy["metadata"]["namespace"], "tether");
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--namespace=mesh-system"),
+        "{args}"
+    );
+
+    // The CRD's short name is not ReplicationController's `rc`; `kubectl explain` has text.
+    let crd: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart("tether-hub").join("crds/remoteclusters.tether.io.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["trc"]));
+    assert_eq!(crd["spec"]["names"]["categories"], json!(["tether"]));
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    for part in ["spec", "status"] {
+        let text = schema["properties"][part]["description"]
+            .as_str()
+            .unwrap_or("");
+        assert!(text.len() > 40, "{part} has no description: {text:?}");
+    }
+}
+
 /// A kubeconfig for a ServiceAccount: a real token from the API server's TokenRequest.
 async fn service_account_kubeconfig(mesh: &Mesh, cluster: &str, sa: &str) -> std::path::PathBuf {
     let c = mesh.planes.get(cluster);
