@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps controlplane helm istio image test lint deny fmt demo bench clean-harness
+.PHONY: all build deps controlplane nodes helm istio image test lint deny fmt demo bench clean-harness
 
 all: build
 
@@ -13,8 +13,14 @@ build:
 controlplane:
 	@bash tests/controlplane/build.sh >/dev/null
 
-## Debian packages the harness needs (iproute2 for network namespaces); installs them as root,
-## otherwise prints the command to run
+## The real-node tests' kubelet, kube-proxy, controller-manager, scheduler and kubectl (same module and
+## folder), and their pause image (tests/realnode/pause-image.sh)
+nodes: controlplane
+	@bash tests/controlplane/build.sh node >/dev/null
+	@bash tests/realnode/pause-image.sh >/dev/null
+
+## Debian packages the harness needs (network namespaces, containerd and CNI for the real nodes, image
+## tools); installs them as root, otherwise prints the command to run
 deps:
 	@bash tests/deps.sh
 
@@ -33,7 +39,7 @@ image: deps
 
 ## Every test: unit tests, harness tests and end-to-end tests against real API servers.
 ## The end-to-end tests run the hub and agent binaries, so those are built first.
-test: deps controlplane helm istio build
+test: deps controlplane nodes helm istio build
 	$(CARGO) test --workspace --no-fail-fast
 
 ## Benchmarks (release build): prints figures and rewrites docs/benchmarks.md. Not part of `make test`.

@@ -512,6 +512,27 @@ wait
         Ok(())
     }
 
+    /// `path` as the node's processes see it (through their mount namespace): a Secret volume's
+    /// files as the kubelet updated them, for example.
+    pub fn node_path(&self, path: &Path) -> anyhow::Result<PathBuf> {
+        let procs = self.procs.lock().unwrap();
+        let unshare = procs
+            .iter()
+            .find(|(what, _)| *what == "node")
+            .and_then(|(_, p)| p.id())
+            .context("the node is not running")?;
+        // `unshare --fork`'s one child is the node's PID 1 (in the node's mount namespace).
+        let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))?;
+        let init = children
+            .split_whitespace()
+            .next()
+            .context("the node has no init process")?;
+        Ok(
+            PathBuf::from(format!("/proc/{init}/root"))
+                .join(path.strip_prefix("/").unwrap_or(path)),
+        )
+    }
+
     /// The admin kubeconfig (`system:masters`), server `https://<node ip>:6443`.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

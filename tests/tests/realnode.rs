@@ -395,7 +395,7 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
     );
     // 4. Verify.
     let (hub_pod, _, _) = ready_pod(&central, "app.kubernetes.io/name=tether-hub").unwrap();
-    let (_, agent_uid, _) = ready_pod(&remote, "app.kubernetes.io/name=tether-agent").unwrap();
+    ready_pod(&remote, "app.kubernetes.io/name=tether-agent").unwrap();
     let out = status_wait(&central);
     println!("{out}");
     let svc = kubectl_json(&remote, &["-n", NS, "get", "svc", "istiod"]);
@@ -461,5 +461,217 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
     });
     status_wait(&central);
     assert_eq!(agent_writes(&remote, before), Vec::<String>::new());
-    let _ = agent_uid;
+
+    // Certificate rotation through the Secret volumes, no restart. The hub: a new serving certificate
+    // from the same CA (`certs hub`), applied as its Secret.
+    let (hub_pod, hub_uid, _) = ready_pod(&central, "app.kubernetes.io/name=tether-hub").unwrap();
+    let node_port_addr = format!("{}:{node_port}", central.net.ip);
+    let old_serial = presented_serial(&node_port_addr);
+    assert_eq!(old_serial, serial_of(&read(&certs.join("hub/tls.crt"))));
+    run(hub_cli(&central).args([
+        "certs",
+        "hub",
+        "--ca-dir",
+        certs.to_str().unwrap(),
+        "--hub-dns",
+        HUB_DNS,
+        "--secret",
+        "tether-hub-tls",
+        "--namespace",
+        NS,
+    ]));
+    let new_serial = serial_of(&read(&certs.join("hub/tls.crt")));
+    assert_ne!(new_serial, old_serial);
+    kubectl(
+        &central,
+        &[
+            "apply",
+            "-f",
+            certs.join("hub/secret.yaml").to_str().unwrap(),
+        ],
+    );
+    eventually(
+        "the hub presenting its new certificate",
+        Duration::from_secs(120),
+        || {
+            let now = presented_serial(&node_port_addr);
+            (now == new_serial).then_some(()).ok_or(now)
+        },
+    );
+    assert_eq!(
+        ready_pod(&central, "app.kubernetes.io/name=tether-hub").unwrap(),
+        (hub_pod.clone(), hub_uid, 0),
+        "the hub pod was not restarted"
+    );
+    // The agent: a new certificate from `join` (30 days, where the first had 90), `helm upgrade`.
+    let streams = || {
+        let raw = kubectl(
+            &central,
+            &[
+                "get",
+                "--raw",
+                &format!(
+                    "/api/v1/namespaces/{NS}/services/tether-hub-admin:http-admin/proxy/streams"
+                ),
+            ],
+        );
+        serde_json::from_str::<Value>(&raw).unwrap()["remote-1"].clone()
+    };
+    let days_left = |s: &Value| -> Result<f64, String> {
+        let not_after: k8s_openapi::jiff::Timestamp = s["certificateNotAfter"]
+            .as_str()
+            .ok_or(format!("no certificateNotAfter in {s}"))?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        Ok((not_after - k8s_openapi::jiff::Timestamp::now())
+            .total(k8s_openapi::jiff::Unit::Hour)
+            .unwrap()
+            / 24.0)
+    };
+    let first = days_left(&streams()).unwrap();
+    assert!((89.0..=90.0).contains(&first), "{first} days");
+    let rotated = work.join("tether-agent-remote-1.rotated.values.yaml");
+    run(hub_cli(&central).args([
+        "join",
+        "remote-1",
+        "--namespace",
+        NS,
+        "--ca-dir",
+        certs.to_str().unwrap(),
+        "--hub-addr",
+        &hub_addr,
+        "--hub-server-name",
+        HUB_DNS,
+        "--injection-namespaces",
+        "shop",
+        "--validity",
+        "30d",
+        "--out",
+        rotated.to_str().unwrap(),
+    ]));
+    let (agent_pod, agent_uid, _) =
+        ready_pod(&remote, "app.kubernetes.io/name=tether-agent").unwrap();
+    helm(
+        &remote,
+        &[
+            "upgrade",
+            "tether-agent",
+            agent_chart.to_str().unwrap(),
+            "-n",
+            NS,
+            "-f",
+            rotated.to_str().unwrap(),
+            "--wait",
+        ],
+    );
+    // The kubelet updates the volume in place; the agent reads it for its next connection.
+    let new_cert: Value = serde_yaml::from_str(&read(&rotated)).unwrap();
+    let new_cert = new_cert["tls"]["cert"].as_str().unwrap().to_string();
+    let mounted = remote
+        .node_path(&remote.dir.join(format!(
+            "node/kubelet/pods/{agent_uid}/volumes/kubernetes.io~secret/tls/tls.crt"
+        )))
+        .unwrap();
+    eventually(
+        "the kubelet updating the agent's certificate file",
+        Duration::from_secs(120),
+        || {
+            let now = std::fs::read_to_string(&mounted).map_err(|e| e.to_string())?;
+            (now.trim() == new_cert.trim())
+                .then_some(())
+                .ok_or("old".to_string())
+        },
+    );
+    // The next connection: the hub's pod replaced (the agent reconnects with what is on disk).
+    kubectl(
+        &central,
+        &["-n", NS, "delete", "pod", &hub_pod, "--wait=false"],
+    );
+    eventually(
+        "the agent's new certificate in use",
+        Duration::from_secs(120),
+        || {
+            ready_pod(&central, "app.kubernetes.io/name=tether-hub")?;
+            let s = streams();
+            let left = days_left(&s)?;
+            (29.0..=30.0)
+                .contains(&left)
+                .then_some(())
+                .ok_or(format!("{s}"))
+        },
+    );
+    assert_eq!(
+        ready_pod(&remote, "app.kubernetes.io/name=tether-agent").unwrap(),
+        (agent_pod, agent_uid, 0),
+        "the agent pod was not restarted"
+    );
+    status_wait(&central);
+
+    // Uninstall in the README's order: the RemoteCluster (the hub retires the agent: it removes
+    // what it made), the agent's release, the hub's release, then what the user made themselves.
+    kubectl(
+        &central,
+        &[
+            "-n",
+            NS,
+            "delete",
+            "remotecluster",
+            "remote-1",
+            "--timeout=120s",
+        ],
+    );
+    helm(&remote, &["uninstall", "tether-agent", "-n", NS, "--wait"]);
+    helm(&central, &["uninstall", "tether-hub", "-n", NS, "--wait"]);
+    kubectl(&central, &["delete", "crd", "remoteclusters.tether.io"]);
+    kubectl(&central, &["-n", NS, "delete", "secret", "tether-hub-tls"]);
+    // Nothing of Tether's is left in either cluster.
+    let leftovers = |c: &RealCluster| -> Vec<String> {
+        let all = kubectl(
+            c,
+            &[
+                "get",
+                "all,configmaps,secrets,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,endpoints,endpointslices,events.events.k8s.io,poddisruptionbudgets",
+                "-A",
+                "-o",
+                "name",
+            ],
+        );
+        let mut out: Vec<String> = all
+            .lines()
+            .filter(|l| l.contains("tether") || l.contains("retired"))
+            .map(str::to_string)
+            .collect();
+        // The Events the hub and agent wrote age out with the API server's event TTL; not objects
+        // a user manages.
+        out.retain(|l| !l.starts_with("event"));
+        out
+    };
+    // (Pods end after their grace period; helm does not wait for that.)
+    for c in [&central, &remote] {
+        eventually(
+            &format!("nothing of Tether's left in {}", c.name),
+            Duration::from_secs(60),
+            || {
+                let left = leftovers(c);
+                left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+            },
+        );
+    }
+    let mirror = kubectl_json(
+        &remote,
+        &[
+            "-n",
+            NS,
+            "get",
+            "services,endpointslices,endpoints",
+            "-l",
+            "app.kubernetes.io/managed-by=tether-agent",
+        ],
+    );
+    assert_eq!(mirror["items"], serde_json::json!([]), "the mirror is gone");
+    let shop = kubectl_json(&remote, &["get", "namespace", "shop"]);
+    assert!(
+        shop["metadata"]["labels"]["istio-injection"].is_null(),
+        "{shop}"
+    );
 }
