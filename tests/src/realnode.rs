@@ -512,6 +512,42 @@ wait
         Ok(())
     }
 
+    /// Host PIDs of everything this cluster runs: the control plane, the node's `unshare` and all its
+    /// descendants (containerd, kubelet, kube-proxy, shims, containers: a shim that daemonizes is
+    /// re-parented to the node's init, so it stays a descendant).
+    pub fn pids(&self) -> Vec<u32> {
+        let procs = self.procs.lock().unwrap();
+        let mut pids: Vec<u32> = procs.iter().filter_map(|(_, p)| p.id()).collect();
+        let mut todo = pids.clone();
+        while let Some(pid) = todo.pop() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                for c in children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok())
+                {
+                    pids.push(c);
+                    todo.push(c);
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// The kubelet's cgroup folders on the host (one per cgroup v1 controller).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        cgroup_controllers()
+            .iter()
+            .map(|c| Path::new(CGROUP_FS).join(c).join(&self.cgroup_root))
+            .collect()
+    }
+
     /// `path` as the node's processes see it (through their mount namespace): a Secret volume's
     /// files as the kubelet updated them, for example.
     pub fn node_path(&self, path: &Path) -> anyhow::Result<PathBuf> {

@@ -675,3 +675,117 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
         "{shop}"
     );
 }
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only a live process has a non-Z state.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.split(')')
+                .nth(1)
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// A test binary that dies by `abort` (no destructor runs) while its node runs a pod: every process
+/// of the node, the shims and the container included, dies with it, and no mount of the node is left
+/// on the host; the network namespace and the cgroups it leaves are removed by the next run's sweep.
+#[test]
+fn a_node_dies_with_a_test_binary_that_aborts_and_the_next_run_sweeps_the_rest() {
+    if std::env::var("REALNODE_CHILD").is_ok() {
+        let c = Box::leak(Box::new(
+            RealCluster::start("orphan", 2).unwrap_or_else(|e| panic!("{e:#}")),
+        ));
+        kubectl(c, &["create", "namespace", "orphan"]);
+        wait_default_sa(c, "orphan");
+        let pause = &tether_tests::realnode::pause_image().1;
+        kubectl(
+            c,
+            &[
+                "-n",
+                "orphan",
+                "run",
+                "sleeper",
+                &format!("--image={pause}"),
+                "--image-pull-policy=Never",
+            ],
+        );
+        eventually("the pod running", Duration::from_secs(90), || {
+            let pod = kubectl_json(c, &["-n", "orphan", "get", "pod", "sleeper"]);
+            (pod["status"]["phase"] == "Running")
+                .then_some(())
+                .ok_or(pod["status"].to_string())
+        });
+        println!("PIDS {:?}", c.pids());
+        println!("NETNS {}", c.net.name);
+        println!("DIR {}", c.dir.display());
+        for d in c.cgroup_dirs() {
+            println!("CGROUP {}", d.display());
+        }
+        std::process::abort();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(&exe)
+        .args([
+            "a_node_dies_with_a_test_binary_that_aborts_and_the_next_run_sweeps_the_rest",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("REALNODE_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key} ")))
+            .map(str::to_string)
+            .collect()
+    };
+    let pids: Vec<u32> = field("PIDS")
+        .first()
+        .unwrap_or_else(|| {
+            panic!(
+                "the child printed no PIDs: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .map(|p| p.parse().unwrap())
+        .collect();
+    // etcd, kube-apiserver, controller-manager, scheduler, unshare; in the node: sh, containerd,
+    // kubelet, kube-proxy, and the pod's shim, pause (sandbox) and pause (container).
+    assert!(pids.len() >= 11, "{pids:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes {:?} outlived their test binary",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = field("DIR").remove(0);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(&dir),
+        "a mount of the node is left on the host"
+    );
+    // What only a sweep removes: the network namespace (with the node's iptables rules and bridge)
+    // and the cgroup folders. The next run's sweep (here, called directly) takes them.
+    let netns = field("NETNS").remove(0);
+    let cgroups = field("CGROUP");
+    assert!(!cgroups.is_empty());
+    tether_tests::netns::remove_stale();
+    tether_tests::realnode::remove_stale_cgroups();
+    assert!(
+        !Path::new("/var/run/netns").join(&netns).exists(),
+        "{netns} left"
+    );
+    for d in cgroups {
+        assert!(!Path::new(&d).exists(), "{d} left");
+    }
+}
