@@ -101,6 +101,10 @@ fn port_json(p: &Port, number: i32) -> Value {
 /// Every object for one mirrored service, Service first.
 pub fn objects_for(namespace: &str, svc: &SnapService) -> Vec<DesiredObject> {
     let mut out = vec![service(namespace, svc)];
+    // An ExternalName Service is a DNS alias: no slices, no Endpoints (the plan removes ours).
+    if !svc.external_name.is_empty() {
+        return out;
+    }
     out.extend(endpoint_slices(namespace, svc));
     out.push(endpoints(namespace, svc));
     out
@@ -125,7 +129,9 @@ pub fn service(namespace: &str, svc: &SnapService) -> DesiredObject {
         })
         .collect();
     let mut spec = json!({"type": "ClusterIP", "ports": ports});
-    if svc.headless {
+    if !svc.external_name.is_empty() {
+        spec = json!({"type": "ExternalName", "externalName": svc.external_name, "ports": spec["ports"]});
+    } else if svc.headless {
         spec["clusterIP"] = "None".into();
     }
     DesiredObject {
@@ -280,6 +286,7 @@ mod tests {
         SnapService {
             name: "istiod".into(),
             headless: false,
+            external_name: String::new(),
             ports: vec![
                 Port {
                     name: "grpc-xds".into(),

@@ -12,7 +12,8 @@
 //!   desired one of that name is a conflict (a foreign Service blocks its whole mirror);
 //! - an object is written only when an apply would change it ([`fields::in_effect`]);
 //! - managed objects no longer desired are deleted (precondition: the uid seen);
-//! - a Service switching between headless and ClusterIP is recreated (clusterIP is immutable);
+//! - a Service switching between headless and ClusterIP, or to or from ExternalName, is recreated
+//!   (clusterIP is immutable, and an ExternalName Service has none);
 //! - namespaces get the injection labels and the marker without force (another manager's value
 //!   is reported, not overwritten); labels are released only where this field manager put them.
 
@@ -206,8 +207,12 @@ fn object(obj: &DesiredObject, namespace: &str, manager: &str, view: &impl View,
     if in_effect(&live_json, &obj.body, manager) {
         return;
     }
-    // clusterIP is immutable: switching between headless and ClusterIP needs a new Service.
-    if obj.kind == Kind::Service && is_headless(&live_json) != is_headless(&obj.body) {
+    // clusterIP is immutable: switching between headless and ClusterIP needs a new Service, and so
+    // does switching to or from ExternalName (which has none).
+    if obj.kind == Kind::Service
+        && (is_headless(&live_json) != is_headless(&obj.body)
+            || is_external_name(&live_json) != is_external_name(&obj.body))
+    {
         plan.writes.push(Write::Recreate {
             kind: obj.kind,
             object: live,
@@ -283,6 +288,10 @@ fn is_headless(obj: &Value) -> bool {
     obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None")
 }
 
+fn is_external_name(obj: &Value) -> bool {
+    obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +348,7 @@ mod tests {
             services: vec![Service {
                 name: "istiod".into(),
                 headless: false,
+                external_name: String::new(),
                 ports: vec![Port {
                     name: "grpc-xds".into(),
                     protocol: "TCP".into(),
@@ -386,7 +396,12 @@ mod tests {
                         (format!("k:{key}"), node)
                     })
                     .collect();
-                owned["f:spec"] = json!({"f:type": {}, "f:ports": ports});
+                owned["f:spec"] = json!({"f:ports": ports});
+                for f in obj.body["spec"].as_object().unwrap().keys() {
+                    if f != "ports" {
+                        owned["f:spec"][format!("f:{f}")] = json!({});
+                    }
+                }
             }
             Kind::EndpointSlice => {
                 for f in ["addressType", "endpoints", "ports"] {
@@ -555,6 +570,54 @@ mod tests {
             ),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn an_external_name_recreates_the_service_and_removes_our_slices_and_endpoints() {
+        let s = snap(&[("10.0.0.1", true)], &[]);
+        let mut c = applied_cluster(&s);
+        let mut svc = serde_json::to_value(&*c.get(Kind::Service, "istiod").unwrap()).unwrap();
+        svc["spec"]["clusterIP"] = "10.96.0.7".into();
+        c.put(Kind::Service, svc);
+        let mut alias = s.clone();
+        alias.services[0].endpoints.clear();
+        alias.services[0].external_name = "gw.example.com".into();
+        let plan = snapshot(&alias, NS, ME, &c);
+        let recreated: Vec<&Value> = plan
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Recreate { body, .. } => Some(body),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recreated.len(), 1, "{plan:?}");
+        assert_eq!(recreated[0]["spec"]["type"], "ExternalName");
+        assert_eq!(recreated[0]["spec"]["externalName"], "gw.example.com");
+        let mut deleted: Vec<Kind> = plan
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Delete { kind, .. } => Some(*kind),
+                _ => None,
+            })
+            .collect();
+        deleted.sort_by_key(|k| format!("{k:?}"));
+        assert_eq!(deleted, [Kind::EndpointSlice, Kind::Endpoints], "{plan:?}");
+        assert_eq!(plan.writes.len(), 3);
+        // And back: addresses again recreate a ClusterIP Service with its slices and Endpoints.
+        let mut c = applied_cluster(&alias);
+        let back = snapshot(&s, NS, ME, &c);
+        assert!(
+            back.writes.iter().any(
+                |w| matches!(w, Write::Recreate { body, .. } if body["spec"]["type"] == "ClusterIP")
+            ),
+            "{back:?}"
+        );
+        // Applied as it is, nothing to write.
+        c = applied_cluster(&alias);
+        let again = snapshot(&alias, NS, ME, &c);
+        assert!(again.writes.is_empty(), "{again:?}");
     }
 
     #[test]

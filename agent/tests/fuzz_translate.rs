@@ -64,6 +64,7 @@ fn service() -> impl Strategy<Value = Service> {
                 headless,
                 ports,
                 endpoints,
+                external_name: String::new(),
             }
         })
     })

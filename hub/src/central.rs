@@ -80,6 +80,9 @@ impl PodInfo {
 pub struct CentralService {
     pub selector: Option<BTreeMap<String, String>>,
     pub ports: Vec<MirrorPort>,
+    /// `.status.loadBalancer.ingress`: the IPs, and the hostnames of entries without an IP.
+    pub ingress_ips: Vec<String>,
+    pub ingress_hostnames: Vec<String>,
 }
 
 impl CentralService {
@@ -99,9 +102,27 @@ impl CentralService {
                     .collect()
             })
             .unwrap_or_default();
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.clone())
+            .unwrap_or_default();
+        let mut ingress_ips: Vec<String> = ingress.iter().filter_map(|i| i.ip.clone()).collect();
+        let mut ingress_hostnames: Vec<String> = ingress
+            .iter()
+            .filter(|i| i.ip.is_none())
+            .filter_map(|i| i.hostname.clone())
+            .collect();
+        ingress_ips.sort();
+        ingress_ips.dedup();
+        ingress_hostnames.sort();
+        ingress_hostnames.dedup();
         Self {
             selector: spec.and_then(|s| s.selector.clone()),
             ports,
+            ingress_ips,
+            ingress_hostnames,
         }
     }
 }

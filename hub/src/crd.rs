@@ -27,6 +27,7 @@ pub const FINALIZER: &str = "tether.io/retire";
     printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".status.sync.desiredVersion"}"#,
     printcolumn = r#"{"name":"Acked","type":"string","jsonPath":".status.sync.ackedVersion"}"#,
     printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.sync.endpoints"}"#,
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.sync.endpointSource"}"#,
     printcolumn = r#"{"name":"API","type":"string","jsonPath":".status.conditions[?(@.type==\"APIAccess\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -44,10 +45,56 @@ pub struct RemoteClusterSpec {
     /// Reserved for multi-network meshes (gateway endpoints); must be empty for now.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub network: String,
+    /// Where the mirrors' endpoints come from: the central pods (default), the load-balancer address
+    /// of a central Service (the east-west gateway, for a remote on another network), or a fixed list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<EndpointsSpec>,
     /// API access: central istiod reaches this remote's API server through its agent (the hub writes
     /// the Istio remote secret; the agent must run with `--api-access`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_access: Option<ApiAccess>,
+}
+
+/// Where a remote's mirror endpoints come from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointsSpec {
+    /// `Pods` (default): the central pods' IPs, for a remote that routes to them. `Gateway`: the
+    /// load-balancer ingress of the central Service `gateway` (Istio's east-west gateway exposing
+    /// istiod); a hostname-only ingress makes the mirror an ExternalName Service. `Static`: `addresses`.
+    #[serde(default)]
+    pub source: EndpointSource,
+    /// Gateway: the central Service (in the hub's namespace) whose `.status.loadBalancer.ingress` the
+    /// remote dials.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
+    /// Static: IP addresses, or a single DNS name (the mirror becomes an ExternalName Service).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Gateway and Static: the port to dial for a mirror port, by the mirror port's name. Default: the
+    /// port numbered like the mirror port's target (15012, 15017), which for a gateway must exist on it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, i32>,
+}
+
+/// See [`EndpointsSpec::source`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EndpointSource {
+    #[default]
+    Pods,
+    Gateway,
+    Static,
+}
+
+impl EndpointsSpec {
+    /// How `kubectl get` and `tether-hub status` name the source: `pods`, `gateway/<name>`, `static`.
+    pub fn describe(spec: Option<&EndpointsSpec>) -> String {
+        match spec.map(|e| (e.source, e.gateway.as_str())) {
+            None | Some((EndpointSource::Pods, _)) => "pods".into(),
+            Some((EndpointSource::Gateway, g)) => format!("gateway/{g}"),
+            Some((EndpointSource::Static, _)) => "static".into(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -152,6 +199,8 @@ pub mod condition {
         pub const VALID: &str = "Valid";
         pub const NO_ENDPOINTS: &str = "NoEndpoints";
         pub const INVALID: &str = "Invalid";
+        /// The endpoint source's gateway Service is missing or has no load-balancer address yet.
+        pub const GATEWAY_NOT_READY: &str = "GatewayNotReady";
         pub const ONE_AGENT: &str = "OneAgent";
         pub const DUPLICATE_AGENT: &str = "DuplicateAgent";
         pub const READY: &str = "Ready";
@@ -208,6 +257,9 @@ pub struct SyncStatus {
     /// Endpoints in the desired state.
     #[serde(default)]
     pub endpoints: i32,
+    /// Where they come from: `pods`, `gateway/<Service>` or `static` (spec.endpoints).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint_source: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -13,6 +13,8 @@ pub struct Desired {
     /// The RemoteCluster is being deleted (or was, while its agent was away): the agent must remove
     /// what it manages.
     pub retire: bool,
+    /// Where the endpoints come from, as the spec asks: `pods`, `gateway/<name>` or `static`.
+    pub source: String,
     /// `metadata.generation` of the spec these errors/this snapshot answer.
     pub generation: i64,
     /// When the index computed this state (the central change that caused it was seen just before).
@@ -25,6 +27,7 @@ impl PartialEq for Desired {
         self.snapshot == other.snapshot
             && self.errors == other.errors
             && self.retire == other.retire
+            && self.source == other.source
             && self.generation == other.generation
     }
 }

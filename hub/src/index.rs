@@ -160,6 +160,7 @@ impl Index {
         let desired = Desired {
             snapshot,
             errors,
+            source: crate::crd::EndpointsSpec::describe(remote.spec.endpoints.as_ref()),
             retire: remote.deleting,
             generation: remote.generation,
             changed_at: Some(std::time::Instant::now()),

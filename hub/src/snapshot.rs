@@ -3,7 +3,7 @@
 //! so that the content hash (the version) does not depend on event order.
 
 use crate::central::{CentralService, PodInfo};
-use crate::crd::{MirrorPort, RemoteClusterSpec};
+use crate::crd::{EndpointSource, EndpointsSpec, MirrorPort, RemoteClusterSpec};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tether_proto::check::{is_service_name, validate_label};
 use tether_proto::identity::is_dns_label;
@@ -30,7 +30,7 @@ pub fn build(
     let mut errors = Vec::new();
     if !spec.network.is_empty() {
         errors.push(format!(
-            "spec.network {:?}: multi-network is not supported yet; leave it empty",
+            "spec.network {:?} is reserved; leave it empty (a remote on another network reaches istiod through a gateway: spec.endpoints.source Gateway)",
             spec.network
         ));
     }
@@ -53,7 +53,7 @@ pub fn build(
             errors.push(format!("service {:?} is listed twice", mirror.name));
             continue;
         }
-        match mirror_service(mirror, services, pods) {
+        match mirror_service(mirror, spec.endpoints.as_ref(), services, pods) {
             Ok(svc) => out.push(svc),
             Err(e) => errors.push(format!("service {:?}: {e}", mirror.name)),
         }
@@ -100,8 +100,13 @@ pub fn build(
     Ok(snap)
 }
 
+/// How an error about a gateway that is missing or has no address yet begins (the status tells it
+/// from a spec mistake: the spec is fine, the gateway is not there yet).
+pub const GATEWAY_NOT_READY: &str = "gateway not ready: ";
+
 fn mirror_service(
     mirror: &crate::crd::ServiceMirror,
+    source: Option<&EndpointsSpec>,
     services: &HashMap<String, CentralService>,
     pods: &HashMap<String, PodInfo>,
 ) -> Result<SnapService, String> {
@@ -109,24 +114,72 @@ fn mirror_service(
         return Err("not a valid Service name".into());
     }
     let central = services.get(&mirror.name);
-    let selector = mirror
-        .selector
-        .clone()
-        .or_else(|| central.and_then(|c| c.selector.clone()));
     let ports = mirror
         .ports
         .clone()
         .or_else(|| central.map(|c| default_ports(&mirror.name, c)));
-    let (Some(selector), Some(ports)) = (selector, ports) else {
-        return Err("no such Service in the control-plane namespace; create it, or give selector and ports in the spec".into());
+    let (endpoints, external_name) = match source {
+        None
+        | Some(EndpointsSpec {
+            source: EndpointSource::Pods,
+            ..
+        }) => {
+            let selector = mirror
+                .selector
+                .clone()
+                .or_else(|| central.and_then(|c| c.selector.clone()));
+            let (Some(selector), Some(ports)) = (selector, ports.as_ref()) else {
+                return Err("no such Service in the control-plane namespace; create it, or give selector and ports in the spec".into());
+            };
+            validate_ports(ports)?;
+            (pod_endpoints(&selector, ports, pods)?, String::new())
+        }
+        Some(e) => {
+            let Some(ports) = ports.as_ref() else {
+                return Err("no such Service in the control-plane namespace; create it, or give ports in the spec".into());
+            };
+            validate_ports(ports)?;
+            let found = fixed_endpoints(e, ports, services)?;
+            if !found.1.is_empty() && mirror.headless == Some(true) {
+                return Err("a headless mirror cannot be an ExternalName Service".into());
+            }
+            found
+        }
     };
+    let ports = ports.expect("checked above");
+    Ok(SnapService {
+        name: mirror.name.clone(),
+        headless: mirror.headless.unwrap_or(false),
+        ports: ports
+            .iter()
+            .map(|p| Port {
+                name: p.name.clone(),
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                port: p.port,
+                app_protocol: p.app_protocol.clone().unwrap_or_default(),
+                target_port: match p.target_port {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => n,
+                    _ => 0,
+                },
+            })
+            .collect(),
+        endpoints,
+        external_name,
+    })
+}
+
+/// The pods matching `selector`, each with its resolved target ports.
+fn pod_endpoints(
+    selector: &BTreeMap<String, String>,
+    ports: &[MirrorPort],
+    pods: &HashMap<String, PodInfo>,
+) -> Result<Vec<Endpoint>, String> {
     if selector.is_empty() {
         return Err("empty selector would match every pod".into());
     }
-    for (k, v) in &selector {
+    for (k, v) in selector {
         validate_label(k, v).map_err(|e| format!("selector {k}={v}: {e}"))?;
     }
-    validate_ports(&ports)?;
     let mut endpoints = Vec::new();
     for (name, pod) in pods {
         if pod.finished || !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
@@ -157,24 +210,100 @@ fn mirror_service(
     });
     endpoints
         .dedup_by(|later, kept| later.ip == kept.ip && later.target_ports == kept.target_ports);
-    Ok(SnapService {
-        name: mirror.name.clone(),
-        headless: mirror.headless.unwrap_or(false),
-        ports: ports
-            .iter()
-            .map(|p| Port {
-                name: p.name.clone(),
-                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                port: p.port,
-                app_protocol: p.app_protocol.clone().unwrap_or_default(),
-                target_port: match p.target_port {
-                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => n,
-                    _ => 0,
-                },
-            })
-            .collect(),
-        endpoints,
-    })
+    Ok(endpoints)
+}
+
+/// A gateway's load-balancer address or a fixed list: (endpoints, or an ExternalName's host).
+fn fixed_endpoints(
+    e: &EndpointsSpec,
+    ports: &[MirrorPort],
+    services: &HashMap<String, CentralService>,
+) -> Result<(Vec<Endpoint>, String), String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let target = |p: &MirrorPort| match &p.target_port {
+        None => p.port,
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(_)) => 0,
+    };
+    let (ips, hosts, dial): (Vec<String>, Vec<String>, Vec<i32>) = match e.source {
+        EndpointSource::Gateway => {
+            if e.gateway.is_empty() {
+                return Err("spec.endpoints.gateway names no Service".into());
+            }
+            let Some(gw) = services.get(&e.gateway) else {
+                return Err(format!(
+                    "{GATEWAY_NOT_READY}Service {:?} not found in the control-plane namespace; the remote keeps its previous endpoints",
+                    e.gateway
+                ));
+            };
+            if gw.ingress_ips.is_empty() && gw.ingress_hostnames.is_empty() {
+                return Err(format!(
+                    "{GATEWAY_NOT_READY}Service {:?} has no load-balancer address yet; the remote keeps its previous endpoints",
+                    e.gateway
+                ));
+            }
+            let mut dial = Vec::new();
+            for p in ports {
+                let want = e.ports.get(&p.name).copied().unwrap_or(target(p));
+                if !gw.ports.iter().any(|g| g.port == want) {
+                    return Err(format!(
+                        "port {:?}: the gateway Service {:?} has no port {want}; add it there, or map the port in spec.endpoints.ports",
+                        p.name, e.gateway
+                    ));
+                }
+                dial.push(want);
+            }
+            (gw.ingress_ips.clone(), gw.ingress_hostnames.clone(), dial)
+        }
+        EndpointSource::Static => {
+            if e.addresses.is_empty() {
+                return Err("spec.endpoints.addresses is empty".into());
+            }
+            let (ips, hosts): (Vec<String>, Vec<String>) = e
+                .addresses
+                .iter()
+                .cloned()
+                .partition(|a| a.parse::<std::net::IpAddr>().is_ok());
+            if !hosts.is_empty() && (hosts.len() > 1 || !ips.is_empty()) {
+                return Err("spec.endpoints.addresses: IP addresses, or a single DNS name".into());
+            }
+            let mut dial = Vec::new();
+            for p in ports {
+                let want = e.ports.get(&p.name).copied().unwrap_or(target(p));
+                if !(1..=65535).contains(&want) {
+                    return Err(format!(
+                        "port {:?} has a named target; give its number in spec.endpoints.ports",
+                        p.name
+                    ));
+                }
+                dial.push(want);
+            }
+            (ips, hosts, dial)
+        }
+        EndpointSource::Pods => unreachable!("pods are handled by the caller"),
+    };
+    if ips.is_empty() {
+        // Only hostnames (a cloud load balancer such as AWS's): a DNS alias, first name in order.
+        let host = hosts.into_iter().min().expect("checked non-empty");
+        if !tether_proto::check::is_dns_subdomain(&host) {
+            return Err(format!("address {host:?} is neither an IP nor a DNS name"));
+        }
+        return Ok((Vec::new(), host));
+    }
+    let mut endpoints: Vec<Endpoint> = ips
+        .into_iter()
+        .map(|ip| Endpoint {
+            ip,
+            ready: true,
+            serving: true,
+            terminating: false,
+            pod_name: String::new(),
+            zone: String::new(),
+            target_ports: dial.clone(),
+        })
+        .collect();
+    endpoints.sort_by(|a, b| a.ip.cmp(&b.ip));
+    Ok((endpoints, String::new()))
 }
 
 /// The secure xDS and CA port of istiod.
@@ -260,6 +389,194 @@ mod tests {
             .map(|p| (p.metadata.name.clone().unwrap(), PodInfo::from_pod(p)))
             .collect();
         (services, pods)
+    }
+
+    /// Central: istiod (15012, 443 -> 15017) and an east-west gateway with these ingress entries
+    /// (`ip` or `host:<name>`).
+    fn gateway_state(ingress: &[&str]) -> HashMap<String, CentralService> {
+        let istiod = mk_service(
+            "istiod",
+            &[("app", "istiod")],
+            &[
+                ("grpc-xds", 15010, "15010"),
+                ("https-dns", 15012, "15012"),
+                ("https-webhook", 443, "15017"),
+            ],
+        );
+        let mut gw = mk_service(
+            "eastwest",
+            &[("istio", "eastwestgateway")],
+            &[
+                ("status-port", 15021, "15021"),
+                ("tls", 15443, "15443"),
+                ("tls-istiod", 15012, "15012"),
+                ("tls-webhook", 15017, "15017"),
+            ],
+        );
+        use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+        gw.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ingress
+                        .iter()
+                        .map(|i| match i.strip_prefix("host:") {
+                            Some(h) => LoadBalancerIngress {
+                                hostname: Some(h.into()),
+                                ..Default::default()
+                            },
+                            None => LoadBalancerIngress {
+                                ip: Some(i.to_string()),
+                                ..Default::default()
+                            },
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        });
+        [
+            ("istiod".to_string(), CentralService::from_service(&istiod)),
+            ("eastwest".to_string(), CentralService::from_service(&gw)),
+        ]
+        .into()
+    }
+
+    fn via(source: EndpointSource, gateway: &str, addresses: &[&str]) -> RemoteClusterSpec {
+        RemoteClusterSpec {
+            endpoints: Some(EndpointsSpec {
+                source,
+                gateway: gateway.into(),
+                addresses: addresses.iter().map(|a| a.to_string()).collect(),
+                ports: Default::default(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_gateway_source_mirrors_its_load_balancer_address_on_its_ports() {
+        let pods = [mk_pod("a", "istiod", &["10.0.0.1"], true, &[])];
+        let (_, pods) = state(&pods);
+        let spec = via(EndpointSource::Gateway, "eastwest", &[]);
+        let snap = build(&spec, &defaults(), &gateway_state(&["203.0.113.10"]), &pods).unwrap();
+        let svc = &snap.services[0];
+        let ports: Vec<(&str, i32)> = svc
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port))
+            .collect();
+        assert_eq!(ports, [("tcp-istiod", 15012), ("tcp-webhook", 443)]);
+        let eps: Vec<(&str, &[i32], bool)> = svc
+            .endpoints
+            .iter()
+            .map(|e| (e.ip.as_str(), &e.target_ports[..], e.ready))
+            .collect();
+        assert_eq!(
+            eps,
+            [("203.0.113.10", &[15012, 15017][..], true)],
+            "not the pod IP"
+        );
+        assert!(svc.external_name.is_empty());
+        // Another address is another version; the same address the same.
+        let moved = build(&spec, &defaults(), &gateway_state(&["203.0.113.20"]), &pods).unwrap();
+        assert_ne!(moved.version, snap.version);
+        let again = build(&spec, &defaults(), &gateway_state(&["203.0.113.10"]), &pods).unwrap();
+        assert_eq!(again.version, snap.version);
+        // A hostname-only load balancer: an ExternalName mirror, no endpoints.
+        let named = build(
+            &spec,
+            &defaults(),
+            &gateway_state(&["host:gw.elb.example.com"]),
+            &pods,
+        )
+        .unwrap();
+        assert_eq!(named.services[0].external_name, "gw.elb.example.com");
+        assert!(named.services[0].endpoints.is_empty());
+        // IPs win over hostnames when both are there.
+        let both = build(
+            &spec,
+            &defaults(),
+            &gateway_state(&["host:gw.example.com", "203.0.113.10"]),
+            &pods,
+        )
+        .unwrap();
+        assert_eq!(both.version, snap.version);
+    }
+
+    #[test]
+    fn a_gateway_that_is_missing_or_has_no_address_is_not_ready_and_a_missing_port_is_a_spec_error()
+    {
+        let spec = via(EndpointSource::Gateway, "eastwest", &[]);
+        let no_pods = HashMap::new();
+        for services in [gateway_state(&[]), {
+            let mut s = gateway_state(&["203.0.113.10"]);
+            s.remove("eastwest");
+            s
+        }] {
+            let errors = build(&spec, &defaults(), &services, &no_pods).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].contains(GATEWAY_NOT_READY), "{errors:?}");
+        }
+        // The gateway exposes 15012 and 15017; a mirror port targeting 15010 must be mapped.
+        let mut spec = via(EndpointSource::Gateway, "eastwest", &[]);
+        spec.services = vec![crate::crd::ServiceMirror {
+            name: "istiod".into(),
+            ports: Some(vec![MirrorPort {
+                name: "grpc-xds".into(),
+                port: 15010,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }];
+        let errors = build(
+            &spec,
+            &defaults(),
+            &gateway_state(&["203.0.113.10"]),
+            &no_pods,
+        )
+        .unwrap_err();
+        assert!(
+            !errors[0].contains(GATEWAY_NOT_READY) && errors[0].contains("spec.endpoints.ports"),
+            "{errors:?}"
+        );
+        spec.endpoints.as_mut().unwrap().ports = [("grpc-xds".to_string(), 15443)].into();
+        let snap = build(
+            &spec,
+            &defaults(),
+            &gateway_state(&["203.0.113.10"]),
+            &no_pods,
+        )
+        .unwrap();
+        assert_eq!(snap.services[0].endpoints[0].target_ports, [15443]);
+    }
+
+    #[test]
+    fn a_static_source_takes_ips_or_one_name() {
+        let services = gateway_state(&[]);
+        let no_pods = HashMap::new();
+        let spec = via(EndpointSource::Static, "", &["192.0.2.2", "192.0.2.1"]);
+        let snap = build(&spec, &defaults(), &services, &no_pods).unwrap();
+        let ips: Vec<&str> = snap.services[0]
+            .endpoints
+            .iter()
+            .map(|e| e.ip.as_str())
+            .collect();
+        assert_eq!(ips, ["192.0.2.1", "192.0.2.2"]);
+        assert_eq!(snap.services[0].endpoints[0].target_ports, [15012, 15017]);
+        let spec = via(EndpointSource::Static, "", &["istiod.mesh.example.com"]);
+        let snap = build(&spec, &defaults(), &services, &no_pods).unwrap();
+        assert_eq!(snap.services[0].external_name, "istiod.mesh.example.com");
+        for bad in [
+            &["a.example.com", "192.0.2.1"][..],
+            &[][..],
+            &["Not A Name"][..],
+        ] {
+            let spec = via(EndpointSource::Static, "", bad);
+            assert!(
+                build(&spec, &defaults(), &services, &no_pods).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

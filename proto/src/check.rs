@@ -3,6 +3,11 @@
 //! is shared with the hub's spec validation.
 
 use crate::identity::is_dns_label;
+
+/// A DNS-1123 subdomain (an ExternalName's target): dot-separated labels, at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
 use crate::v1::Snapshot;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -39,6 +44,19 @@ pub fn snapshot(snap: &Snapshot) -> Vec<String> {
             }
             if !port_names.insert(p.name.as_str()) {
                 problems.push(at(format!("port name {:?} used twice", p.name)));
+            }
+        }
+        if !svc.external_name.is_empty() {
+            if !is_dns_subdomain(&svc.external_name) {
+                problems.push(at(format!(
+                    "external name {:?} is not a DNS name",
+                    svc.external_name
+                )));
+            }
+            if !svc.endpoints.is_empty() || svc.headless {
+                problems.push(at(
+                    "an ExternalName mirror has no endpoints and is not headless".into(),
+                ));
             }
         }
         // One address may serve on different ports (pods on the host network), but not twice alike.
@@ -150,6 +168,19 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_external_name_is_a_dns_name_with_no_endpoints() {
+        let mut s = good();
+        s.services[0].endpoints.clear();
+        s.services[0].external_name = "a1b2.elb.us-east-1.amazonaws.com".into();
+        assert_eq!(snapshot(&s), Vec::<String>::new());
+        s.services[0].external_name = "Not_A_Name".into();
+        assert_eq!(snapshot(&s).len(), 1, "{:?}", snapshot(&s));
+        let mut s = good();
+        s.services[0].external_name = "gw.example.com".into();
+        assert_eq!(snapshot(&s).len(), 1, "endpoints beside an external name");
     }
 
     #[test]

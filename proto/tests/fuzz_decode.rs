@@ -32,6 +32,7 @@ fn sample() -> Vec<u8> {
                     target_ports: vec![15010],
                 })
                 .collect(),
+            external_name: String::new(),
         }],
         injection: None,
     };

@@ -69,6 +69,8 @@ pub struct Row {
     pub desired_version: String,
     pub acked_version: String,
     pub endpoints: i32,
+    /// Where the endpoints come from: `pods`, `gateway/<Service>`, `static` (`-` before the first status).
+    pub source: String,
     /// Seconds since the agent's last ACK.
     pub since_last_ack: Option<i64>,
     /// API access: `-` when not enabled, `READY`, or why not (the `APIAccess` condition's reason).
@@ -139,6 +141,7 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
         desired_version: sync.desired_version,
         acked_version: acked,
         endpoints: sync.endpoints,
+        source: sync.endpoint_source,
         since_last_ack: last_ack.map(|t| now.duration_since(t).as_secs()),
         api_access,
         last_error,
@@ -147,13 +150,14 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
 
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:>9}  {:<19} {}\n",
+        "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:<20} {:>9}  {:<19} {}\n",
         "CLUSTER",
         "STATE",
         "AGENT",
         "DESIRED",
         "ACKED",
         "ENDPOINTS",
+        "SOURCE",
         "LAST ACK",
         "API ACCESS",
         "LAST ERROR"
@@ -172,13 +176,14 @@ pub fn table(rows: &[Row]) -> String {
             .unwrap_or_else(|| "-".into());
         let err: String = r.last_error.chars().take(160).collect();
         out.push_str(&format!(
-            "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:>9}  {:<19} {}\n",
+            "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:<20} {:>9}  {:<19} {}\n",
             r.cluster,
             r.state.as_str(),
             dash(&r.agent_version),
             dash(&r.desired_version),
             dash(&r.acked_version),
             r.endpoints,
+            dash(&r.source),
             ack,
             r.api_access,
             dash(&err)

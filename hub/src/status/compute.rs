@@ -166,6 +166,7 @@ pub fn compute(
                 at: Some(time(n.at)),
             }),
             endpoints: desired.endpoints() as i32,
+            endpoint_source: desired.source.clone(),
         }),
         observed_generation: Some(desired.generation),
     }
@@ -176,7 +177,7 @@ fn spec_valid(desired: &Desired) -> Condition {
         .snapshot
         .iter()
         .flat_map(|s| s.services.iter())
-        .filter(|svc| svc.endpoints.is_empty())
+        .filter(|svc| svc.endpoints.is_empty() && svc.external_name.is_empty())
         .map(|svc| svc.name.as_str())
         .collect();
     if desired.errors.is_empty() && empty.is_empty() {
@@ -195,7 +196,17 @@ fn spec_valid(desired: &Desired) -> Condition {
             ""
         };
         let msg = format!("{}{kept}", desired.errors.join("; "));
-        cond(condition::SPEC_VALID, false, reason::INVALID, &msg)
+        // A gateway that is missing or has no address yet is no mistake in the spec: say which.
+        let waiting = desired
+            .errors
+            .iter()
+            .all(|e| e.contains(crate::snapshot::GATEWAY_NOT_READY));
+        let why = if waiting {
+            reason::GATEWAY_NOT_READY
+        } else {
+            reason::INVALID
+        };
+        cond(condition::SPEC_VALID, false, why, &msg)
     }
 }
 
@@ -339,6 +350,14 @@ pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus)
         && c.reason != reason::VALID
     {
         events.push(event(EventType::Warning, c, "ComputeSpec"));
+    }
+    // The gateway is back: say so where the warning was.
+    if find(old, condition::SPEC_VALID).is_some_and(|c| c.reason == reason::GATEWAY_NOT_READY)
+        && let Some(c) = find(Some(new), condition::SPEC_VALID)
+        && c.reason != reason::GATEWAY_NOT_READY
+        && c.status == "True"
+    {
+        events.push(event(EventType::Normal, c, "ComputeSpec"));
     }
     if status_of(old, condition::SINGLE_AGENT) != status_of(Some(new), condition::SINGLE_AGENT)
         && let Some(c) = find(Some(new), condition::SINGLE_AGENT)
@@ -543,6 +562,47 @@ mod tests {
                 .conditions
                 .iter()
                 .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn a_gateway_not_ready_is_its_own_reason_with_a_warning_then_a_recovery_event() {
+        let mut d = desired("v1");
+        d.errors = vec![format!(
+            "service \"istiod\": {}Service \"eastwest\" not found",
+            crate::snapshot::GATEWAY_NOT_READY
+        )];
+        let before = fresh(&desired("v1"), &connected("v1"));
+        let waiting = fresh(&d, &connected("v1"));
+        let c = waiting
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SpecValid")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "GatewayNotReady")
+        );
+        let reasons = |es: &[Event]| es.iter().map(|e| e.reason.clone()).collect::<Vec<_>>();
+        let warned = transitions(Some(&before), &waiting);
+        assert!(
+            warned.iter().any(|e| e.reason == "GatewayNotReady"),
+            "{:?}",
+            reasons(&warned)
+        );
+        let back = transitions(Some(&waiting), &before);
+        assert!(
+            back.iter()
+                .any(|e| e.reason == "Valid" && e.type_ == EventType::Normal),
+            "{:?}",
+            reasons(&back)
+        );
+        // A spec mistake beside it is a spec mistake.
+        d.errors.push("service \"nope\": no such Service".into());
+        let c = fresh(&d, &connected("v1")).conditions;
+        assert_eq!(
+            c.iter().find(|c| c.type_ == "SpecValid").unwrap().reason,
+            "Invalid"
         );
     }
 
