@@ -590,3 +590,100 @@ async fn rotating_istiods_certificate_and_the_reader_token_keeps_the_remote() {
         "token reviews under reader tokens: {tokens:?}"
     );
 }
+
+/// A remote on another network (must-show of the gateway issue): remote-1 cannot be given istiod's
+/// pod IP, so its mirror's endpoint is the load-balancer address of a central east-west gateway
+/// Service. The gateway's Envoy (TLS passthrough on 15012, `expose-istiod`) is stood in for by a TCP
+/// forwarder of this test, listening on an address of a network namespace the test creates and
+/// passing each connection, unread, to istiod's pod IP. The workload dials the gateway address from
+/// its EndpointSlices, verifies istiod's certificate for `istiod.<ns>.svc` through it, and gets its
+/// certificate and config.
+#[tokio::test]
+async fn a_remote_workload_reaches_istiod_through_the_gateway_address() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (mesh, istiod) = mesh_with_istiod("default", "istiod-gw").await;
+    // The stand-in gateway: an address of its own, a passthrough forwarder on 15012.
+    let gateway = tether_tests::netns::Netns::create().unwrap();
+    let listener = tokio::net::TcpListener::from_std(
+        gateway
+            .listen(std::net::SocketAddr::from((gateway.ip, 15012)))
+            .unwrap(),
+    )
+    .unwrap();
+    let passed = Arc::new(AtomicUsize::new(0));
+    let upstream = std::net::SocketAddr::from((istiod.ip, 15012));
+    let count = passed.clone();
+    let forwarder = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Ok(mut to_istiod) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut to_istiod).await;
+                }
+            });
+        }
+    });
+    // The east-west gateway Service, and its address as a cloud controller writes it.
+    let services = Api::<Service>::namespaced(mesh.central.clone(), &mesh.ns);
+    let gw: Service = serde_json::from_value(json!({
+        "metadata": {"name": "eastwest"},
+        "spec": {"type": "LoadBalancer", "selector": {"istio": "eastwestgateway"}, "ports": [
+            {"name": "tls-istiod", "port": 15012, "protocol": "TCP"},
+            {"name": "tls-webhook", "port": 15017, "protocol": "TCP"},
+        ]}
+    }))
+    .unwrap();
+    services.create(&Default::default(), &gw).await.unwrap();
+    services
+        .patch_status(
+            "eastwest",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": gateway.ip.to_string()}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let app = format!("{}-app", mesh.ns);
+    mesh.create_remote_cluster(
+        R,
+        json!({"services": [{"name": "istiod"}], "injection": {"namespaces": [app]},
+               "endpoints": {"source": "Gateway", "gateway": "eastwest"}}),
+    )
+    .await
+    .unwrap();
+    eventually("remote-1's mirror on the gateway address", SOON, || async {
+        let slices = Api::<EndpointSlice>::namespaced(mesh.remote(R).clone(), &mesh.ns)
+            .list(&ListParams::default().labels("kubernetes.io/service-name=istiod"))
+            .await?;
+        let addrs: Vec<String> = slices
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| e.addresses[0].clone()))
+            .collect();
+        anyhow::ensure!(addrs == [gateway.ip.to_string()], "{addrs:?}");
+        Ok(())
+    })
+    .await;
+    mesh.wait_phase(R, "Synced", SOON).await;
+
+    let ns = format!("{}-demo", mesh.ns);
+    hello_service(&mesh, &ns).await;
+    let w = workload(&mesh, &ns, "default");
+    let through = format!("{}:15012", gateway.ip);
+    let cert = until_answered("a certificate through the gateway", || w.csr(&mesh)).await;
+    assert_eq!(cert["address"], through.as_str(), "{cert}");
+    assert_eq!(
+        cert["uris"],
+        json!([format!("spiffe://cluster.local/ns/{ns}/sa/hello")])
+    );
+    let hello = format!("outbound|80||hello.{ns}.svc.cluster.local");
+    let config = until_answered("config through the gateway", || w.xds(&mesh, Some(&hello))).await;
+    assert_eq!(config["address"], through.as_str(), "{config}");
+    assert!(
+        passed.load(Ordering::Relaxed) >= 2,
+        "the workload's connections went through the gateway"
+    );
+    forwarder.abort();
+}
