@@ -189,4 +189,27 @@ proptest! {
             prop_assert_eq!(not_ready.len(), primary.iter().filter(|e| !e.ready).count());
         }
     }
+
+    #[test]
+    fn an_external_name_translates_into_one_alias_and_nothing_beside_it(
+        mut svc in service(),
+        labels in proptest::collection::vec(dns_label(), 1..4),
+    ) {
+        let host = labels.join(".");
+        let had_endpoints = !svc.endpoints.is_empty() || svc.headless;
+        svc.external_name = host.clone();
+        let snap = Snapshot { namespace: "istio-system".into(), services: vec![svc.clone()], ..Default::default() };
+        // With endpoints (or headless) beside it, the snapshot is refused whole.
+        prop_assert_eq!(!tether_proto::check::snapshot(&snap).is_empty(), had_endpoints);
+        svc.endpoints.clear();
+        svc.headless = false;
+        let snap = Snapshot { namespace: "istio-system".into(), services: vec![svc.clone()], ..Default::default() };
+        prop_assert!(tether_proto::check::snapshot(&snap).is_empty());
+        let objects = objects_for(&snap.namespace, &svc);
+        prop_assert_eq!(objects.len(), 1);
+        prop_assert_eq!(objects[0].kind, Kind::Service);
+        prop_assert_eq!(&objects[0].body["spec"]["type"], "ExternalName");
+        prop_assert_eq!(objects[0].body["spec"]["externalName"].as_str(), Some(host.as_str()));
+        prop_assert!(objects[0].body["spec"].get("clusterIP").is_none());
+    }
 }
