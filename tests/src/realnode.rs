@@ -76,11 +76,8 @@ fn script_output(script: &str, args: &[&str]) -> String {
 
 /// Removes cgroup trees of earlier test processes that are gone (`tether-<pid>-...`).
 pub fn remove_stale_cgroups() {
-    let Ok(controllers) = std::fs::read_dir(CGROUP_FS) else {
-        return;
-    };
-    for ctl in controllers.flatten() {
-        let Ok(entries) = std::fs::read_dir(ctl.path()) else {
+    for ctl in cgroup_controllers() {
+        let Ok(entries) = std::fs::read_dir(Path::new(CGROUP_FS).join(ctl)) else {
             continue;
         };
         for e in entries.flatten() {
@@ -622,8 +619,12 @@ impl Drop for RealCluster {
     }
 }
 
-/// The cgroup v1 hierarchies the kubelet uses (every mounted controller folder but the v2 one).
+/// The cgroup v1 hierarchies the kubelet uses (every mounted controller folder but the v2 one); on
+/// a unified (v2) host, the one hierarchy at the root.
 fn cgroup_controllers() -> Vec<String> {
+    if Path::new(CGROUP_FS).join("cgroup.controllers").exists() {
+        return vec![String::new()];
+    }
     let Ok(entries) = std::fs::read_dir(CGROUP_FS) else {
         return Vec::new();
     };
