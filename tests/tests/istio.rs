@@ -87,6 +87,27 @@ fn workload(mesh: &Mesh, ns: &str, revision: &str) -> Workload {
     }
 }
 
+/// Asks for the workload's config until it holds `cluster` (and, with `endpoints`, that cluster's
+/// endpoints): istiod watches every namespace of the shared clusters and may answer before it has
+/// seen this test's Service, or with no endpoints for it yet.
+async fn config_with(mesh: &Mesh, w: &Workload, cluster: &str, endpoints: bool) -> Value {
+    eventually(
+        &format!("{cluster} in the workload's config"),
+        LONG,
+        || async {
+            let v = w.xds(mesh, Some(cluster)).await?;
+            anyhow::ensure!(v.get("error").is_none(), "{v}");
+            let has = v["clusters"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c == cluster));
+            let eps = v["endpoints"].as_array().is_some_and(|e| !e.is_empty());
+            anyhow::ensure!(has && (eps || !endpoints), "{v}");
+            Ok(v)
+        },
+    )
+    .await
+}
+
 /// Asks until the answer has no error (istiod writes the root certificate into the workload's
 /// namespace shortly after it syncs the remote); returns the answer.
 async fn until_answered<F, Fut>(what: &str, mut ask: F) -> Value
@@ -113,7 +134,7 @@ async fn a_remote_workload_gets_its_config_and_certificate_from_the_real_istiod_
     hello_service(&mesh, &ns).await;
     let w = workload(&mesh, &ns, "default");
     let hello = format!("outbound|80||hello.{ns}.svc.cluster.local");
-    let config = until_answered("the workload's config", || w.xds(&mesh, Some(&hello))).await;
+    let config = config_with(&mesh, &w, &hello, true).await;
     let dialled = format!("{}:15012", istiod.ip);
     assert_eq!(config["address"], dialled.as_str(), "{config}");
     assert!(
@@ -356,7 +377,7 @@ async fn istiod_reaches_the_remote_through_its_agent_with_no_remote_credential_i
     hello_service(&mesh, &ns).await;
     let w = workload(&mesh, &ns, "default");
     let hello = format!("outbound|80||hello.{ns}.svc.cluster.local");
-    let config = until_answered("the workload's config", || w.xds(&mesh, Some(&hello))).await;
+    let config = config_with(&mesh, &w, &hello, true).await;
     assert_eq!(config["endpoints"], json!(["10.1.0.5:8080"]), "{config}");
     let cert = until_answered("the workload's certificate", || w.csr(&mesh)).await;
     assert_eq!(
@@ -539,10 +560,7 @@ async fn rotating_istiods_certificate_and_the_reader_token_keeps_the_remote() {
         .await
         .unwrap();
     let late = format!("outbound|80||late.{ns}.svc.cluster.local");
-    until_answered("the late Service in the workload's config", || {
-        w.xds(&mesh, Some(&late))
-    })
-    .await;
+    config_with(&mesh, &w, &late, false).await;
     // What istiod's earlier clients opened is closed: no more watches than before the renewals.
     let settled = eventually("the old clients' watches closed", LONG, || async {
         let n = open_watches(&mesh).await;
@@ -679,7 +697,7 @@ async fn a_remote_workload_reaches_istiod_through_the_gateway_address() {
         json!([format!("spiffe://cluster.local/ns/{ns}/sa/hello")])
     );
     let hello = format!("outbound|80||hello.{ns}.svc.cluster.local");
-    let config = until_answered("config through the gateway", || w.xds(&mesh, Some(&hello))).await;
+    let config = config_with(&mesh, &w, &hello, true).await;
     assert_eq!(config["address"], through.as_str(), "{config}");
     assert!(
         passed.load(Ordering::Relaxed) >= 2,
