@@ -56,6 +56,19 @@ pub fn spawn(mut cmd: Command) -> std::io::Result<Proc> {
     Ok(Proc { child: Some(child) })
 }
 
+/// True while `pid` runs (a zombie has exited: only a live process has a non-Z state).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.split(')')
+                .nth(1)
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
 /// A child process killed (SIGKILL) and reaped on drop.
 #[derive(Debug)]
 pub struct Proc {

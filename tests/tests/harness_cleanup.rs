@@ -4,19 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 use tether_tests::Cluster;
-
-fn alive(pid: u32) -> bool {
-    // A zombie has exited; only a live process has a non-Z state.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.split(')')
-                .nth(1)
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
+use tether_tests::procs::alive;
 
 #[test]
 fn dropped_cluster_leaves_no_process_behind() {

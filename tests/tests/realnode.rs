@@ -206,6 +206,20 @@ fn ready_pod(c: &RealCluster, selector: &str) -> Result<(String, String, i64), S
     ))
 }
 
+/// `tether-hub join remote-1` as the README runs it (labelling `shop`), writing the agent's values.
+fn join(central: &RealCluster, certs: &Path, hub_addr: &str, validity: Option<&str>, out: &Path) {
+    let mut cmd = hub_cli(central);
+    cmd.args(["join", "remote-1", "--namespace", NS, "--ca-dir"])
+        .arg(certs)
+        .args(["--hub-addr", hub_addr, "--hub-server-name", HUB_DNS])
+        .args(["--injection-namespaces", "shop", "--out"])
+        .arg(out);
+    if let Some(v) = validity {
+        cmd.args(["--validity", v]);
+    }
+    run(&mut cmd);
+}
+
 /// `tether-hub status --wait`: exit 0 and the remote SYNCED.
 fn status_wait(central: &RealCluster) -> String {
     let out =
@@ -361,22 +375,7 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
     restricted_namespace(&remote, NS);
     kubectl(&remote, &["create", "namespace", "shop"]);
     let values = work.join("tether-agent-remote-1.values.yaml");
-    run(hub_cli(&central).args([
-        "join",
-        "remote-1",
-        "--namespace",
-        NS,
-        "--ca-dir",
-        certs.to_str().unwrap(),
-        "--hub-addr",
-        &hub_addr,
-        "--hub-server-name",
-        HUB_DNS,
-        "--injection-namespaces",
-        "shop",
-        "--out",
-        values.to_str().unwrap(),
-    ]));
+    join(&central, &certs, &hub_addr, None, &values);
     let agent_chart = repo.join("charts/tether-agent");
     helm(
         &remote,
@@ -531,24 +530,7 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
     let first = days_left(&streams()).unwrap();
     assert!((89.0..=90.0).contains(&first), "{first} days");
     let rotated = work.join("tether-agent-remote-1.rotated.values.yaml");
-    run(hub_cli(&central).args([
-        "join",
-        "remote-1",
-        "--namespace",
-        NS,
-        "--ca-dir",
-        certs.to_str().unwrap(),
-        "--hub-addr",
-        &hub_addr,
-        "--hub-server-name",
-        HUB_DNS,
-        "--injection-namespaces",
-        "shop",
-        "--validity",
-        "30d",
-        "--out",
-        rotated.to_str().unwrap(),
-    ]));
+    join(&central, &certs, &hub_addr, Some("30d"), &rotated);
     let (agent_pod, agent_uid, _) =
         ready_pod(&remote, "app.kubernetes.io/name=tether-agent").unwrap();
     helm(
@@ -676,19 +658,6 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
     );
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie has exited; only a live process has a non-Z state.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.split(')')
-                .nth(1)
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
 /// A test binary that dies by `abort` (no destructor runs) while its node runs a pod: every process
 /// of the node, the shims and the container included, dies with it, and no mount of the node is left
 /// on the host; the network namespace and the cgroups it leaves are removed by the next run's sweep.
@@ -760,11 +729,13 @@ fn a_node_dies_with_a_test_binary_that_aborts_and_the_next_run_sweeps_the_rest()
     // kubelet, kube-proxy, and the pod's shim, pause (sandbox) and pause (container).
     assert!(pids.len() >= 11, "{pids:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while pids.iter().any(|p| alive(*p)) {
+    while pids.iter().any(|p| tether_tests::procs::alive(*p)) {
         assert!(
             Instant::now() < deadline,
             "processes {:?} outlived their test binary",
-            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+            pids.iter()
+                .filter(|p| tether_tests::procs::alive(**p))
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
