@@ -293,6 +293,8 @@ pub struct RemoteSecrets {
     pub server_base: String,
     pub interval: Duration,
     pub problems: Arc<SecretProblems>,
+    /// Only the leader renews istiod's certificate and writes the remote secrets.
+    pub membership: Arc<crate::lease::Membership>,
 }
 
 impl RemoteSecrets {
@@ -327,7 +329,7 @@ impl RemoteSecrets {
                     Err(error) => warn!(%error, "listing remote secrets"),
                 }
             }
-            if seeded {
+            if seeded && self.membership.leader() {
                 if self.credentials.due()
                     && let Err(error) = self.credentials.renew().await
                 {

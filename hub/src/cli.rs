@@ -158,7 +158,53 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_RETIRE_MEMORY", default_value = "30d", value_parser = parse_duration)]
     pub retire_memory: Duration,
     #[command(flatten)]
+    pub replicas: ReplicaArgs,
+    #[command(flatten)]
     pub api: ApiArgs,
+}
+
+/// Several replicas: every one serves agents; Leases decide who writes what (docs/architecture.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplicaArgs {
+    /// This replica's name among the hub's replicas (its Lease is tether-hub-replica-<id>). Default:
+    /// $POD_NAME, else the host name.
+    #[arg(long, env = "TETHER_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Lease duration: a replica that has not renewed its Lease for this long is dead to the others
+    /// (its remotes' statuses go to the leader), and the leader Lease changes hands after it.
+    /// Renewed every third of it; a holder that cannot renew within two thirds lets go.
+    #[arg(long, env = "TETHER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How long after an agent's stream closes its replica waits before reporting it Disconnected
+    /// (the agent may be reconnecting, possibly to another replica).
+    #[arg(long, env = "TETHER_DISCONNECT_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub disconnect_grace: Duration,
+}
+
+impl ReplicaArgs {
+    /// `--replica-id`, `$POD_NAME`, or the host name: a Lease name part (lower case, `-` for others).
+    pub fn id(&self) -> String {
+        let raw = self
+            .replica_id
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_else(|| "hub".into());
+        let id: String = raw
+            .trim()
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let id = id.trim_matches(['-', '.']).to_string();
+        if id.is_empty() { "hub".into() } else { id }
+    }
 }
 
 /// API access: the endpoint istiod uses to reach each remote's API server through its agent.
@@ -212,6 +258,7 @@ impl ServeArgs {
             status_writers,
             retire_timeout,
             retire_memory,
+            replicas,
             api,
         } = self;
         let defaults = Defaults {
@@ -237,6 +284,7 @@ impl ServeArgs {
             status_writers: status_writers.into(),
             retire_timeout,
             retire_memory,
+            replicas,
             api,
         }
     }

@@ -240,6 +240,10 @@ pub struct AgentStatus {
     pub connected_since: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
+    /// The hub replica that holds (or last held) the agent's stream, and writes this status. Empty:
+    /// no live replica holds it (the leader writes it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hub: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -50,21 +50,26 @@ pub struct Retirements {
 
 impl Retirements {
     /// Every RemoteCluster carries the finalizer, so that its deletion can retire the agent first.
-    pub async fn ensure_finalizer(&self, rc: &RemoteCluster) -> kube::Result<()> {
+    /// Returns the object as patched, when it was.
+    pub async fn ensure_finalizer(
+        &self,
+        rc: &RemoteCluster,
+    ) -> kube::Result<Option<RemoteCluster>> {
         if rc.finalizers().iter().any(|f| f == FINALIZER) {
-            return Ok(());
+            return Ok(None);
         }
         let mut finalizers = rc.finalizers().to_vec();
         finalizers.push(FINALIZER.into());
         let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": rc.resource_version()}});
-        self.remotes
+        let patched = self
+            .remotes
             .patch(
                 &rc.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
             .await?;
-        Ok(())
+        Ok(Some(patched))
     }
 
     /// Lets a deleted RemoteCluster go once its agent retired, or after the retire timeout (then

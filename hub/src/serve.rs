@@ -16,6 +16,7 @@ use crate::changes::Changes;
 use crate::crd::RemoteCluster;
 use crate::grpc::SyncService;
 use crate::index::{Discovery, Index};
+use crate::lease::{Holder, Membership};
 use crate::metrics::HubMetrics;
 use crate::retire::Retirements;
 use crate::snapshot::Defaults;
@@ -26,6 +27,7 @@ use crate::tunnels::Tunnels;
 use crate::watch::{feed, strip_managed_fields};
 use anyhow::Context;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
@@ -58,6 +60,7 @@ pub struct ServeConfig {
     pub status_writers: usize,
     pub retire_timeout: Duration,
     pub retire_memory: Duration,
+    pub replicas: crate::cli::ReplicaArgs,
     pub api: crate::cli::ApiArgs,
 }
 
@@ -89,6 +92,62 @@ pub async fn run(
     let retired = cfg().fields(&format!("metadata.name={}", crate::retire::CONFIGMAP));
     tokio::spawn(feed(watcher(configmaps.clone(), retired), index.clone()));
 
+    // Leases: this replica's own (a heartbeat), and the leader's. A lease task never ends; if one
+    // does (a panic), the process exits rather than serve without it.
+    let me = s.replicas.id();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &s.namespace);
+    let duration = s.replicas.lease_duration;
+    let (alive_tx, alive_rx) = watch::channel(false);
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let own = Holder {
+        api: leases.clone(),
+        name: crate::lease::replica_lease(&me),
+        me: me.clone(),
+        labels: vec![(crate::lease::REPLICA_LABEL.into(), "true".into())],
+        duration,
+    };
+    let leader = Holder {
+        api: leases.clone(),
+        name: crate::lease::LEADER.into(),
+        me: me.clone(),
+        labels: vec![],
+        duration,
+    };
+    let membership = Arc::new(Membership::new(
+        me.clone(),
+        alive_rx,
+        leader_rx,
+        s.replicas.disconnect_grace,
+    ));
+    let lease_tasks = [
+        ("replica lease", tokio::spawn(own.run(alive_tx))),
+        ("leader lease", tokio::spawn(leader.run(leader_tx))),
+        (
+            "replica observer",
+            tokio::spawn(membership.clone().watch(
+                leases.clone(),
+                duration / 3,
+                store.clone(),
+                changes.clone(),
+            )),
+        ),
+    ];
+    tokio::spawn(async move {
+        let (result, i, _) =
+            futures::future::select_all(lease_tasks.into_iter().map(|(_, t)| t)).await;
+        let what = ["replica lease", "leader lease", "replica observer"][i];
+        tracing::error!(task = what, ?result, "a lease task ended: exiting");
+        std::process::exit(70);
+    });
+    info!(replica = %me, "hub replica");
+    // Shutting down, this replica writes no more status: its agents are moving to other replicas.
+    let stopping = membership.clone();
+    let mut stop_signal = shutdown.clone();
+    tokio::spawn(async move {
+        stopped(&mut stop_signal).await;
+        stopping.stop();
+    });
+
     let tunnels = Arc::new(Tunnels::new(
         s.trust_domain.clone(),
         s.keepalive_interval,
@@ -97,7 +156,7 @@ pub async fn run(
         metrics.api_tunnels_connected.clone(),
     ));
     let api = match s.api.api_addr {
-        Some(addr) => {
+        Some(_) => {
             let view = ApiView {
                 tunnels: tunnels.clone(),
                 problems: Arc::new(SecretProblems::new(changes.clone())),
@@ -106,10 +165,10 @@ pub async fn run(
             serve_api(
                 &client,
                 &s,
-                addr,
                 store.clone(),
                 &view,
                 metrics.clone(),
+                membership.clone(),
                 shutdown.clone(),
             )
             .await?;
@@ -140,6 +199,8 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         api_access: api,
+        membership,
+        started: k8s_openapi::jiff::Timestamp::now(),
     };
     tokio::spawn(status.run());
 
@@ -177,19 +238,25 @@ pub async fn run(
         max_message_bytes: s.max_message_bytes,
         max_concurrent_streams: s.max_concurrent_streams,
     };
-    serve_grpc(listener, tls, sync, limits, Some(tunnels), shutdown).await
+    let served = serve_grpc(listener, tls, sync, limits, Some(tunnels), shutdown).await;
+    // Shutting down: hand leadership over now rather than after the Lease expires. The replica's
+    // own Lease is left to expire: until then the others take its remotes' agents without anyone
+    // reporting them Disconnected (the expiry is the grace for them to reconnect).
+    Holder::release(&leases, crate::lease::LEADER, &me).await;
+    served
 }
 
 /// API access: the endpoint for istiod, and the remote secrets that point it there.
 async fn serve_api(
     client: &Client,
     s: &ServeConfig,
-    addr: SocketAddr,
     store: reflector::Store<RemoteCluster>,
     view: &ApiView,
     metrics: HubMetrics,
+    membership: Arc<Membership>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let addr = s.api.api_addr.context("--api-addr")?;
     let advertise =
         s.api.api_advertise.clone().context(
             "--api-advertise is required with --api-addr (the URL istiod uses to reach it)",
@@ -247,6 +314,7 @@ async fn serve_api(
         server_base: advertise.trim_end_matches('/').to_string(),
         interval: Duration::from_secs(1),
         problems: view.problems.clone(),
+        membership,
     };
     tokio::spawn(secrets.run());
     Ok(())

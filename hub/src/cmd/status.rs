@@ -86,9 +86,11 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
     let mut acked = sync.acked_version.clone();
     let mut last_ack = sync.last_ack.as_ref().map(|t| t.0);
     let mut connected = cond(condition::CONNECTED).map(|c| c.status == "True");
+    // The hub's memory is fresher than the coalesced status, where that hub holds the stream. (With
+    // several replicas another replica may hold it: a replica without it says nothing here.)
+    let live = live.filter(|l| l["streams"].as_u64().is_some_and(|n| n > 0));
     if let Some(live) = live {
-        // The hub's memory is fresher than the coalesced status.
-        connected = live["streams"].as_u64().map(|n| n > 0).or(connected);
+        connected = Some(true);
         if let Some(v) = live["ackedVersion"].as_str().filter(|v| !v.is_empty()) {
             acked = v.to_string();
         }
@@ -339,6 +341,12 @@ mod tests {
         let live = serde_json::json!({"streams": 1, "ackedVersion": "v2"});
         assert_eq!(
             row(&rc(Some(false), "v2", "v1", None), Some(&live), now).state,
+            Health::Synced
+        );
+        // A replica that does not hold the stream (any more) does not speak for it.
+        let elsewhere = serde_json::json!({"streams": 0, "ackedVersion": "v1"});
+        assert_eq!(
+            row(&rc(Some(true), "v2", "v2", None), Some(&elsewhere), now).state,
             Health::Synced
         );
     }

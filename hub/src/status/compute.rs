@@ -155,6 +155,11 @@ pub fn compute(
             peer: stream.peer.clone(),
             connected_since: stream.connected_since.map(time),
             last_seen: stream.last_seen.map(time),
+            // Which replica writes is the writer's decision (replicas::decide); kept as recorded.
+            hub: previous
+                .and_then(|p| p.agent.as_ref())
+                .map(|a| a.hub.clone())
+                .unwrap_or_default(),
         }),
         sync: Some(SyncStatus {
             desired_version: version.to_string(),
@@ -415,9 +420,10 @@ pub fn significant(old: &RemoteClusterStatus, new: &RemoteClusterStatus) -> bool
             .collect()
     };
     let agent = |s: &RemoteClusterStatus| {
-        s.agent
-            .as_ref()
-            .map(|a| (a.peer.clone(), a.version.clone(), a.connected_since.clone()))
+        s.agent.as_ref().map(|a| {
+            let since = a.connected_since.clone();
+            (a.peer.clone(), a.version.clone(), since, a.hub.clone())
+        })
     };
     let nack = |s: &RemoteClusterStatus| s.sync.as_ref().and_then(|x| x.last_nack.clone());
     old.phase != new.phase

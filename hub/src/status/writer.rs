@@ -23,7 +23,9 @@ use crate::apicreds::SecretProblems;
 use crate::changes::Changes;
 use crate::crd::{RemoteCluster, RemoteClusterStatus};
 use crate::index::Index;
+use crate::lease::Membership;
 use crate::metrics::HubMetrics;
+use crate::replicas::{Decision, View, decide};
 use crate::retire::Retirements;
 use crate::streams::Streams;
 use crate::tunnels::Tunnels;
@@ -59,6 +61,11 @@ pub struct StatusWriter {
     pub metrics: HubMetrics,
     /// API access, when this hub serves it.
     pub api_access: Option<ApiView>,
+    /// Which remotes this replica writes (see `replicas`).
+    pub membership: Arc<Membership>,
+    /// When this process started: a remote recorded as this replica's waits `membership.grace`
+    /// from then for its agent to come back before it is reported Disconnected.
+    pub started: Timestamp,
 }
 
 /// What the status writer reads of API access.
@@ -104,6 +111,12 @@ struct Memory {
     written: Option<Written>,
     /// Visit again then, even without a change.
     due: Option<Instant>,
+}
+
+/// Someone else changed the object since we read it (another replica claimed the remote, or our
+/// watch lags): look again, nothing to report.
+fn conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
 /// The central API server did not answer, or answered that it cannot serve now (429, 5xx).
@@ -168,6 +181,8 @@ impl StatusWriter {
             let unreachable = self.pass(todo, &mut memory).await;
             let unreachable = match unreachable {
                 Some(error) => Some(error),
+                // Remembered retirements are the leader's.
+                None if !self.membership.leader() => None,
                 None => match self
                     .retirements
                     .sweep(&self.index, &self.streams, &self.store)
@@ -240,6 +255,10 @@ impl StatusWriter {
                     unreachable = Some(error);
                     break;
                 }
+                Err(error) if conflict(&error) => {
+                    tracing::debug!(cluster = %name, "status changed meanwhile; looking again");
+                    memory.entry(name).or_default().due = Some(Instant::now() + self.interval);
+                }
                 // This object's trouble; the others go on.
                 Err(error) => {
                     warn!(cluster = %name, %error, "status update failed; retrying");
@@ -277,6 +296,42 @@ impl StatusWriter {
             });
         };
         let stream = self.streams.get(name);
+        let now = Timestamp::now();
+        let m = &self.membership;
+        let view = View {
+            me: &m.me,
+            alive: m.alive(),
+            leader: m.leader(),
+            // The replica that has the agent's Retired acts on it, whoever wrote last.
+            serving: stream.streams > 0 || stream.retired,
+            closed_at: match stream.ever_connected {
+                true => stream.last_seen,
+                false => Some(self.started),
+            },
+            recorded: rc
+                .status
+                .as_ref()
+                .and_then(|s| s.agent.as_ref())
+                .map(|a| a.hub.as_str()),
+            grace: m.grace,
+            now,
+        };
+        let hub = match decide(view, |r| m.replica_alive(r)) {
+            Decision::NotMine => {
+                return Ok(Visited::Remote {
+                    written: None,
+                    due: None,
+                });
+            }
+            Decision::WaitUntil(until) => {
+                let at = Instant::now() + now.duration_until(until).unsigned_abs();
+                return Ok(Visited::Remote {
+                    written: None,
+                    due: Some(at),
+                });
+            }
+            Decision::Write { hub } => hub,
+        };
         if rc.metadata.deletion_timestamp.is_some() {
             let due = self
                 .retirements
@@ -284,10 +339,19 @@ impl StatusWriter {
                 .await?;
             return Ok(Visited::Remote { written: None, due });
         }
-        self.retirements.ensure_finalizer(&rc).await?;
-        let now = Timestamp::now();
+        // The version our write must find: what we read, or our own newer write, or the finalizer's.
+        let mut expected = resource_version(&rc);
+        if let Some(mine) = &written {
+            expected = expected.max(mine.resource_version);
+        }
+        if let Some(after) = self.retirements.ensure_finalizer(&rc).await? {
+            expected = resource_version(&after);
+        }
         let api = ApiView::input(self.api_access.as_ref(), &rc);
-        let status = compute(&desired, &stream, &api, rc.status.as_ref(), now);
+        let mut status = compute(&desired, &stream, &api, rc.status.as_ref(), now);
+        if let Some(agent) = status.agent.as_mut() {
+            agent.hub = hub.unwrap_or_default();
+        }
         // A reported duplicate, and the wait for a tunnel, expire with time, not with an input:
         // look again then.
         let at = |until: Timestamp| Instant::now() + now.duration_until(until).unsigned_abs();
@@ -310,8 +374,11 @@ impl StatusWriter {
                 });
             }
         }
+        // With the resourceVersion we decided on: if another replica wrote meanwhile, 409.
         let patch = serde_json::json!({
-            "apiVersion": "tether.io/v1alpha1", "kind": "RemoteCluster", "status": status,
+            "apiVersion": "tether.io/v1alpha1", "kind": "RemoteCluster",
+            "metadata": {"resourceVersion": expected.to_string()},
+            "status": status,
         });
         let answer = self
             .api

@@ -1,0 +1,370 @@
+//! `coordination.k8s.io` Leases: each replica holds its own (`tether-hub-replica-<id>`, a heartbeat
+//! the others observe), and one replica at a time holds `tether-hub-leader`. The loop that holds a
+//! Lease publishes on a `watch` channel whether it holds it; a holder that cannot renew within two
+//! thirds of the duration says so at once, before anyone else may take it over. If a loop ends (it
+//! never does on its own; a panic would), `serve` exits the process: a replica never stays Ready
+//! without its Leases.
+
+use crate::changes::Changes;
+use crate::crd::RemoteCluster;
+use crate::replicas::Observed;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::reflector::Store;
+use kube::{Api, ResourceExt};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub const LEADER: &str = "tether-hub-leader";
+/// Label of the replicas' own Leases.
+pub const REPLICA_LABEL: &str = "tether.io/hub-replica";
+
+pub fn replica_lease(me: &str) -> String {
+    format!("tether-hub-replica-{me}")
+}
+
+/// What to do with a Lease as found.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Create,
+    Renew,
+    /// Held by nobody, or by a holder that stopped renewing: take it.
+    TakeOver,
+    /// Someone else holds it.
+    Wait,
+}
+
+/// `observed`: the (holder, renew time) last seen and when it was first seen like that.
+fn step(
+    me: &str,
+    lease: Option<&Lease>,
+    observed: &mut Option<(String, Instant)>,
+    now: Instant,
+) -> Step {
+    let Some(lease) = lease else {
+        return Step::Create;
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.unwrap_or_default();
+    if holder == me {
+        return Step::Renew;
+    }
+    if holder.is_empty() {
+        return Step::TakeOver;
+    }
+    let key = format!(
+        "{holder}@{}",
+        spec.renew_time.map(|t| t.0.to_string()).unwrap_or_default()
+    );
+    let seen_at = match observed {
+        Some((k, at)) if *k == key => *at,
+        _ => {
+            *observed = Some((key, now));
+            now
+        }
+    };
+    let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+    if now.duration_since(seen_at) >= duration {
+        Step::TakeOver
+    } else {
+        Step::Wait
+    }
+}
+
+/// Holds the Lease `name` as `me` for as long as the task runs; `held` says whether it holds it.
+pub struct Holder {
+    pub api: Api<Lease>,
+    pub name: String,
+    pub me: String,
+    pub labels: Vec<(String, String)>,
+    pub duration: Duration,
+}
+
+impl Holder {
+    pub async fn run(self, held: watch::Sender<bool>) {
+        let renew_every = self.duration / 3;
+        let deadline = self.duration * 2 / 3;
+        let mut last_renewed: Option<Instant> = None;
+        let mut observed = None;
+        loop {
+            match self.attempt(&mut observed).await {
+                Ok(true) => {
+                    last_renewed = Some(Instant::now());
+                    if !*held.borrow() {
+                        info!(lease = %self.name, holder = %self.me, "lease acquired");
+                    }
+                    held.send_if_modified(|h| !std::mem::replace(h, true));
+                }
+                Ok(false) => {
+                    if *held.borrow() {
+                        warn!(lease = %self.name, "lease taken by another replica");
+                    }
+                    held.send_if_modified(|h| std::mem::replace(h, false));
+                }
+                Err(error) => {
+                    let expired = last_renewed.is_none_or(|t| t.elapsed() >= deadline);
+                    if expired && *held.borrow() {
+                        warn!(lease = %self.name, %error, "lease not renewed in time: let go");
+                        held.send_replace(false);
+                        last_renewed = None;
+                    } else {
+                        warn!(lease = %self.name, %error, "lease renewal failed; retrying");
+                    }
+                }
+            }
+            tokio::time::sleep(renew_every).await;
+        }
+    }
+
+    /// Ok(true): this replica holds the Lease now.
+    async fn attempt(&self, observed: &mut Option<(String, Instant)>) -> kube::Result<bool> {
+        let found = self.api.get_opt(&self.name).await?;
+        let now = MicroTime(Timestamp::now());
+        let seconds = self.duration.as_secs().max(1) as i32;
+        match step(&self.me, found.as_ref(), observed, Instant::now()) {
+            Step::Wait => Ok(false),
+            Step::Create => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        labels: Some(self.labels.iter().cloned().collect()),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.me.clone()),
+                        lease_duration_seconds: Some(seconds),
+                        acquire_time: Some(now.clone()),
+                        renew_time: Some(now),
+                        lease_transitions: Some(0),
+                        ..Default::default()
+                    }),
+                };
+                match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            step @ (Step::Renew | Step::TakeOver) => {
+                let mut lease = found.expect("found");
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                if step == Step::TakeOver {
+                    spec.holder_identity = Some(self.me.clone());
+                    spec.acquire_time = Some(now.clone());
+                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                }
+                spec.renew_time = Some(now);
+                spec.lease_duration_seconds = Some(seconds);
+                // Replace carries the resourceVersion read: a concurrent change wins, we look again.
+                match self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Gives the Lease up (a replica shutting down): the next holder need not wait for it to expire.
+    pub async fn release(api: &Api<Lease>, name: &str, me: &str) {
+        let Ok(Some(mut lease)) = api.get_opt(name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(me) {
+            return;
+        }
+        spec.holder_identity = None;
+        if let Err(error) = api.replace(name, &PostParams::default(), &lease).await {
+            warn!(lease = name, %error, "could not release the lease");
+        }
+    }
+}
+
+/// This replica's place among the replicas: its own Lease, the leader Lease, the others' Leases as
+/// observed. Read by the status writer and the leader's duties.
+pub struct Membership {
+    pub me: String,
+    /// Set when the process shuts down: it writes nothing more (its agents are moving to other
+    /// replicas, which take their statuses over).
+    stopping: std::sync::atomic::AtomicBool,
+    alive: watch::Receiver<bool>,
+    leader: watch::Receiver<bool>,
+    observed: Mutex<Observed>,
+    /// How long a replica whose agent's stream closed waits before it reports Disconnected.
+    pub grace: Duration,
+}
+
+impl Membership {
+    pub fn new(
+        me: String,
+        alive: watch::Receiver<bool>,
+        leader: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            me,
+            stopping: Default::default(),
+            alive,
+            leader,
+            observed: Mutex::default(),
+            grace,
+        }
+    }
+
+    /// A replica on its own that needs no Lease (the in-process test hub): alive and leader.
+    pub fn alone(me: &str) -> Self {
+        let (_, alive) = watch::channel(true);
+        let (_, leader) = watch::channel(true);
+        Self::new(me.to_string(), alive, leader, Duration::ZERO)
+    }
+
+    pub fn alive(&self) -> bool {
+        !self.stopping.load(std::sync::atomic::Ordering::Relaxed) && *self.alive.borrow()
+    }
+
+    /// This replica is shutting down: from now on it writes nothing.
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn leader(&self) -> bool {
+        self.alive() && *self.leader.borrow()
+    }
+
+    pub fn replica_alive(&self, replica: &str) -> bool {
+        if replica == self.me {
+            return self.alive();
+        }
+        self.observed
+            .lock()
+            .expect("observed lock")
+            .alive(replica, Instant::now())
+    }
+
+    pub fn alive_replicas(&self) -> Vec<String> {
+        self.observed
+            .lock()
+            .expect("observed lock")
+            .alive_replicas(Instant::now())
+    }
+
+    /// Resolves when this replica's own Lease or its leadership changes.
+    pub async fn changed(&self) {
+        let mut alive = self.alive.clone();
+        let mut leader = self.leader.clone();
+        tokio::select! {
+            Ok(()) = alive.changed() => {}
+            Ok(()) = leader.changed() => {}
+            else => std::future::pending().await,
+        }
+    }
+
+    /// Observes the replicas' Leases every `every`; when one dies, or this replica's leadership
+    /// or Lease changes, every remote is visited again (its writer may have changed).
+    pub async fn watch(
+        self: Arc<Self>,
+        api: Api<Lease>,
+        every: Duration,
+        remotes: Store<RemoteCluster>,
+        changes: Arc<Changes>,
+    ) {
+        let list = ListParams::default().labels(&format!("{REPLICA_LABEL}=true"));
+        let mut was = (self.alive(), self.leader());
+        loop {
+            let died = match api.list(&list).await {
+                Ok(leases) => {
+                    let seen = leases.items.iter().filter_map(|l| {
+                        let spec = l.spec.as_ref()?;
+                        let holder = spec.holder_identity.clone()?;
+                        let renew = spec.renew_time.as_ref()?.0.to_string();
+                        let secs = spec.lease_duration_seconds.unwrap_or(15).max(1) as u64;
+                        Some((holder, renew, Duration::from_secs(secs)))
+                    });
+                    self.observed
+                        .lock()
+                        .expect("observed lock")
+                        .observe(seen, Instant::now())
+                }
+                Err(error) => {
+                    warn!(%error, "could not list the hub replicas' leases");
+                    Vec::new()
+                }
+            };
+            let now = (self.alive(), self.leader());
+            if !died.is_empty() {
+                info!(?died, "hub replicas stopped renewing their leases");
+            }
+            if (!died.is_empty() && now.1) || now != was {
+                changes.mark_all(remotes.state().iter().map(|rc| rc.name_any()));
+            }
+            was = now;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.changed() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, renew: Timestamp, secs: i32) -> Lease {
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(String::from),
+                renew_time: Some(MicroTime(renew)),
+                lease_duration_seconds: Some(secs),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_created_renewed_waited_for_and_taken_over_when_it_stops_moving() {
+        let t0 = Instant::now();
+        let mut seen = None;
+        assert_eq!(step("a", None, &mut seen, t0), Step::Create);
+        let renewed = Timestamp::now();
+        let mine = lease(Some("a"), renewed, 15);
+        assert_eq!(step("a", Some(&mine), &mut seen, t0), Step::Renew);
+        let theirs = lease(Some("b"), renewed, 15);
+        assert_eq!(step("a", Some(&theirs), &mut seen, t0), Step::Wait);
+        let t1 = t0 + Duration::from_secs(14);
+        assert_eq!(step("a", Some(&theirs), &mut seen, t1), Step::Wait);
+        // b renews: the clock starts again from when that was seen.
+        let renewed_again = lease(Some("b"), renewed + Duration::from_secs(5), 15);
+        assert_eq!(step("a", Some(&renewed_again), &mut seen, t1), Step::Wait);
+        let t2 = t1 + Duration::from_secs(14);
+        assert_eq!(step("a", Some(&renewed_again), &mut seen, t2), Step::Wait);
+        let t3 = t1 + Duration::from_secs(15);
+        assert_eq!(
+            step("a", Some(&renewed_again), &mut seen, t3),
+            Step::TakeOver
+        );
+        let released = lease(None, renewed, 15);
+        assert_eq!(step("a", Some(&released), &mut seen, t0), Step::TakeOver);
+    }
+
+    #[test]
+    fn a_replica_alone_is_alive_and_leads_until_it_stops() {
+        let m = Membership::alone("hub");
+        assert!(m.alive() && m.leader());
+        assert!(m.replica_alive("hub"));
+        assert!(!m.replica_alive("other"));
+        m.stop();
+        assert!(!m.alive() && !m.leader());
+    }
+}
