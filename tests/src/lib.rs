@@ -10,6 +10,7 @@
 //! There is no kubelet, scheduler or controller-manager: tests make Pods look running with
 //! [`pods::set_pod_status`], exactly as a kubelet would through the status subresource.
 
+pub mod balancer;
 pub mod bench;
 pub mod charts;
 pub mod cluster;

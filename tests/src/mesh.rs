@@ -75,6 +75,8 @@ pub struct Mesh {
     pub central: Client,
     pub remotes: HashMap<String, Client>,
     hub: Option<Proc>,
+    /// Hub replicas started with [`Mesh::start_replica`], by replica id, with their log's name.
+    replicas: HashMap<String, (Proc, String)>,
     agents: HashMap<String, Proc>,
     /// Extra arguments for the next hub start.
     pub hub_args: Vec<String>,
@@ -133,6 +135,7 @@ impl Mesh {
             central,
             remotes: remote_clients,
             hub: None,
+            replicas: HashMap::new(),
             agents: HashMap::new(),
             hub_args: Vec::new(),
             hub_tls_dir: dir.join("hub-tls"),
@@ -179,27 +182,86 @@ impl Mesh {
     }
 
     pub fn start_hub(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join("hub.log"))?;
+        let cmd = self.hub_command(
+            &self.hub_addr(),
+            self.hub_admin_port,
+            self.planes.get("central").kubeconfig(),
+            "hub.log",
+        )?;
+        self.hub = Some(spawn(cmd)?);
+        Ok(())
+    }
+
+    /// One more hub replica, `id`, serving gRPC on `grpc_port` and admin on `admin_port`, talking to
+    /// the central API server as user `user` (its own, so the audit log tells replicas apart); log
+    /// `hub-<user>.log`. Stopped with the mesh, or by [`Mesh::kill_replica`].
+    pub fn start_replica(
+        &mut self,
+        id: &str,
+        user: &str,
+        grpc_port: u16,
+        admin_port: u16,
+    ) -> anyhow::Result<()> {
+        let kubeconfig = self
+            .planes
+            .get("central")
+            .user_kubeconfig(user, Some("system:masters"))?;
+        let mut cmd = self.hub_command(
+            &format!("127.0.0.1:{grpc_port}"),
+            admin_port,
+            &kubeconfig,
+            &format!("hub-{user}.log"),
+        )?;
+        cmd.args(["--replica-id", id]);
+        self.replicas
+            .insert(id.to_string(), (spawn(cmd)?, format!("hub-{user}")));
+        Ok(())
+    }
+
+    pub fn replica_pid(&self, id: &str) -> Option<u32> {
+        self.replicas.get(id).and_then(|(p, _)| p.id())
+    }
+
+    /// SIGKILL of replica `id`, as a crash would.
+    pub fn kill_replica(&mut self, id: &str) {
+        if let Some((mut p, _)) = self.replicas.remove(id) {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM of replica `id`, as a rolling update would; waits up to `grace` for it to exit.
+    pub fn stop_replica(&mut self, id: &str, grace: Duration) {
+        if let Some((mut p, _)) = self.replicas.remove(id) {
+            p.terminate(grace);
+        }
+    }
+
+    fn hub_command(
+        &self,
+        grpc_addr: &str,
+        admin_port: u16,
+        kubeconfig: &Path,
+        log_name: &str,
+    ) -> anyhow::Result<Command> {
+        let log = std::fs::File::create(self.dir.join(log_name))?;
         let mut cmd = Command::new(bin_dir().join("tether-hub"));
         cmd.arg("serve")
             .args(["--namespace", &self.ns])
-            .args(["--grpc-addr", &self.hub_addr()])
-            .args([
-                "--admin-addr",
-                &format!("127.0.0.1:{}", self.hub_admin_port),
-            ])
+            .args(["--grpc-addr", grpc_addr])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .arg("--tls-dir")
             .arg(&self.hub_tls_dir)
             .args(["--trust-domain", TRUST_DOMAIN]);
         if self.test_timing {
             cmd.args(["--keepalive-interval", "1s", "--keepalive-timeout", "2s"])
-                .args(["--status-interval", "100ms", "--status-refresh", "100ms"]);
+                .args(["--status-interval", "100ms", "--status-refresh", "100ms"])
+                .args(["--lease-duration", "3s", "--disconnect-grace", "1s"]);
             if !self.hub_args.iter().any(|a| a == "--retire-timeout") {
                 cmd.args(["--retire-timeout", "20s"]);
             }
         }
         cmd.args(&self.hub_args)
-            .env("KUBECONFIG", self.planes.get("central").kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "TETHER_LOG",
                 self.log_filter
@@ -209,8 +271,7 @@ impl Mesh {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        self.hub = Some(spawn(cmd)?);
-        Ok(())
+        Ok(cmd)
     }
 
     pub fn hub_pid(&self) -> Option<u32> {
@@ -479,6 +540,7 @@ impl Drop for Mesh {
         if std::thread::panicking() {
             // Show what the processes said: the first thing one wants when an end-to-end test fails.
             for name in std::iter::once("hub".to_string())
+                .chain(self.replicas.values().map(|(_, log)| log.clone()))
                 .chain(self.agents.keys().map(|a| format!("agent-{a}")))
             {
                 let log = self.log(&name);

@@ -28,7 +28,7 @@ async fn a_cut_keeps_the_remote_static_and_healing_brings_the_latest_state() {
     let churning = churn(&mesh, Duration::from_millis(300));
     proxy.set(Mode::Cut);
     let cut_at = Instant::now();
-    mesh.wait_phase("remote-1", "Disconnected", Duration::from_secs(6))
+    mesh.wait_phase("remote-1", "Disconnected", Duration::from_secs(8))
         .await;
     let noticed = cut_at.elapsed();
 
@@ -87,7 +87,8 @@ async fn a_half_open_connection_is_noticed_by_keepalive_and_recovers() {
     let churning = churn(&mesh, Duration::from_millis(300));
     // Bytes vanish but no connection closes: only HTTP/2 keepalive can tell.
     proxy.set(Mode::Blackhole);
-    mesh.wait_phase("remote-1", "Disconnected", Duration::from_secs(8))
+    // Keepalive (1 s + 2 s), then the hub's --disconnect-grace (1 s in tests).
+    mesh.wait_phase("remote-1", "Disconnected", Duration::from_secs(10))
         .await;
     churning.abort();
     tether_tests::pods::set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], false)
