@@ -214,6 +214,11 @@ async fn charts_lint_render_and_are_accepted_by_the_api_server_with_exactly_the_
                     &["get", "list", "watch", "patch"],
                 ),
                 ("", "configmaps", &["create"]),
+                (
+                    "coordination.k8s.io",
+                    "leases",
+                    &["get", "list", "watch", "create", "update"],
+                ),
             ]);
             assert_eq!(got, want, "hub Role");
             assert!(
@@ -317,6 +322,45 @@ fn chart_values_for_a_real_install_render_as_documented() {
     assert_eq!(
         find(&node_port, "Service", "tether-hub")["spec"]["ports"][0]["nodePort"],
         30412
+    );
+    // Replicas by default: two, rolled one at a time, spread across nodes when possible, a PDB,
+    // and the Leases they coordinate through; API access with more than one is refused, saying why.
+    let deploy = find(&node_port, "Deployment", "tether-hub");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(
+        deploy["spec"]["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
+    let anti = &deploy["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
+    assert_eq!(
+        anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        find(&node_port, "PodDisruptionBudget", "tether-hub")["spec"]["maxUnavailable"],
+        1
+    );
+    let rules = find(&node_port, "Role", "tether-hub")["rules"].clone();
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["apiGroups"][0] == "coordination.k8s.io"
+                && r["verbs"] == json!(["get", "list", "watch", "create", "update"])),
+        "{rules}"
+    );
+    let hub_chart = tether_tests::charts::chart("tether-hub");
+    let (ok, out) = tether_tests::charts::run_helm(&[
+        "template",
+        "t",
+        hub_chart.to_str().unwrap(),
+        "--set",
+        "apiAccess.enabled=true",
+    ]);
+    assert!(
+        !ok && out.contains("apiAccess.enabled needs replicaCount: 1"),
+        "{out}"
     );
 
     // The agent's mirror namespace: its flag and its Role, apart from the release namespace.

@@ -206,6 +206,52 @@ fn ready_pod(c: &RealCluster, selector: &str) -> Result<(String, String, i64), S
     ))
 }
 
+/// The hub's pods (the chart runs two replicas): (name, uid, restarts) of each, sorted by name, once
+/// exactly `n` exist and all are Ready.
+fn ready_hubs(c: &RealCluster, n: usize) -> Result<Vec<(String, String, i64)>, String> {
+    let pods = kubectl_json(c, &["-n", NS, "get", "pods", "-l", HUB_PODS]);
+    let items: Vec<&Value> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    if items.len() != n {
+        return Err(format!("{} hub pods", items.len()));
+    }
+    let mut out = Vec::new();
+    for pod in items {
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if !ready {
+            return Err(format!("not Ready: {}", pod["status"]));
+        }
+        out.push((
+            pod["metadata"]["name"].as_str().unwrap().to_string(),
+            pod["metadata"]["uid"].as_str().unwrap().to_string(),
+            pod["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(-1),
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+const HUB_PODS: &str = "app.kubernetes.io/name=tether-hub";
+
+/// The hub replica (pod) that holds remote-1's agent, from its status.
+fn remote_1_hub(central: &RealCluster) -> String {
+    let rc = kubectl_json(central, &["-n", NS, "get", "remotecluster", "remote-1"]);
+    rc["status"]["agent"]["hub"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// `tether-hub join remote-1` as the README runs it (labelling `shop`), writing the agent's values.
 fn join(central: &RealCluster, certs: &Path, hub_addr: &str, validity: Option<&str>, out: &Path) {
     let mut cmd = hub_cli(central);
@@ -289,7 +335,11 @@ fn read(path: &Path) -> String {
 fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
     let repo = repo_root();
     // `make image`.
-    run(Command::new("bash").arg(repo.join("tests/image.sh")));
+    // `make image`'s script with the debug binaries `make test` already built (the image differs
+    // only in optimisation; a release compile would add minutes to every CI run).
+    run(Command::new("bash")
+        .arg(repo.join("tests/image.sh"))
+        .env("TETHER_IMAGE_PROFILE", "debug"));
     let version = env!("CARGO_PKG_VERSION");
     let image_tar = repo.join(format!("target/image/tether-{version}.tar"));
 
@@ -393,7 +443,7 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
         ],
     );
     // 4. Verify.
-    let (hub_pod, _, _) = ready_pod(&central, "app.kubernetes.io/name=tether-hub").unwrap();
+    let hubs = ready_hubs(&central, 2).unwrap();
     ready_pod(&remote, "app.kubernetes.io/name=tether-agent").unwrap();
     let out = status_wait(&central);
     println!("{out}");
@@ -432,18 +482,29 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
         },
     );
 
-    // Hub pod deleted: the Deployment replaces it; the remote stays served and nothing is rewritten.
+    // The hub replica holding the agent deleted: the agent moves to the other one, the Deployment
+    // replaces the pod; the remote stays SYNCED and nothing is rewritten.
+    let hub_pod = remote_1_hub(&central);
+    assert!(
+        hubs.iter().any(|(name, _, _)| *name == hub_pod),
+        "remote-1's status names its replica: {hub_pod:?} in {hubs:?}"
+    );
     let before = remote.audit_writes().unwrap().len();
     kubectl(
         &central,
         &["-n", NS, "delete", "pod", &hub_pod, "--wait=false"],
     );
-    eventually("a new hub pod Ready", Duration::from_secs(120), || {
-        let (name, _, _) = ready_pod(&central, "app.kubernetes.io/name=tether-hub")?;
-        (name != hub_pod)
-            .then_some(())
-            .ok_or("the old pod".to_string())
-    });
+    eventually(
+        "the agent on the other replica, a new hub pod Ready",
+        Duration::from_secs(120),
+        || {
+            let now = ready_hubs(&central, 2)?;
+            let on = remote_1_hub(&central);
+            (!now.iter().any(|(name, _, _)| *name == hub_pod) && on != hub_pod && !on.is_empty())
+                .then_some(())
+                .ok_or(format!("{now:?}, remote-1 on {on}"))
+        },
+    );
     status_wait(&central);
     assert_eq!(mirrored_addresses(&remote), vec![istiod_b.clone()]);
     assert_eq!(agent_writes(&remote, before), Vec::<String>::new());
@@ -463,7 +524,7 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
 
     // Certificate rotation through the Secret volumes, no restart. The hub: a new serving certificate
     // from the same CA (`certs hub`), applied as its Secret.
-    let (hub_pod, hub_uid, _) = ready_pod(&central, "app.kubernetes.io/name=tether-hub").unwrap();
+    let hubs = ready_hubs(&central, 2).unwrap();
     let node_port_addr = format!("{}:{node_port}", central.net.ip);
     let old_serial = presented_serial(&node_port_addr);
     assert_eq!(old_serial, serial_of(&read(&certs.join("hub/tls.crt"))));
@@ -489,29 +550,37 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
             certs.join("hub/secret.yaml").to_str().unwrap(),
         ],
     );
+    // Both replicas, whichever the NodePort picks: ten answers in a row with the new one.
     eventually(
         "the hub presenting its new certificate",
         Duration::from_secs(120),
         || {
-            let now = presented_serial(&node_port_addr);
-            (now == new_serial).then_some(()).ok_or(now)
+            for _ in 0..10 {
+                let now = presented_serial(&node_port_addr);
+                if now != new_serial {
+                    return Err(now);
+                }
+            }
+            Ok(())
         },
     );
     assert_eq!(
-        ready_pod(&central, "app.kubernetes.io/name=tether-hub").unwrap(),
-        (hub_pod.clone(), hub_uid, 0),
-        "the hub pod was not restarted"
+        ready_hubs(&central, 2).unwrap(),
+        hubs.iter()
+            .map(|(name, uid, _)| (name.clone(), uid.clone(), 0))
+            .collect::<Vec<_>>(),
+        "the hub pods were not restarted"
     );
     // The agent: a new certificate from `join` (30 days, where the first had 90), `helm upgrade`.
+    // The replica holding remote-1's stream shows it (its pod's admin port, through the API server).
     let streams = || {
+        let pod = remote_1_hub(&central);
         let raw = kubectl(
             &central,
             &[
                 "get",
                 "--raw",
-                &format!(
-                    "/api/v1/namespaces/{NS}/services/tether-hub-admin:http-admin/proxy/streams"
-                ),
+                &format!("/api/v1/namespaces/{NS}/pods/{pod}:9090/proxy/streams"),
             ],
         );
         serde_json::from_str::<Value>(&raw).unwrap()["remote-1"].clone()
@@ -564,7 +633,8 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
                 .ok_or("old".to_string())
         },
     );
-    // The next connection: the hub's pod replaced (the agent reconnects with what is on disk).
+    // The next connection: the agent's hub pod replaced (it reconnects with what is on disk).
+    let hub_pod = remote_1_hub(&central);
     kubectl(
         &central,
         &["-n", NS, "delete", "pod", &hub_pod, "--wait=false"],
@@ -573,7 +643,10 @@ fn the_charts_run_as_real_pods_installed_as_the_readme_says() {
         "the agent's new certificate in use",
         Duration::from_secs(120),
         || {
-            ready_pod(&central, "app.kubernetes.io/name=tether-hub")?;
+            ready_hubs(&central, 2)?;
+            if remote_1_hub(&central) == hub_pod {
+                return Err("still on the deleted replica".into());
+            }
             let s = streams();
             let left = days_left(&s)?;
             (29.0..=30.0)
