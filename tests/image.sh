@@ -11,17 +11,24 @@ cd "$(dirname "$0")/.."
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 name=${TETHER_IMAGE:-ghcr.io/tether/tether}
 out=target/image
-# The same set as `make bench` (one compile of the dependencies for both).
-cargo build --release --locked --workspace --bins
+# TETHER_IMAGE_PROFILE=debug takes the binaries `make test` builds anyway (the tests use it: the
+# image is the same but for optimisation, and CI is spared a release compile); default release,
+# the same set as `make bench` (one compile of the dependencies for both).
+profile=${TETHER_IMAGE_PROFILE:-release}
+case "$profile" in
+  release) cargo build --release --locked --workspace --bins ;;
+  debug) cargo build --locked --workspace --bins ;;
+  *) echo "image.sh: TETHER_IMAGE_PROFILE must be release or debug, not $profile" >&2; exit 2 ;;
+esac
 rm -rf "$out"
 mkdir -p "$out"
 rootfs=$(mktemp -d)
 chmod 0755 "$rootfs"   # the image's / : mktemp makes it 0700, which uid 65532 could not enter
 work=$(mktemp -d)
 trap 'rm -rf "$rootfs" "$work"' EXIT
-install -m 0755 target/release/tether-hub target/release/tether-agent "$rootfs/"
+install -m 0755 "target/$profile/tether-hub" "target/$profile/tether-agent" "$rootfs/"
 # The dynamic loader and every library the binaries link, at the paths they are linked with.
-for lib in $(ldd target/release/tether-hub target/release/tether-agent \
+for lib in $(ldd "target/$profile/tether-hub" "target/$profile/tether-agent" \
   | awk '$2=="=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
   mkdir -p "$rootfs$(dirname "$lib")"
   cp -L "$lib" "$rootfs$lib"
