@@ -544,6 +544,16 @@ impl Drop for Mesh {
                 .chain(self.agents.keys().map(|a| format!("agent-{a}")))
             {
                 let log = self.log(&name);
+                // A process that exited with an error: its message comes before the backtrace
+                // that would fill the tail.
+                for (i, line) in log
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.starts_with("Error: "))
+                {
+                    let error: Vec<&str> = log.lines().skip(i).take(8).collect();
+                    eprintln!("---- {name}.log: {line} ----\n{}", error[1..].join("\n"));
+                }
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 eprintln!("---- {name}.log (last 40 lines, newest last) ----");
                 for line in tail.into_iter().rev() {

@@ -63,10 +63,10 @@ fn helm(c: &RealCluster, args: &[&str]) -> String {
         .args(args))
 }
 
-/// `tether-hub <args>` (the release binary `make image` built) with the central cluster as the
-/// current kubeconfig context, as the README's commands run.
+/// `tether-hub <args>` (the binary the image packs: this build's profile, see `image.sh` below)
+/// with the central cluster as the current kubeconfig context, as the README's commands run.
 fn hub_cli(central: &RealCluster) -> Command {
-    let mut cmd = Command::new(repo_root().join("target/release/tether-hub"));
+    let mut cmd = Command::new(tether_tests::mesh::bin_dir().join("tether-hub"));
     cmd.env("KUBECONFIG", central.kubeconfig());
     cmd
 }
