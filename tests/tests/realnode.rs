@@ -178,6 +178,21 @@ fn mirrored_addresses(remote: &RealCluster) -> Vec<String> {
 
 /// The one pod of a Deployment's label, once Ready: (name, uid, restarts).
 fn ready_pod(c: &RealCluster, selector: &str) -> Result<(String, String, i64), String> {
+    Ok(ready_pods(c, selector, 1)?.remove(0))
+}
+
+/// The hub's pods (the chart runs two replicas), once exactly `n` exist and all are Ready.
+fn ready_hubs(c: &RealCluster, n: usize) -> Result<Vec<(String, String, i64)>, String> {
+    ready_pods(c, HUB_PODS, n)
+}
+
+/// (name, uid, restarts) of each pod of `selector` not being deleted, sorted by name, once exactly
+/// `n` exist and all are Ready.
+fn ready_pods(
+    c: &RealCluster,
+    selector: &str,
+    n: usize,
+) -> Result<Vec<(String, String, i64)>, String> {
     let pods = kubectl_json(c, &["-n", NS, "get", "pods", "-l", selector]);
     let items: Vec<&Value> = pods["items"]
         .as_array()
@@ -185,39 +200,8 @@ fn ready_pod(c: &RealCluster, selector: &str) -> Result<(String, String, i64), S
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .collect();
-    let [pod] = items[..] else {
-        return Err(format!("{} pods", items.len()));
-    };
-    let ready = pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True");
-    if !ready {
-        return Err(format!("not Ready: {}", pod["status"]));
-    }
-    let restarts = pod["status"]["containerStatuses"][0]["restartCount"]
-        .as_i64()
-        .unwrap_or(-1);
-    Ok((
-        pod["metadata"]["name"].as_str().unwrap().to_string(),
-        pod["metadata"]["uid"].as_str().unwrap().to_string(),
-        restarts,
-    ))
-}
-
-/// The hub's pods (the chart runs two replicas): (name, uid, restarts) of each, sorted by name, once
-/// exactly `n` exist and all are Ready.
-fn ready_hubs(c: &RealCluster, n: usize) -> Result<Vec<(String, String, i64)>, String> {
-    let pods = kubectl_json(c, &["-n", NS, "get", "pods", "-l", HUB_PODS]);
-    let items: Vec<&Value> = pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .collect();
     if items.len() != n {
-        return Err(format!("{} hub pods", items.len()));
+        return Err(format!("{} pods", items.len()));
     }
     let mut out = Vec::new();
     for pod in items {

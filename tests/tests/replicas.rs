@@ -121,6 +121,28 @@ async fn all_served(
     Ok(hubs)
 }
 
+/// Stops the churn in a known state (both istiod pods ready) and waits until both real remotes
+/// hold exactly it.
+async fn end_churn_exactly(mesh: &Mesh, churning: tokio::task::JoinHandle<()>) {
+    churning.abort();
+    let _ = churning.await;
+    tether_tests::pods::set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], true)
+        .await
+        .unwrap();
+    let want = vec![
+        ("10.10.0.1".to_string(), true),
+        ("10.10.0.2".to_string(), true),
+    ];
+    for r in REMOTES {
+        eventually(&format!("{r} exact"), SOON, || async {
+            let got = endpoints(mesh, r).await?;
+            anyhow::ensure!(got == want, "{got:?}");
+            Ok(())
+        })
+        .await;
+    }
+}
+
 fn count_by_hub(hubs: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
     let mut by = BTreeMap::new();
     for h in hubs.values() {
@@ -293,23 +315,7 @@ async fn replicas_fail_over_under_churn_and_no_two_write_one_status() {
     );
 
     // The churn ends in a known state; every remote gets exactly it.
-    churning.abort();
-    let _ = churning.await;
-    tether_tests::pods::set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], true)
-        .await
-        .unwrap();
-    let want = vec![
-        ("10.10.0.1".to_string(), true),
-        ("10.10.0.2".to_string(), true),
-    ];
-    for r in REMOTES {
-        eventually(&format!("{r} exact"), SOON, || async {
-            let got = endpoints(&mesh, r).await?;
-            anyhow::ensure!(got == want, "{got:?}");
-            Ok(())
-        })
-        .await;
-    }
+    end_churn_exactly(&mesh, churning).await;
     let hubs = eventually("every remote Synced", SOON, || all_synced(&mesh, n, &live)).await;
     watcher.abort();
     let disconnected = disconnected.lock().unwrap().clone();
@@ -398,23 +404,7 @@ async fn a_rolling_restart_under_churn_loses_no_remote() {
         .await;
     }
     println!("three replicas restarted one by one in {:?}", t.elapsed());
-    churning.abort();
-    let _ = churning.await;
-    tether_tests::pods::set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], true)
-        .await
-        .unwrap();
-    let want = vec![
-        ("10.10.0.1".to_string(), true),
-        ("10.10.0.2".to_string(), true),
-    ];
-    for r in REMOTES {
-        eventually(&format!("{r} exact"), SOON, || async {
-            let got = endpoints(&mesh, r).await?;
-            anyhow::ensure!(got == want, "{got:?}");
-            Ok(())
-        })
-        .await;
-    }
+    end_churn_exactly(&mesh, churning).await;
     let hubs = eventually("every remote Synced", SOON, || all_synced(&mesh, n, &IDS)).await;
     println!(
         "streams by replica after the restart: {:?}",
