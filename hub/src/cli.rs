@@ -140,15 +140,25 @@ pub struct ServeArgs {
     /// Status writes are coalesced to at most one per remote per interval.
     #[arg(long, env = "TETHER_STATUS_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub status_interval: Duration,
-    /// A status whose phase and conditions did not change (only versions, endpoint count, last ACK) is
-    /// rewritten at most this often per remote: pod churn costs O(remotes) writes per refresh, not per
-    /// change. Phase or condition changes are written at the next interval.
+    /// A status whose phase, conditions and writer did not change (only the agent's address, version
+    /// or connection time, or a message) is rewritten at most this often per remote. Phase or
+    /// condition changes are written at the next interval.
     #[arg(long, env = "TETHER_STATUS_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub status_refresh: Duration,
     /// Status writes in flight at once against the central API server. More settles a large fleet's
     /// statuses sooner at the cost of central API server CPU (see docs/benchmarks.md).
     #[arg(long, env = "TETHER_STATUS_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub status_writers: u16,
+    /// Status writes per second that are not phase or condition changes, for all replicas together
+    /// (each takes its share): a reconnect storm of a large fleet costs this rate, not the fleet's
+    /// size. Phase and condition changes are never held back; they use up the budget first.
+    #[arg(long, env = "TETHER_STATUS_BUDGET", default_value_t = 20.0, value_parser = positive)]
+    pub status_budget: f64,
+    /// How long a connected agent may take to acknowledge the hub's newest state and still be
+    /// reported Synced. Status carries no versions (the live view does), so pod churn writes no
+    /// status; an agent that falls behind for longer turns Connected (Synced=False) at once.
+    #[arg(long, env = "TETHER_SYNC_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub sync_deadline: Duration,
     /// How long a deleted RemoteCluster waits for its agent to acknowledge Retire. Then it is
     /// released, and the hub retires the agent when it comes back (see --retire-memory).
     #[arg(long, env = "TETHER_RETIRE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -256,6 +266,8 @@ impl ServeArgs {
             status_interval,
             status_refresh,
             status_writers,
+            status_budget,
+            sync_deadline,
             retire_timeout,
             retire_memory,
             replicas,
@@ -282,11 +294,20 @@ impl ServeArgs {
             status_interval,
             status_refresh,
             status_writers: status_writers.into(),
+            status_budget,
+            sync_deadline,
             retire_timeout,
             retire_memory,
             replicas,
             api,
         }
+    }
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
     }
 }
 

@@ -24,11 +24,10 @@ pub const FINALIZER: &str = "tether.io/retire";
     doc = "A remote cluster joined to the mesh: what the hub mirrors into it (spec) and where its agent stands (status). One per remote, in the hub's namespace; `tether-hub join` creates it.",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.conditions[?(@.type==\"Connected\")].status"}"#,
-    printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".status.sync.desiredVersion"}"#,
-    printcolumn = r#"{"name":"Acked","type":"string","jsonPath":".status.sync.ackedVersion"}"#,
-    printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.sync.endpoints"}"#,
+    printcolumn = r#"{"name":"Synced","type":"string","jsonPath":".status.conditions[?(@.type==\"Synced\")].reason"}"#,
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.sync.endpointSource"}"#,
     printcolumn = r#"{"name":"API","type":"string","jsonPath":".status.conditions[?(@.type==\"APIAccess\")].reason"}"#,
+    printcolumn = r#"{"name":"Hub","type":"string","priority":1,"jsonPath":".status.agent.hub"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -211,8 +210,10 @@ pub mod condition {
     }
 }
 
-/// Written by the hub: the phase, conditions (Connected, Synced, SpecValid, APIAccess), the agent
-/// and the versions it applied. `tether-hub status` shows it with the hub's live view.
+/// Written by the hub: the phase, conditions (Connected, Synced, SpecValid, APIAccess), the agent and
+/// its last rejection. `Synced` means the agent held the hub's desired state within the hub's
+/// `--sync-deadline` (10 s). The versions themselves are the hub's live view: `tether-hub status`
+/// shows both.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteClusterStatus {
@@ -238,6 +239,8 @@ pub struct AgentStatus {
     pub peer: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_since: Option<Time>,
+    /// When the agent was last heard from; written once its stream has closed (while it is
+    /// connected, the hub's live view has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
     /// The hub replica that holds (or last held) the agent's stream, and writes this status. Empty:
@@ -249,19 +252,13 @@ pub struct AgentStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncStatus {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub desired_version: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub acked_version: String,
-    /// When the agent last acknowledged a snapshot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_ack: Option<Time>,
+    // What moves with every central change (the desired and acknowledged versions, the endpoint
+    // count, the last ACK) is not here: it is the hub's live view (`/streams`, `tether-hub status
+    // --admin-url`). A status carries what changes with the remote's state, so pod churn costs no
+    // status writes (docs/architecture.md, "What status carries").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_nack: Option<NackStatus>,
-    /// Endpoints in the desired state.
-    #[serde(default)]
-    pub endpoints: i32,
-    /// Where they come from: `pods`, `gateway/<Service>` or `static` (spec.endpoints).
+    /// Where the endpoints come from: `pods`, `gateway/<Service>` or `static` (spec.endpoints).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endpoint_source: String,
 }

@@ -207,8 +207,9 @@ impl Sync for SyncService {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let kicked = self.admit(&cluster, id, &hello, &peer)?;
         let (tx, rx) = mpsc::channel(2);
+        let current = desired.borrow().version().to_string();
         self.streams
-            .connected(&cluster, &hello, &peer, cert_not_after);
+            .connected(&cluster, &hello, &peer, cert_not_after, &current);
         info!(%cluster, stream = id, %peer, agent_version = %hello.agent_version, instance = %hello.instance, "agent connected");
         let stream = Stream {
             cluster: cluster.clone(),
@@ -304,7 +305,10 @@ impl Stream {
                     out.give_up_waiting();
                 }
                 msg = inbound.message() => match msg {
-                    Ok(Some(m)) => record(out.answer(m), &streams, &cluster, &metrics),
+                    Ok(Some(m)) => {
+                        let current = desired.borrow().version().to_string();
+                        record(out.answer(m), &streams, &cluster, &current, &metrics)
+                    }
                     Ok(None) => break "agent closed the stream",
                     Err(status) => {
                         debug!(error = %status, "inbound error");
@@ -328,7 +332,7 @@ impl Stream {
 }
 
 /// Applies what an agent's answer means to the remote's stream state and the metrics.
-fn record(answer: Answer, streams: &Streams, cluster: &str, metrics: &HubMetrics) {
+fn record(answer: Answer, streams: &Streams, cluster: &str, current: &str, metrics: &HubMetrics) {
     match answer {
         Answer::Acked {
             version,
@@ -343,7 +347,7 @@ fn record(answer: Answer, streams: &Streams, cluster: &str, metrics: &HubMetrics
             if let Some(d) = propagation {
                 metrics.propagation_seconds.observe(d.as_secs_f64());
             }
-            streams.acked(cluster, &version);
+            streams.acked(cluster, &version, version == current);
         }
         Answer::Nacked {
             version,

@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub status_interval: Duration,
     pub status_refresh: Duration,
     pub status_writers: usize,
+    pub status_budget: f64,
+    pub sync_deadline: Duration,
     pub retire_timeout: Duration,
     pub retire_memory: Duration,
     pub replicas: crate::cli::ReplicaArgs,
@@ -190,6 +192,8 @@ pub async fn run(
         interval: s.status_interval,
         refresh: s.status_refresh,
         concurrency: s.status_writers,
+        budget: std::sync::Mutex::new(crate::status::writer::Budget::new(s.status_budget)),
+        sync_deadline: s.sync_deadline,
         retirements: Retirements {
             remotes,
             configmaps,
@@ -206,10 +210,13 @@ pub async fn run(
 
     let ready_index = index.clone();
     let ready: tether_proto::runtime::admin::Ready = Arc::new(move || ready_index.ready());
-    let live_streams = streams.clone();
+    let (live_streams, live_index) = (streams.clone(), index.clone());
     let admin = tether_proto::runtime::admin::router(Arc::new(registry), ready).route(
         "/streams",
-        axum::routing::get(move || async move { axum::Json(live_streams.to_json()) }),
+        axum::routing::get(move || async move {
+            let index = live_index.read().expect("index lock");
+            axum::Json(live_streams.to_json(|name| index.desired(name)))
+        }),
     );
     let admin_listener = tether_proto::runtime::admin::serve(s.admin_addr, admin, shutdown.clone());
     tokio::spawn(async move {

@@ -28,6 +28,10 @@ pub struct StreamState {
     pub acked_version: String,
     /// When the agent last acknowledged a snapshot.
     pub last_ack: Option<Timestamp>,
+    /// When the agent last reported holding the hub's desired state of that moment (an ACK, or a
+    /// Hello naming, the version the hub wanted then). `Synced` may stand for `--sync-deadline` after
+    /// it while a newer state is on its way.
+    pub caught_up_at: Option<Timestamp>,
     pub last_nack: Option<Nacked>,
     /// The agent acknowledged `Retire`: it no longer manages anything.
     pub retired: bool,
@@ -90,6 +94,7 @@ impl Streams {
         hello: &Hello,
         peer: &str,
         cert_not_after: Option<Timestamp>,
+        current: &str,
     ) {
         let now = Timestamp::now();
         self.update(cluster, |s| {
@@ -106,6 +111,9 @@ impl Streams {
             s.retired = false;
             if !hello.applied_version.is_empty() {
                 s.acked_version = hello.applied_version.clone();
+                if hello.applied_version == current {
+                    s.caught_up_at = Some(now);
+                }
             }
             if hello.standby {
                 s.duplicate = None;
@@ -123,13 +131,16 @@ impl Streams {
         });
     }
 
-    /// The agent applied `version` completely.
-    pub fn acked(&self, cluster: &str, version: &str) {
+    /// The agent applied `version` completely; `current`: it is the hub's desired version now.
+    pub fn acked(&self, cluster: &str, version: &str, current: bool) {
         let now = Timestamp::now();
         self.update(cluster, |s| {
             s.last_seen = Some(now);
             s.acked_version = version.to_string();
             s.last_ack = Some(now);
+            if current {
+                s.caught_up_at = Some(now);
+            }
         });
     }
 
@@ -163,12 +174,17 @@ impl Streams {
         });
     }
 
-    /// Every remote's live stream state, for the admin server's `/streams`.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// Every remote's live stream state, with what the hub wants it to hold (`desired`: the index's
+    /// view of a remote), for the admin server's `/streams`.
+    pub fn to_json(
+        &self,
+        desired: impl Fn(&str) -> Option<std::sync::Arc<crate::desired::Desired>>,
+    ) -> serde_json::Value {
         let remotes = self.remotes.lock().expect("streams lock");
         let mut out = serde_json::Map::new();
         for (name, s) in remotes.iter() {
             let t = |t: &Option<Timestamp>| t.map(|t| t.to_string());
+            let d = desired(name);
             out.insert(
                 name.clone(),
                 serde_json::json!({
@@ -181,6 +197,9 @@ impl Streams {
                     "lastSeen": t(&s.last_seen),
                     "lastAck": t(&s.last_ack),
                     "ackedVersion": s.acked_version,
+                    "caughtUpAt": t(&s.caught_up_at),
+                    "desiredVersion": d.as_ref().map(|d| d.version().to_string()).unwrap_or_default(),
+                    "endpoints": d.as_ref().map(|d| d.endpoints()).unwrap_or_default(),
                     "lastNack": s.last_nack.as_ref().map(|n| serde_json::json!({"version": n.version, "message": n.message})),
                     "duplicate": s.duplicate.as_ref().map(|d| serde_json::json!({"peer": d.peer, "instance": d.instance, "at": d.at.to_string()})),
                 }),
@@ -213,10 +232,10 @@ mod tests {
     fn every_change_marks_the_remote_for_the_status_writer() {
         let changes = Arc::new(Changes::default());
         let streams = Streams::new(changes.clone());
-        streams.connected("r1", &hello("a", ""), "p", None);
-        streams.acked("r2", "v1");
+        streams.connected("r1", &hello("a", ""), "p", None, "");
+        streams.acked("r2", "v1", true);
         let _ = streams.get("r3");
-        let _ = streams.to_json();
+        let _ = streams.to_json(|_| None);
         let mut marked: Vec<String> = changes.take().into_iter().collect();
         marked.sort();
         assert_eq!(marked, ["r1", "r2"], "reads mark nothing");
@@ -225,8 +244,8 @@ mod tests {
     #[test]
     fn second_stream_keeps_remote_connected_until_both_close() {
         let streams = Streams::default();
-        streams.connected("r1", &hello("a", ""), "127.0.0.1:1", None);
-        streams.connected("r1", &hello("a", ""), "127.0.0.1:2", None);
+        streams.connected("r1", &hello("a", ""), "127.0.0.1:1", None, "");
+        streams.connected("r1", &hello("a", ""), "127.0.0.1:2", None, "");
         streams.disconnected("r1");
         assert_eq!(streams.get("r1").streams, 1);
         assert!(streams.get("r1").connected_since.is_some());
@@ -238,14 +257,14 @@ mod tests {
     #[test]
     fn hello_applied_version_counts_as_acked() {
         let streams = Streams::default();
-        streams.connected("r1", &hello("a", "abc"), "p", None);
+        streams.connected("r1", &hello("a", "abc"), "p", None, "");
         assert_eq!(streams.get("r1").acked_version, "abc");
     }
 
     #[test]
     fn a_nack_of_the_acked_version_means_it_no_longer_holds() {
         let streams = Streams::default();
-        streams.acked("r1", "v1");
+        streams.acked("r1", "v1", true);
         let nack = |v: &str| Nacked {
             version: v.into(),
             message: "namespace gone".into(),
@@ -260,17 +279,17 @@ mod tests {
         );
         streams.nacked("r1", nack("v1"));
         assert_eq!(streams.get("r1").acked_version, "");
-        streams.acked("r1", "v1");
+        streams.acked("r1", "v1", true);
         assert_eq!(streams.get("r1").acked_version, "v1");
     }
 
     #[test]
     fn an_admitted_standby_ends_the_duplicate() {
         let streams = Streams::default();
-        streams.connected("r1", &hello("a", ""), "p1", None);
+        streams.connected("r1", &hello("a", ""), "p1", None, "");
         streams.duplicate_refused("r1", "p2", "b");
         assert_eq!(streams.get("r1").duplicate.as_ref().unwrap().instance, "b");
-        streams.connected("r1", &hello("c", ""), "p3", None);
+        streams.connected("r1", &hello("c", ""), "p3", None, "");
         assert!(
             streams.get("r1").duplicate.is_some(),
             "a newer agent is no proof"
@@ -279,7 +298,7 @@ mod tests {
             standby: true,
             ..hello("b", "")
         };
-        streams.connected("r1", &standby, "p2", None);
+        streams.connected("r1", &standby, "p2", None, "");
         assert!(streams.get("r1").duplicate.is_none());
     }
 

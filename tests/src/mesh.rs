@@ -75,8 +75,9 @@ pub struct Mesh {
     pub central: Client,
     pub remotes: HashMap<String, Client>,
     hub: Option<Proc>,
-    /// Hub replicas started with [`Mesh::start_replica`], by replica id, with their log's name.
-    replicas: HashMap<String, (Proc, String)>,
+    /// Hub replicas started with [`Mesh::start_replica`], by replica id, with their log's name and
+    /// admin port.
+    replicas: HashMap<String, (Proc, String, u16)>,
     agents: HashMap<String, Proc>,
     /// Extra arguments for the next hub start.
     pub hub_args: Vec<String>,
@@ -213,25 +214,27 @@ impl Mesh {
             &format!("hub-{user}.log"),
         )?;
         cmd.args(["--replica-id", id]);
-        self.replicas
-            .insert(id.to_string(), (spawn(cmd)?, format!("hub-{user}")));
+        self.replicas.insert(
+            id.to_string(),
+            (spawn(cmd)?, format!("hub-{user}"), admin_port),
+        );
         Ok(())
     }
 
     pub fn replica_pid(&self, id: &str) -> Option<u32> {
-        self.replicas.get(id).and_then(|(p, _)| p.id())
+        self.replicas.get(id).and_then(|(p, ..)| p.id())
     }
 
     /// SIGKILL of replica `id`, as a crash would.
     pub fn kill_replica(&mut self, id: &str) {
-        if let Some((mut p, _)) = self.replicas.remove(id) {
+        if let Some((mut p, ..)) = self.replicas.remove(id) {
             p.kill();
         }
     }
 
     /// SIGTERM of replica `id`, as a rolling update would; waits up to `grace` for it to exit.
     pub fn stop_replica(&mut self, id: &str, grace: Duration) {
-        if let Some((mut p, _)) = self.replicas.remove(id) {
+        if let Some((mut p, ..)) = self.replicas.remove(id) {
             p.terminate(grace);
         }
     }
@@ -455,6 +458,36 @@ impl Mesh {
         Ok(rc.data.get("status").cloned().unwrap_or(Value::Null))
     }
 
+    /// The hub's live view of remote `name` (`/streams`: desired and acked versions, endpoints), from
+    /// whichever running hub or replica holds its agent's stream.
+    pub async fn live(&self, name: &str) -> anyhow::Result<Value> {
+        let mut ports: Vec<u16> = self.replicas.values().map(|(.., port)| *port).collect();
+        if self.hub.is_some() {
+            ports.push(self.hub_admin_port);
+        }
+        for port in ports {
+            let Ok((200, body)) = Self::admin_get(port, "/streams").await else {
+                continue;
+            };
+            let all: Value = serde_json::from_str(&body)?;
+            if all[name]["streams"].as_u64().is_some_and(|n| n > 0) {
+                return Ok(all[name].clone());
+            }
+        }
+        anyhow::bail!("no running hub holds a stream of {name}")
+    }
+
+    /// The live view of `name` when its agent acknowledged the hub's desired state (else an error).
+    pub async fn live_synced(&self, name: &str) -> anyhow::Result<Value> {
+        let live = self.live(name).await?;
+        let desired = live["desiredVersion"].as_str().unwrap_or_default();
+        anyhow::ensure!(
+            !desired.is_empty() && live["ackedVersion"] == desired,
+            "{name} not acked: {live}"
+        );
+        Ok(live)
+    }
+
     /// Waits until `name` reports `phase`; returns the status.
     pub async fn wait_phase(&self, name: &str, phase: &str, timeout: Duration) -> Value {
         eventually(
@@ -540,7 +573,7 @@ impl Drop for Mesh {
         if std::thread::panicking() {
             // Show what the processes said: the first thing one wants when an end-to-end test fails.
             for name in std::iter::once("hub".to_string())
-                .chain(self.replicas.values().map(|(_, log)| log.clone()))
+                .chain(self.replicas.values().map(|(_, log, _)| log.clone()))
                 .chain(self.agents.keys().map(|a| format!("agent-{a}")))
             {
                 let log = self.log(&name);

@@ -66,12 +66,14 @@ pub struct Row {
     pub cluster: String,
     pub state: Health,
     pub agent_version: String,
+    /// The versions and the endpoint count are the hub's live view (`--admin-url`): status does not
+    /// carry them. Empty / None without it.
     pub desired_version: String,
     pub acked_version: String,
-    pub endpoints: i32,
+    pub endpoints: Option<u64>,
     /// Where the endpoints come from: `pods`, `gateway/<Service>`, `static` (`-` before the first status).
     pub source: String,
-    /// Seconds since the agent's last ACK.
+    /// Seconds since the agent's last ACK (live view).
     pub since_last_ack: Option<i64>,
     /// API access: `-` when not enabled, `READY`, or why not (the `APIAccess` condition's reason).
     pub api_access: String,
@@ -83,35 +85,43 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
     let status = rc.status.clone().unwrap_or_default();
     let sync = status.sync.clone().unwrap_or_default();
     let cond = |t: &str| status.conditions.iter().find(|c| c.type_ == t);
-    let mut acked = sync.acked_version.clone();
-    let mut last_ack = sync.last_ack.as_ref().map(|t| t.0);
-    let mut connected = cond(condition::CONNECTED).map(|c| c.status == "True");
-    // The hub's memory is fresher than the coalesced status, where that hub holds the stream. (With
-    // several replicas another replica may hold it: a replica without it says nothing here.)
-    let live = live.filter(|l| l["streams"].as_u64().is_some_and(|n| n > 0));
-    if let Some(live) = live {
-        connected = Some(true);
-        if let Some(v) = live["ackedVersion"].as_str().filter(|v| !v.is_empty()) {
-            acked = v.to_string();
-        }
-        last_ack = live["lastAck"]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .or(last_ack);
-    }
-    let nacked = sync
-        .last_nack
-        .as_ref()
-        .is_some_and(|n| n.version == sync.desired_version);
+    let synced = cond(condition::SYNCED);
+    let rejected = synced.is_some_and(|c| {
+        c.status == "False"
+            && (c.reason == condition::reason::NACKED || c.reason == condition::reason::CONFLICT)
+    });
+    let connected = cond(condition::CONNECTED).map(|c| c.status == "True");
     let state = match connected {
         None if status.agent.is_none() => Health::NeverConnected,
         Some(false) if status.agent.is_none() => Health::NeverConnected,
         Some(false) | None => Health::Disconnected,
-        Some(true) if !sync.desired_version.is_empty() && acked == sync.desired_version => {
-            Health::Synced
-        }
-        Some(true) if nacked => Health::Nacked,
+        Some(true) if synced.is_some_and(|c| c.status == "True") => Health::Synced,
+        Some(true) if rejected => Health::Nacked,
         Some(true) => Health::Stale,
+    };
+    // The hub's memory is exact where that hub holds the stream. (With several replicas another
+    // replica may hold it: a replica without it says nothing here.)
+    let live = live.filter(|l| l["streams"].as_u64().is_some_and(|n| n > 0));
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let (mut desired, mut acked, mut endpoints, mut last_ack) = Default::default();
+    let state = match live {
+        None => state,
+        Some(live) => {
+            desired = text(&live["desiredVersion"]);
+            acked = text(&live["ackedVersion"]);
+            endpoints = live["endpoints"].as_u64();
+            last_ack = live["lastAck"]
+                .as_str()
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            let nacked = live["lastNack"]["version"].as_str() == Some(desired.as_str());
+            if !desired.is_empty() && acked == desired {
+                Health::Synced
+            } else if nacked {
+                Health::Nacked
+            } else {
+                Health::Stale
+            }
+        }
     };
     let duplicate = cond(condition::SINGLE_AGENT).filter(|c| c.status == "False");
     let state = match (state, duplicate) {
@@ -140,9 +150,9 @@ pub fn row(rc: &RemoteCluster, live: Option<&serde_json::Value>, now: Timestamp)
         cluster: rc.name_any(),
         state,
         agent_version: status.agent.map(|a| a.version).unwrap_or_default(),
-        desired_version: sync.desired_version,
+        desired_version: desired,
         acked_version: acked,
-        endpoints: sync.endpoints,
+        endpoints,
         source: sync.endpoint_source,
         since_last_ack: last_ack.map(|t| now.duration_since(t).as_secs()),
         api_access,
@@ -177,6 +187,7 @@ pub fn table(rows: &[Row]) -> String {
             .map(|s| format!("{s}s ago"))
             .unwrap_or_else(|| "-".into());
         let err: String = r.last_error.chars().take(160).collect();
+        let endpoints = r.endpoints.map_or("-".into(), |n| n.to_string());
         out.push_str(&format!(
             "{:<20} {:<16} {:<8} {:<17} {:<17} {:>9} {:<20} {:>9}  {:<19} {}\n",
             r.cluster,
@@ -184,7 +195,7 @@ pub fn table(rows: &[Row]) -> String {
             dash(&r.agent_version),
             dash(&r.desired_version),
             dash(&r.acked_version),
-            r.endpoints,
+            endpoints,
             dash(&r.source),
             ack,
             r.api_access,
@@ -209,8 +220,14 @@ async fn live_streams(admin_url: &str) -> Option<serde_json::Value> {
         conn.read_to_end(&mut body).await.ok()?;
         let text = String::from_utf8(body).ok()?;
         let (head, json) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then(|| serde_json::from_str(json).ok())?
+        let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
+        if !ok {
+            tracing::warn!(
+                status = head.lines().next(),
+                "{admin_url}/streams did not answer 200"
+            );
+        }
+        ok.then(|| serde_json::from_str(json).ok())?
     };
     tokio::time::timeout(Duration::from_secs(3), fetch)
         .await
@@ -275,17 +292,23 @@ mod tests {
     use crate::crd::{AgentStatus, NackStatus, RemoteClusterStatus, SyncStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-    fn rc(
-        connected: Option<bool>,
-        desired: &str,
-        acked: &str,
-        nack: Option<&str>,
-    ) -> RemoteCluster {
+    fn condition(type_: &str, status: bool, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: if status { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: Time(Timestamp::now()),
+            observed_generation: None,
+        }
+    }
+
+    /// A RemoteCluster whose status says connected (or not), and Synced with this reason (True for
+    /// Acked).
+    fn rc(connected: Option<bool>, synced: Option<&str>, nack: Option<&str>) -> RemoteCluster {
         let mut rc = RemoteCluster::new("r1", Default::default());
         let mut status = RemoteClusterStatus {
             sync: Some(SyncStatus {
-                desired_version: desired.into(),
-                acked_version: acked.into(),
                 last_nack: nack.map(|v| NackStatus {
                     version: v.into(),
                     message: "conflict".into(),
@@ -300,14 +323,15 @@ mod tests {
                 version: "0.1.0".into(),
                 ..Default::default()
             });
-            status.conditions.push(Condition {
-                type_: condition::CONNECTED.into(),
-                status: if c { "True" } else { "False" }.into(),
-                reason: String::new(),
-                message: String::new(),
-                last_transition_time: Time(Timestamp::now()),
-                observed_generation: None,
-            });
+            status
+                .conditions
+                .push(condition(condition::CONNECTED, c, ""));
+        }
+        if let Some(reason) = synced {
+            let ok = reason == condition::reason::ACKED;
+            status
+                .conditions
+                .push(condition(condition::SYNCED, ok, reason));
         }
         rc.status = Some(status);
         rc
@@ -315,46 +339,58 @@ mod tests {
 
     #[test]
     fn states() {
+        use condition::reason::{ACKED, CONFLICT, PENDING};
         let now = Timestamp::now();
         assert_eq!(
-            row(&rc(None, "v1", "", None), None, now).state,
+            row(&rc(None, None, None), None, now).state,
             Health::NeverConnected
         );
         assert_eq!(
-            row(&rc(Some(true), "v1", "v1", None), None, now).state,
+            row(&rc(Some(true), Some(ACKED), None), None, now).state,
             Health::Synced
         );
         assert_eq!(
-            row(&rc(Some(true), "v2", "v1", None), None, now).state,
+            row(&rc(Some(true), Some(PENDING), None), None, now).state,
             Health::Stale
         );
-        let nacked = row(&rc(Some(true), "v2", "v1", Some("v2")), None, now);
+        let nacked = row(&rc(Some(true), Some(CONFLICT), Some("v2")), None, now);
         assert_eq!(
             (nacked.state, nacked.last_error.as_str()),
             (Health::Nacked, "conflict")
         );
         assert_eq!(
-            row(&rc(Some(false), "v1", "v1", None), None, now).state,
+            row(&rc(Some(false), Some(ACKED), None), None, now).state,
             Health::Disconnected
         );
-        // The hub's live view wins over a stale status.
-        let live = serde_json::json!({"streams": 1, "ackedVersion": "v2"});
+        // The hub's live view is exact: it wins over the status, and carries the versions.
+        let live = serde_json::json!({"streams": 1, "desiredVersion": "v2", "ackedVersion": "v2", "endpoints": 3});
+        let r = row(&rc(Some(false), Some(PENDING), None), Some(&live), now);
         assert_eq!(
-            row(&rc(Some(false), "v2", "v1", None), Some(&live), now).state,
-            Health::Synced
+            (r.state, r.desired_version.as_str(), r.endpoints),
+            (Health::Synced, "v2", Some(3))
+        );
+        let behind =
+            serde_json::json!({"streams": 1, "desiredVersion": "v3", "ackedVersion": "v2"});
+        assert_eq!(
+            row(&rc(Some(true), Some(ACKED), None), Some(&behind), now).state,
+            Health::Stale
+        );
+        let refused = serde_json::json!({"streams": 1, "desiredVersion": "v3", "ackedVersion": "v2", "lastNack": {"version": "v3"}});
+        assert_eq!(
+            row(&rc(Some(true), Some(ACKED), None), Some(&refused), now).state,
+            Health::Nacked
         );
         // A replica that does not hold the stream (any more) does not speak for it.
-        let elsewhere = serde_json::json!({"streams": 0, "ackedVersion": "v1"});
-        assert_eq!(
-            row(&rc(Some(true), "v2", "v2", None), Some(&elsewhere), now).state,
-            Health::Synced
-        );
+        let elsewhere =
+            serde_json::json!({"streams": 0, "desiredVersion": "v3", "ackedVersion": "v1"});
+        let r = row(&rc(Some(true), Some(ACKED), None), Some(&elsewhere), now);
+        assert_eq!((r.state, r.desired_version.as_str()), (Health::Synced, ""));
     }
 
     #[test]
     fn table_has_a_row_per_remote() {
         let rows = vec![row(
-            &rc(Some(true), "v1", "v1", None),
+            &rc(Some(true), Some(condition::reason::ACKED), None),
             None,
             Timestamp::now(),
         )];
@@ -365,24 +401,19 @@ mod tests {
 
     #[test]
     fn api_access_column_shows_the_condition() {
-        let mut with = rc(Some(true), "v1", "v1", None);
+        let mut with = rc(Some(true), Some(condition::reason::ACKED), None);
         let now = Timestamp::now();
         assert_eq!(row(&with, None, now).api_access, "-");
         let status = with.status.as_mut().unwrap();
-        status.conditions.push(Condition {
-            type_: condition::API_ACCESS.into(),
-            status: "False".into(),
-            reason: "NoTunnel".into(),
-            message: "run it with --api-access".into(),
-            last_transition_time: Time(now),
-            observed_generation: None,
-        });
+        let mut api = condition(condition::API_ACCESS, false, "NoTunnel");
+        api.message = "run it with --api-access".into();
+        status.conditions.push(api);
         let r = row(&with, None, now);
         assert_eq!(r.state, Health::Synced, "sync and API access are apart");
         assert_eq!(r.api_access, "NoTunnel");
         assert_eq!(r.last_error, "API access: run it with --api-access");
         assert!(table(&[r]).contains("NoTunnel"));
-        with.status.as_mut().unwrap().conditions[1].status = "True".into();
+        with.status.as_mut().unwrap().conditions[2].status = "True".into();
         assert_eq!(row(&with, None, now).api_access, "READY");
     }
 }

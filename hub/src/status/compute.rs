@@ -53,31 +53,57 @@ fn known(stream: &StreamState, recorded: Option<&RemoteClusterStatus>) -> Stream
     let Some(agent) = recorded.and_then(|r| r.agent.as_ref()) else {
         return stream.clone();
     };
-    let sync = recorded.and_then(|r| r.sync.as_ref());
     StreamState {
         ever_connected: true,
         agent_version: agent.version.clone(),
         peer: agent.peer.clone(),
         last_seen: agent.last_seen.as_ref().map(|t| t.0),
-        acked_version: sync.map(|s| s.acked_version.clone()).unwrap_or_default(),
-        last_ack: sync.and_then(|s| s.last_ack.as_ref()).map(|t| t.0),
         ..stream.clone()
     }
 }
 
+/// Until when a remote whose agent has not acknowledged the hub's newest state still counts as
+/// Synced: `deadline` after it last held the hub's state of that moment, while it is connected and
+/// has not rejected the newest one. None: it acknowledged the newest, or it no longer counts.
+pub fn synced_until(
+    desired: &Desired,
+    stream: &StreamState,
+    now: Timestamp,
+    deadline: Duration,
+) -> Option<Timestamp> {
+    let version = desired.version();
+    if version.is_empty() || stream.acked_version == version || stream.acked_version.is_empty() {
+        return None;
+    }
+    if stream.streams == 0
+        || stream
+            .last_nack
+            .as_ref()
+            .is_some_and(|n| n.version == version)
+    {
+        return None;
+    }
+    let until = stream.caught_up_at? + deadline;
+    (now < until).then_some(until)
+}
+
 /// The status a remote should have at `now`. `previous` (the status as stored) keeps the transition
 /// times of conditions that did not change, and stands in for an agent this hub has not seen yet.
+/// `deadline`: how long the agent may take to acknowledge a newer state and still count as Synced.
 pub fn compute(
     desired: &Desired,
     stream: &StreamState,
     api: &ApiInput,
     previous: Option<&RemoteClusterStatus>,
     now: Timestamp,
+    deadline: Duration,
 ) -> RemoteClusterStatus {
     let stream = &known(stream, previous);
     let version = desired.version();
     let duplicate = recent_duplicate(stream, now).map(|(d, _)| d);
-    let synced = !version.is_empty() && stream.acked_version == version;
+    let synced = !version.is_empty()
+        && (stream.acked_version == version
+            || synced_until(desired, stream, now, deadline).is_some());
     let nacked = stream
         .last_nack
         .as_ref()
@@ -109,10 +135,12 @@ pub fn compute(
         cond(condition::CONNECTED, false, reason::NEVER_CONNECTED, msg)
     };
     let synced_cond = match (synced, nacked) {
-        (true, _) => {
-            let msg = format!("agent applied version {version}");
-            cond(condition::SYNCED, true, reason::ACKED, &msg)
-        }
+        (true, _) => cond(
+            condition::SYNCED,
+            true,
+            reason::ACKED,
+            "the agent holds the hub's desired state",
+        ),
         (false, Some(n)) => {
             let why = if n.conflict {
                 reason::CONFLICT
@@ -127,10 +155,19 @@ pub fn compute(
             reason::NO_DESIRED_STATE,
             "nothing to send yet",
         ),
-        (false, None) => {
-            let msg = format!("waiting for the agent to apply version {version}");
+        (false, None) if stream.caught_up_at.is_some() && stream.streams > 0 => {
+            let msg = format!(
+                "the agent has not acknowledged the hub's desired state for over {}s",
+                deadline.as_secs_f64()
+            );
             cond(condition::SYNCED, false, reason::PENDING, &msg)
         }
+        (false, None) => cond(
+            condition::SYNCED,
+            false,
+            reason::PENDING,
+            "waiting for the agent to apply the hub's desired state",
+        ),
     };
     let mut conditions = vec![
         connected,
@@ -154,7 +191,8 @@ pub fn compute(
             version: stream.agent_version.clone(),
             peer: stream.peer.clone(),
             connected_since: stream.connected_since.map(time),
-            last_seen: stream.last_seen.map(time),
+            // While connected it moves with every ACK: the live view has it.
+            last_seen: stream.last_seen.filter(|_| stream.streams == 0).map(time),
             // Which replica writes is the writer's decision (replicas::decide); kept as recorded.
             hub: previous
                 .and_then(|p| p.agent.as_ref())
@@ -162,15 +200,11 @@ pub fn compute(
                 .unwrap_or_default(),
         }),
         sync: Some(SyncStatus {
-            desired_version: version.to_string(),
-            acked_version: stream.acked_version.clone(),
-            last_ack: stream.last_ack.map(time),
             last_nack: stream.last_nack.as_ref().map(|n| NackStatus {
                 version: n.version.clone(),
                 message: n.message.clone(),
                 at: Some(time(n.at)),
             }),
-            endpoints: desired.endpoints() as i32,
             endpoint_source: desired.source.clone(),
         }),
         observed_generation: Some(desired.generation),
@@ -410,8 +444,9 @@ pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus)
 }
 
 /// A change someone watching must see at once: phase, a condition's status or reason, the spec
-/// generation answered, the agent's connection, a new NACK. Versions, the endpoint count and the last
-/// ACK time alone can wait for the refresh.
+/// generation answered, the replica that writes it, a new NACK. The agent's address, version and
+/// connection time (a reconnect within the grace), and condition messages alone, wait for the refresh
+/// and the write budget.
 pub fn significant(old: &RemoteClusterStatus, new: &RemoteClusterStatus) -> bool {
     let conditions = |s: &RemoteClusterStatus| -> Vec<(String, String, String)> {
         s.conditions
@@ -419,12 +454,7 @@ pub fn significant(old: &RemoteClusterStatus, new: &RemoteClusterStatus) -> bool
             .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
             .collect()
     };
-    let agent = |s: &RemoteClusterStatus| {
-        s.agent.as_ref().map(|a| {
-            let since = a.connected_since.clone();
-            (a.peer.clone(), a.version.clone(), since, a.hub.clone())
-        })
-    };
+    let agent = |s: &RemoteClusterStatus| s.agent.as_ref().map(|a| a.hub.clone());
     let nack = |s: &RemoteClusterStatus| s.sync.as_ref().and_then(|x| x.last_nack.clone());
     old.phase != new.phase
         || conditions(old) != conditions(new)
@@ -446,6 +476,8 @@ mod tests {
     use std::sync::Arc;
     use tether_proto::v1::Snapshot;
 
+    const DEADLINE: Duration = Duration::from_secs(10);
+
     fn connected(acked: &str) -> StreamState {
         StreamState {
             streams: 1,
@@ -457,11 +489,11 @@ mod tests {
 
     /// The status now, without API access and without a stored status.
     fn fresh(d: &Desired, s: &StreamState) -> RemoteClusterStatus {
-        compute(d, s, &ApiInput::Disabled, None, Timestamp::now())
+        compute(d, s, &ApiInput::Disabled, None, Timestamp::now(), DEADLINE)
     }
 
     fn phase(d: &Desired, s: &StreamState) -> Phase {
-        compute(d, s, &ApiInput::Disabled, None, Timestamp::now())
+        compute(d, s, &ApiInput::Disabled, None, Timestamp::now(), DEADLINE)
             .phase
             .unwrap()
     }
@@ -509,7 +541,7 @@ mod tests {
             instance: "bbbb".into(),
             at,
         });
-        let status = compute(&desired("v1"), &s, &ApiInput::Disabled, None, at);
+        let status = compute(&desired("v1"), &s, &ApiInput::Disabled, None, at, DEADLINE);
         assert_eq!(status.phase, Some(Phase::Degraded));
         let c = status
             .conditions
@@ -532,6 +564,7 @@ mod tests {
                 &ApiInput::Disabled,
                 None,
                 at,
+                DEADLINE,
             )),
             &status,
         );
@@ -542,6 +575,7 @@ mod tests {
             &ApiInput::Disabled,
             Some(&status),
             at + DUPLICATE_MEMORY,
+            DEADLINE,
         );
         assert_eq!(
             later.phase,
@@ -621,6 +655,7 @@ mod tests {
             &ApiInput::Disabled,
             Some(&first),
             Timestamp::now(),
+            DEADLINE,
         );
         assert!(same_status(&first, &second));
     }
@@ -666,6 +701,7 @@ mod tests {
             &ApiInput::Disabled,
             Some(&v1),
             Timestamp::now(),
+            DEADLINE,
         );
         assert!(!significant(&v1, &v2), "Synced v1 -> Synced v2 can wait");
         // Waiting for the agent is a phase of its own (Connected): shown at once.
@@ -675,6 +711,7 @@ mod tests {
             &ApiInput::Disabled,
             Some(&v2),
             Timestamp::now(),
+            DEADLINE,
         );
         assert!(significant(&v2, &pending));
         let mut gone = connected("v2");
@@ -685,8 +722,88 @@ mod tests {
             &ApiInput::Disabled,
             Some(&v2),
             Timestamp::now(),
+            DEADLINE,
         );
         assert!(significant(&v2, &disconnected));
+    }
+
+    #[test]
+    fn a_newer_state_on_its_way_stays_synced_until_the_deadline_and_churn_changes_nothing() {
+        let t0 = Timestamp::now();
+        let mut s = connected("v1");
+        s.caught_up_at = Some(t0);
+        let synced = compute(&desired("v1"), &s, &ApiInput::Disabled, None, t0, DEADLINE);
+        let at = |secs: i64| t0 + Duration::from_secs(secs as u64);
+        let on_its_way = compute(
+            &desired("v2"),
+            &s,
+            &ApiInput::Disabled,
+            Some(&synced),
+            at(9),
+            DEADLINE,
+        );
+        assert_eq!(on_its_way.phase, Some(Phase::Synced));
+        assert!(
+            same_status(&synced, &on_its_way),
+            "a new central state writes nothing while the agent keeps up"
+        );
+        let text = serde_json::to_string(&on_its_way).unwrap();
+        assert!(
+            !text.contains("\"v1\"") && !text.contains("\"v2\""),
+            "{text}"
+        );
+        assert_eq!(
+            synced_until(&desired("v2"), &s, at(9), DEADLINE),
+            Some(t0 + DEADLINE)
+        );
+        // Behind for the deadline: Connected, at once.
+        let behind = compute(
+            &desired("v2"),
+            &s,
+            &ApiInput::Disabled,
+            Some(&synced),
+            at(10),
+            DEADLINE,
+        );
+        assert_eq!(behind.phase, Some(Phase::Connected));
+        assert!(significant(&synced, &behind));
+        let c = behind
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Synced")
+            .unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Pending"));
+        assert!(c.message.contains("over 10s"), "{}", c.message);
+        // A rejection of the newest state, or a closed stream, ends it before the deadline.
+        let mut refused = s.clone();
+        refused.last_nack = Some(Nacked {
+            version: "v2".into(),
+            message: "no".into(),
+            at: t0,
+            conflict: false,
+        });
+        assert_eq!(
+            synced_until(&desired("v2"), &refused, at(1), DEADLINE),
+            None
+        );
+        let mut gone = s.clone();
+        gone.streams = 0;
+        assert_eq!(synced_until(&desired("v2"), &gone, at(1), DEADLINE), None);
+        // Never caught up (it acked an old state only): not synced.
+        let mut old = s.clone();
+        old.caught_up_at = None;
+        assert_eq!(
+            compute(
+                &desired("v2"),
+                &old,
+                &ApiInput::Disabled,
+                None,
+                at(1),
+                DEADLINE
+            )
+            .phase,
+            Some(Phase::Connected)
+        );
     }
 
     #[test]
@@ -699,9 +816,10 @@ mod tests {
             &ApiInput::Disabled,
             Some(&recorded),
             Timestamp::now(),
+            DEADLINE,
         );
         assert_eq!(status.phase, Some(Phase::Disconnected));
-        assert_eq!(status.sync.unwrap().acked_version, "v1");
+        assert_eq!(status.agent, recorded.agent);
         // Without a record: never connected.
         assert_eq!(phase(&desired("v1"), &unseen), Phase::Pending);
     }
@@ -717,7 +835,7 @@ mod tests {
         let mut s = connected("v1");
         s.connected_since = Some(at);
         let api = |api: &ApiInput, s: &StreamState, now| {
-            let st = compute(&desired("v1"), s, api, None, now);
+            let st = compute(&desired("v1"), s, api, None, now, DEADLINE);
             assert_eq!(
                 st.phase,
                 Some(Phase::Synced),
@@ -754,7 +872,14 @@ mod tests {
         );
         let mut gone = s.clone();
         gone.streams = 0;
-        let st = compute(&desired("v1"), &gone, &serving(false, None), None, later);
+        let st = compute(
+            &desired("v1"),
+            &gone,
+            &serving(false, None),
+            None,
+            later,
+            DEADLINE,
+        );
         let c = st
             .conditions
             .iter()
@@ -763,7 +888,7 @@ mod tests {
         assert_eq!(c.reason, "AgentDisconnected");
 
         // Events: a problem of its own, and the recovery from it; not the start-up wait.
-        let status = |api: &ApiInput, now| compute(&desired("v1"), &s, api, None, now);
+        let status = |api: &ApiInput, now| compute(&desired("v1"), &s, api, None, now, DEADLINE);
         let reasons = |old: &RemoteClusterStatus, new: &RemoteClusterStatus| {
             transitions(Some(old), new)
                 .into_iter()

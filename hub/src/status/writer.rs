@@ -8,15 +8,19 @@
 //!         last write is younger than --status-refresh? later : write (+ Events)
 //! ```
 //! Driven by changes, not by a poll: an idle hub does nothing. Changes that arrive within
-//! `--status-interval` are written together (at most one write per remote per interval). A
-//! difference in versions and counts alone (pod churn moves every remote's desired version) is
-//! written at most once per `--status-refresh`, so churn costs writes per refresh, not per change.
+//! `--status-interval` are written together (at most one write per remote per interval). Status
+//! carries nothing that moves with every central change (versions are the live view's), so pod churn
+//! writes nothing while agents keep up. A change that is not significant (a reconnect's new address,
+//! a message) is written at most once per `--status-refresh` per remote, and only within
+//! `--status-budget` writes per second, shared by the live replicas: a reconnect storm of a large
+//! fleet costs a fixed rate, oldest first. Significant changes (phase, conditions, the writing
+//! replica, a NACK) never wait for the budget; they spend it, so what is left for the rest shrinks.
 //! Up to `--status-writers` writes are in flight at once. The writer never reads its own output back
 //! as input, except to compare: the server's answer to its last write stands for the stored object
 //! until the watch delivers something newer.
 
 use super::compute::{
-    ApiInput, compute, recent_duplicate, same_status, significant, transitions,
+    ApiInput, compute, recent_duplicate, same_status, significant, synced_until, transitions,
     tunnel_expected_until,
 };
 use crate::apicreds::SecretProblems;
@@ -35,8 +39,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tether_proto::runtime::retry::ApiRetry;
 use tracing::warn;
@@ -55,6 +59,10 @@ pub struct StatusWriter {
     pub refresh: Duration,
     /// Status writes in flight at once.
     pub concurrency: usize,
+    /// Sustained status writes per second, all replicas together.
+    pub budget: Mutex<Budget>,
+    /// How long an agent may take to acknowledge a newer state and still count as Synced.
+    pub sync_deadline: Duration,
     /// Finalizers and remembered retirements.
     pub retirements: Retirements,
     pub recorder: Recorder,
@@ -95,6 +103,63 @@ impl ApiView {
     }
 }
 
+/// A token bucket for status writes: `rate` per second for the whole hub, divided among the live
+/// replicas; up to one second's worth saved. Significant writes spend without waiting (the bucket
+/// may go into debt, down to one second's worth); the others wait for a token.
+#[derive(Debug)]
+pub struct Budget {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Budget {
+    pub fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            tokens: rate.max(1.0),
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant, replicas: usize) {
+        let share = self.rate / replicas.max(1) as f64;
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * share).min(share.max(1.0));
+        self.last = now;
+    }
+
+    /// A write that may wait: true if a token was there (and is spent).
+    fn take(&mut self, now: Instant, replicas: usize) -> bool {
+        self.refill(now, replicas);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        false
+    }
+
+    /// A write that may not wait.
+    fn spend(&mut self, now: Instant, replicas: usize) {
+        self.refill(now, replicas);
+        let share = self.rate / replicas.max(1) as f64;
+        self.tokens = (self.tokens - 1.0).max(-share.max(1.0));
+    }
+
+    /// Whole tokens there now.
+    fn available(&mut self, now: Instant, replicas: usize) -> usize {
+        self.refill(now, replicas);
+        self.tokens.max(0.0) as usize
+    }
+
+    /// When the next token is there.
+    fn next_token(&self, replicas: usize) -> Instant {
+        let share = (self.rate / replicas.max(1) as f64).max(f64::MIN_POSITIVE);
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.last + Duration::from_secs_f64((missing / share).min(3600.0))
+    }
+}
+
 /// The writer's last write of a remote's status: when, the resourceVersion the server answered
 /// with, and the status written (not the whole object: a 10,000-remote hub keeps one per remote).
 #[derive(Clone)]
@@ -111,6 +176,8 @@ struct Memory {
     written: Option<Written>,
     /// Visit again then, even without a change.
     due: Option<Instant>,
+    /// Waiting in the queue for the write budget.
+    deferred: bool,
 }
 
 /// Someone else changed the object since we read it (another replica claimed the remote, or our
@@ -152,14 +219,20 @@ impl StatusWriter {
     /// Writes statuses and runs the retire lifecycle until the task is dropped.
     pub async fn run(self) {
         let mut memory: HashMap<String, Memory> = HashMap::new();
+        // Remotes waiting for the write budget, oldest first.
+        let mut deferred: VecDeque<String> = VecDeque::new();
         let mut retry = ApiRetry::default();
         let mut sweep_due: Option<Instant> = None;
         let mut last_pass = Instant::now();
         loop {
             let next_due = memory.values().filter_map(|m| m.due).min();
+            let budget_due = (!deferred.is_empty()).then(|| {
+                let budget = self.budget.lock().expect("budget lock");
+                budget.next_token(self.replicas())
+            });
             let changed = tokio::select! {
                 _ = self.changes.changed() => true,
-                _ = sleep_until(earliest(next_due, sweep_due)) => false,
+                _ = sleep_until(earliest(earliest(next_due, sweep_due), budget_due)) => false,
             };
             if changed {
                 // Let a burst of changes arrive: one write per remote per interval.
@@ -178,7 +251,19 @@ impl StatusWriter {
                     todo.insert(name.clone());
                 }
             }
-            let unreachable = self.pass(todo, &mut memory).await;
+            // The budget's turn: as many of the oldest waiting as there are tokens.
+            let tokens = self
+                .budget
+                .lock()
+                .expect("budget lock")
+                .available(now, self.replicas());
+            for name in deferred.drain(..tokens.min(deferred.len())) {
+                if let Some(m) = memory.get_mut(&name) {
+                    m.deferred = false;
+                }
+                todo.insert(name);
+            }
+            let unreachable = self.pass(todo, &mut memory, &mut deferred).await;
             let unreachable = match unreachable {
                 Some(error) => Some(error),
                 // Remembered retirements are the leader's.
@@ -218,6 +303,7 @@ impl StatusWriter {
         &self,
         todo: HashSet<String>,
         memory: &mut HashMap<String, Memory>,
+        deferred: &mut VecDeque<String>,
     ) -> Option<kube::Error> {
         let inputs: Vec<(String, Option<Written>)> = todo
             .iter()
@@ -249,6 +335,13 @@ impl StatusWriter {
                     }
                     m.due = due;
                 }
+                Ok(Visited::Deferred) => {
+                    let m = memory.entry(name.clone()).or_default();
+                    if !m.deferred {
+                        m.deferred = true;
+                        deferred.push_back(name);
+                    }
+                }
                 // No answer, or an overloaded server: the next writes would fail the same way.
                 Err(error) if server_unavailable(&error) => {
                     done.remove(&name);
@@ -272,6 +365,11 @@ impl StatusWriter {
                 .mark_all(todo.into_iter().filter(|n| !done.contains(n)));
         }
         unreachable
+    }
+
+    /// The live replicas, this one included, that share the write budget.
+    fn replicas(&self) -> usize {
+        self.membership.alive_replicas().len().max(1)
     }
 
     async fn visit(&self, name: &str, written: Option<Written>) -> kube::Result<Visited> {
@@ -348,17 +446,28 @@ impl StatusWriter {
             expected = resource_version(&after);
         }
         let api = ApiView::input(self.api_access.as_ref(), &rc);
-        let mut status = compute(&desired, &stream, &api, rc.status.as_ref(), now);
+        let mut status = compute(
+            &desired,
+            &stream,
+            &api,
+            rc.status.as_ref(),
+            now,
+            self.sync_deadline,
+        );
         if let Some(agent) = status.agent.as_mut() {
             agent.hub = hub.unwrap_or_default();
         }
         // A reported duplicate, and the wait for a tunnel, expire with time, not with an input:
         // look again then.
         let at = |until: Timestamp| Instant::now() + now.duration_until(until).unsigned_abs();
-        let expires = earliest(
+        let expires = [
             recent_duplicate(&stream, now).map(|(_, until)| at(until)),
             tunnel_expected_until(&api, &stream, now).map(at),
-        );
+            synced_until(&desired, &stream, now, self.sync_deadline).map(at),
+        ]
+        .into_iter()
+        .fold(None, earliest);
+        let mut urgent = true;
         if let Some(old) = rc.status.as_ref() {
             if same_status(old, &status) {
                 return Ok(Visited::Remote {
@@ -366,12 +475,22 @@ impl StatusWriter {
                     due: expires,
                 });
             }
+            urgent = significant(old, &status);
             let refresh_due = written.as_ref().map(|w| w.at + self.refresh);
-            if refresh_due.is_some_and(|due| Instant::now() < due) && !significant(old, &status) {
+            if refresh_due.is_some_and(|due| Instant::now() < due) && !urgent {
                 return Ok(Visited::Remote {
                     written: None,
                     due: earliest(refresh_due, expires),
                 });
+            }
+        }
+        {
+            let replicas = self.replicas();
+            let mut budget = self.budget.lock().expect("budget lock");
+            if urgent {
+                budget.spend(Instant::now(), replicas);
+            } else if !budget.take(Instant::now(), replicas) {
+                return Ok(Visited::Deferred);
             }
         }
         // With the resourceVersion we decided on: if another replica wrote meanwhile, 409.
@@ -410,6 +529,8 @@ impl StatusWriter {
 enum Visited {
     /// No such RemoteCluster any more.
     Gone,
+    /// A write that waits for the budget.
+    Deferred,
     Remote {
         /// The server's answer to a write this visit made.
         written: Option<Written>,
@@ -421,6 +542,40 @@ enum Visited {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_holds_a_sustained_rate_shared_by_the_replicas() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(20.0);
+        b.last = t0;
+        // One second's worth saved, then the rate.
+        let taken = (0..100).filter(|_| b.take(t0, 1)).count();
+        assert_eq!(taken, 20);
+        let mut later = 0;
+        for ms in (0..10_000).step_by(10) {
+            let now = t0 + Duration::from_millis(ms);
+            later += (0..10).filter(|_| b.take(now, 1)).count();
+        }
+        assert!((198..=201).contains(&later), "{later} in 10 s");
+        // Two replicas: each takes half.
+        let mut b = Budget::new(20.0);
+        b.last = t0;
+        b.tokens = 0.0;
+        let halves = (1..=1000)
+            .filter(|ms| b.take(t0 + Duration::from_millis(ms * 10), 2))
+            .count();
+        assert!((99..=100).contains(&halves), "{halves} in 10 s");
+        // A significant write never waits; it leaves less for the rest, down to one second's debt.
+        let mut b = Budget::new(20.0);
+        b.last = t0;
+        for _ in 0..100 {
+            b.spend(t0, 1);
+        }
+        assert_eq!(b.tokens, -20.0);
+        assert!(!b.take(t0 + Duration::from_millis(900), 1));
+        assert_eq!(b.next_token(1), t0 + Duration::from_millis(1050));
+        assert_eq!(b.available(t0 + Duration::from_secs(3), 1), 20);
+    }
 
     #[test]
     fn only_an_unavailable_server_pauses_all_status_writes() {

@@ -109,8 +109,10 @@ pub struct FanoutRow {
     pub status_lag: Option<f64>,
 }
 
-/// When every one of the `n` RemoteClusters' status says `version` (any, if None) is desired and
-/// acked (polled every second, up to 5 minutes).
+/// When every one of the `n` RemoteClusters' status reads Synced and the hub's live view has every
+/// agent acknowledging `version` (any, if None) as the desired one (polled every second, up to 5
+/// minutes). Status carries no versions: a central change its agents keep up with leaves it as it
+/// was, so this is when the hub has nothing left to write and every agent holds the change.
 async fn status_settled(
     mesh: &Mesh,
     version: Option<&str>,
@@ -119,18 +121,29 @@ async fn status_settled(
     let deadline = Instant::now() + Duration::from_secs(300);
     while Instant::now() < deadline {
         let list = mesh.remote_clusters().list(&Default::default()).await?;
-        let settled = list
+        let synced = list
             .items
             .iter()
-            .filter(|rc| {
-                let sync = &rc.data["status"]["sync"];
-                let desired = sync["desiredVersion"].as_str().unwrap_or("");
-                !desired.is_empty()
-                    && sync["ackedVersion"] == desired
-                    && version.is_none_or(|v| v == desired)
-            })
+            .filter(|rc| rc.data["status"]["phase"] == "Synced")
             .count();
-        if settled == n {
+        let live: serde_json::Value = match Mesh::admin_get(mesh.hub_admin_port, "/streams").await {
+            Ok((200, body)) => serde_json::from_str(&body)?,
+            _ => serde_json::Value::Null,
+        };
+        let acked = live
+            .as_object()
+            .map(|all| {
+                all.values()
+                    .filter(|s| {
+                        let desired = s["desiredVersion"].as_str().unwrap_or("");
+                        !desired.is_empty()
+                            && s["ackedVersion"] == desired
+                            && version.is_none_or(|v| v == desired)
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if synced == n && acked == n {
             return Ok(Some(Instant::now()));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

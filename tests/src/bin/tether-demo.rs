@@ -21,7 +21,8 @@ fn step(msg: &str) {
     println!("\n==> {msg}");
 }
 
-/// One line per remote: the RemoteCluster status next to what its EndpointSlices hold.
+/// One line per remote: the RemoteCluster status, the hub's live view of its versions, and what its
+/// EndpointSlices hold.
 async fn table(mesh: &Mesh) -> anyhow::Result<String> {
     let mut out = format!(
         "{:<9} {:<13} {:<17} {:<17} {}\n",
@@ -33,9 +34,11 @@ async fn table(mesh: &Mesh) -> anyhow::Result<String> {
     );
     for r in REMOTES {
         let s = mesh.status(r).await?;
-        let text = |p: &str| {
-            s.pointer(p)
+        let live = mesh.live(r).await.unwrap_or_default();
+        let text = |v: &serde_json::Value, p: &str| {
+            v.pointer(p)
                 .and_then(|v| v.as_str())
+                .filter(|v| !v.is_empty())
                 .unwrap_or("-")
                 .to_string()
         };
@@ -64,9 +67,9 @@ async fn table(mesh: &Mesh) -> anyhow::Result<String> {
         out.push_str(&format!(
             "{:<9} {:<13} {:<17} {:<17} {}\n",
             r,
-            text("/phase"),
-            text("/sync/desiredVersion"),
-            text("/sync/ackedVersion"),
+            text(&s, "/phase"),
+            text(&live, "/desiredVersion"),
+            text(&live, "/ackedVersion"),
             eps
         ));
     }
@@ -101,7 +104,10 @@ fn synced_with(table: &str, ip: &str) -> bool {
     rows.len() == REMOTES.len()
         && rows.iter().all(|row| {
             let cols: Vec<&str> = row.split_whitespace().collect();
-            cols.get(1) == Some(&"Synced") && cols.get(2) == cols.get(3) && cols[4..] == [ip]
+            cols.get(1) == Some(&"Synced")
+                && cols.get(2) != Some(&"-")
+                && cols.get(2) == cols.get(3)
+                && cols[4..] == [ip]
         })
 }
 
