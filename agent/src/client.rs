@@ -22,7 +22,7 @@ use std::time::Duration;
 use tether_proto::tls::{TlsFiles, client_config};
 use tether_proto::v1::sync_client::SyncClient;
 use tether_proto::v1::{
-    Ack, AgentMessage, Hello, Nack, ObjectFailure, Retired, agent_message, hub_message,
+    Ack, AgentMessage, Hello, HubMessage, Nack, ObjectFailure, Retired, agent_message, hub_message,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Endpoint, Uri};
@@ -120,7 +120,7 @@ pub async fn run(
             instance: instance.clone(),
             standby,
         };
-        let result = run_internal(&s, hello, &commands, &mut results, &metrics)
+        let result = run_internal(&s, hello, &commands, &mut results, &progress, &metrics)
             .instrument(span)
             .await;
         metrics.connected.set(0);
@@ -186,14 +186,35 @@ async fn run_loop_wait(
     tokio::time::sleep(delay).await;
 }
 
-/// One connection. Ok(true) when the stream was healthy (a snapshot answered) before it ended.
-async fn run_internal(
-    s: &StreamConfig,
-    hello: Hello,
-    commands: &watch::Sender<Option<Command>>,
-    results: &mut mpsc::Receiver<Answer>,
-    metrics: &AgentMetrics,
-) -> Result<bool, StreamError> {
+type Opened = (tonic::Streaming<HubMessage>, mpsc::Sender<AgentMessage>);
+/// A new stream being opened while the old one serves.
+type Opening<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Opened, StreamError>> + Send + 'a>>;
+
+/// After a move: answers for the old stream are stale (the hub resends on the new one).
+fn settle_move(results: &mut mpsc::Receiver<Answer>, metrics: &AgentMetrics, hub: &str) {
+    while results.try_recv().is_ok() {}
+    metrics
+        .reconnects
+        .get_or_create(&Reason {
+            reason: "moved".into(),
+        })
+        .inc();
+    info!(%hub, "moved to a new stream");
+}
+
+/// The new stream of a move under way, once it is open (None: no move, or it failed).
+async fn moved(moving: Option<Opening<'_>>) -> Option<Opened> {
+    match moving?.await {
+        Ok(opened) => Some(opened),
+        Err(error) => {
+            warn!(%error, "could not open the new stream");
+            None
+        }
+    }
+}
+
+/// Opens a stream and says Hello; returns once the hub admitted it.
+async fn open(s: &StreamConfig, hello: Hello) -> Result<Opened, StreamError> {
     let channel = connect(s).await?;
     let mut client = SyncClient::new(channel)
         .max_decoding_message_size(s.max_message_bytes)
@@ -203,7 +224,7 @@ async fn run_internal(
         .send(msg(agent_message::Message::Hello(hello)))
         .await
         .expect("fresh channel");
-    let mut inbound = client
+    let inbound = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(out_rx))
         .await
         .map_err(|status| match status.code() {
@@ -211,11 +232,27 @@ async fn run_internal(
             _ => StreamError::Refused(status),
         })?
         .into_inner();
+    Ok((inbound, out_tx))
+}
+
+/// One connection (and the streams it moves to when the hub asks). Ok(true) when the stream was
+/// healthy (a snapshot answered) before it ended.
+async fn run_internal(
+    s: &StreamConfig,
+    hello: Hello,
+    commands: &watch::Sender<Option<Command>>,
+    results: &mut mpsc::Receiver<Answer>,
+    progress: &watch::Receiver<Progress>,
+    metrics: &AgentMetrics,
+) -> Result<bool, StreamError> {
+    let (mut inbound, mut out_tx) = open(s, hello.clone()).await?;
     info!(hub = %s.hub_addr, "connected");
     metrics.connected.set(1);
     // Answers for a previous connection are stale: the hub resends on this one.
     while results.try_recv().is_ok() {}
     let mut healthy = false;
+    // The hub asked this agent to move: the new stream, opening while this one still serves.
+    let mut moving: Option<Opening<'_>> = None;
     loop {
         tokio::select! {
             m = inbound.message() => match m {
@@ -228,14 +265,60 @@ async fn run_internal(
                         warn!(reason = %r.reason, "hub retired this cluster; removing everything this agent manages");
                         commands.send_replace(Some(Command::Retire { nonce: r.nonce }));
                     }
+                    Some(hub_message::Message::Reconnect(r)) if moving.is_none() => {
+                        info!(reason = %r.reason, "the hub asks this agent to move; opening a new stream before closing this one");
+                        let hello = Hello {
+                            applied_version: progress.borrow().applied_version.clone(),
+                            standby: false,
+                            ..hello.clone()
+                        };
+                        moving = Some(Box::pin(open(s, hello)));
+                    }
+                    Some(hub_message::Message::Reconnect(_)) => {}
                     None => warn!("empty message from the hub; ignored"),
                 },
-                Ok(None) => return Ok(healthy),
-                Err(status) if status.code() == tonic::Code::Aborted => return Err(StreamError::Replaced(status)),
-                Err(status) if status.code() == tonic::Code::AlreadyExists => return Err(StreamError::Duplicate(status)),
-                Err(status) if !healthy && status.code() == tonic::Code::PermissionDenied => return Err(StreamError::Refused(status)),
-                Err(status) => return if healthy { Ok(true) } else { Err(StreamError::Broken(status)) },
+                Ok(None) => {
+                    let ended = Ok(healthy);
+                    match moved(moving.take()).await {
+                        Some((i, o)) => {
+                            (inbound, out_tx) = (i, o);
+                            settle_move(results, metrics, &s.hub_addr);
+                        }
+                        None => return ended,
+                    }
+                }
+                Err(status) => {
+                    let ended = match status.code() {
+                        tonic::Code::Aborted => Err(StreamError::Replaced(status)),
+                        tonic::Code::AlreadyExists => Err(StreamError::Duplicate(status)),
+                        tonic::Code::PermissionDenied if !healthy => Err(StreamError::Refused(status)),
+                        _ if healthy => Ok(true),
+                        _ => Err(StreamError::Broken(status)),
+                    };
+                    // The hub may close the old stream before this end sees the new one admitted.
+                    match moved(moving.take()).await {
+                        Some((i, o)) => {
+                            (inbound, out_tx) = (i, o);
+                            settle_move(results, metrics, &s.hub_addr);
+                        }
+                        None => return ended,
+                    }
+                }
             },
+            opened = async { moving.as_mut().expect("guarded").await }, if moving.is_some() => {
+                moving = None;
+                match opened {
+                    // Dropping the old stream's halves closes it: the hub that asked sees it end.
+                    Ok((new_inbound, new_out)) => (inbound, out_tx) = (new_inbound, new_out),
+                    // The old stream serves on; the hub closes it after its drain timeout, and the
+                    // agent then reconnects as after any close.
+                    Err(error) => {
+                        warn!(%error, "could not open the new stream; staying on this one");
+                        continue;
+                    }
+                }
+                settle_move(results, metrics, &s.hub_addr);
+            }
             Some(done) = results.recv() => {
                 let m = match done {
                     Answer::Applied { version, nonce, failures } if failures.is_empty() => {

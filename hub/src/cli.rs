@@ -159,6 +159,14 @@ pub struct ServeArgs {
     /// status; an agent that falls behind for longer turns Connected (Synced=False) at once.
     #[arg(long, env = "TETHER_SYNC_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub sync_deadline: Duration,
+    /// An agent's stream older than this (less up to a tenth, at random) is asked to move to a new
+    /// one (make before break), so streams spread over replicas added since. 0: never.
+    #[arg(long, env = "TETHER_MAX_CONNECTION_AGE", default_value = "30m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+    /// On SIGTERM, every agent is asked to move to a new stream (another replica); the hub exits once
+    /// they have, or after this long. Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "TETHER_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
     /// How long a deleted RemoteCluster waits for its agent to acknowledge Retire. Then it is
     /// released, and the hub retires the agent when it comes back (see --retire-memory).
     #[arg(long, env = "TETHER_RETIRE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -268,6 +276,8 @@ impl ServeArgs {
             status_writers,
             status_budget,
             sync_deadline,
+            max_connection_age,
+            drain_timeout,
             retire_timeout,
             retire_memory,
             replicas,
@@ -296,6 +306,8 @@ impl ServeArgs {
             status_writers: status_writers.into(),
             status_budget,
             sync_deadline,
+            max_connection_age,
+            drain_timeout,
             retire_timeout,
             retire_memory,
             replicas,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether_proto::v1::sync_server::Sync;
-use tether_proto::v1::{AgentMessage, Hello, HubMessage, agent_message, hub_message};
+use tether_proto::v1::{AgentMessage, Hello, HubMessage, Reconnect, agent_message, hub_message};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -45,6 +45,34 @@ pub struct SyncService {
     next_stream: AtomicU64,
     shutdown: watch::Receiver<bool>,
     metrics: HubMetrics,
+    moves: Moves,
+}
+
+/// When the hub asks an agent to move to a new stream (`Reconnect`, make before break): once a
+/// stream is `max_age` old (less up to a tenth, at random, so the streams of one start do not move
+/// together) and when the hub shuts down. A stream whose agent has not moved `drain` after the ask is
+/// closed.
+#[derive(Clone, Copy, Debug)]
+pub struct Moves {
+    pub max_age: Option<Duration>,
+    pub drain: Duration,
+}
+
+impl Default for Moves {
+    fn default() -> Self {
+        Self {
+            max_age: None,
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `age` less up to a tenth, at random.
+fn jittered_age(age: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    let fraction = (r % 10_000) as f64 / 10_000.0;
+    age.mul_f64(1.0 - 0.1 * fraction)
 }
 
 /// The stream that serves a cluster now.
@@ -75,7 +103,13 @@ impl SyncService {
             next_stream: AtomicU64::new(1),
             shutdown,
             metrics,
+            moves: Moves::default(),
         }
+    }
+
+    pub fn with_moves(mut self, moves: Moves) -> Self {
+        self.moves = moves;
+        self
     }
 
     /// Counts a refusal by reason and returns the status to send.
@@ -151,10 +185,17 @@ impl SyncService {
                 info!(%cluster, replaced = %old.instance, replaced_peer = %old.peer, by = %hello.instance, by_peer = %peer,
                     "another agent of this cluster connected; the previous one stands by");
             }
-            let _ = old.kick.send(Status::aborted(format!(
-                "replaced by a newer stream of cluster {cluster:?} (agent {} from {peer})",
-                hello.instance
-            )));
+            // Its own newer stream (a move, or a reconnect over a connection that died unnoticed)
+            // is no rival: ABORTED would make it stand by.
+            let status = if old.instance == hello.instance {
+                Status::unavailable("this agent moved to a newer stream")
+            } else {
+                Status::aborted(format!(
+                    "replaced by a newer stream of cluster {cluster:?} (agent {} from {peer})",
+                    hello.instance
+                ))
+            };
+            let _ = old.kick.send(status);
         }
         Ok(kicked)
     }
@@ -220,6 +261,8 @@ impl Sync for SyncService {
             kicked,
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
+            max_age: self.moves.max_age.map(jittered_age),
+            drain: self.moves.drain,
         };
         let serving = self.serving.clone();
         let span = tracing::info_span!("stream", %cluster, stream = id);
@@ -247,6 +290,16 @@ struct Stream {
     kicked: oneshot::Receiver<Status>,
     shutdown: watch::Receiver<bool>,
     metrics: HubMetrics,
+    /// Ask the agent to move after this long.
+    max_age: Option<Duration>,
+    drain: Duration,
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Stream {
@@ -260,8 +313,29 @@ impl Stream {
             mut kicked,
             mut shutdown,
             metrics,
+            max_age,
+            drain,
         } = self;
         metrics.streams_connected.inc();
+        let mut move_at = max_age.map(|age| Instant::now() + age);
+        // Asked to move: closed then if the agent has not.
+        let mut moving: Option<Instant> = None;
+        let mut draining = *shutdown.borrow();
+        let ask = |why: &'static str| {
+            let m = HubMessage {
+                message: Some(hub_message::Message::Reconnect(Reconnect {
+                    reason: why.into(),
+                })),
+            };
+            let tx = tx.clone();
+            async move {
+                info!(why, "asking the agent to move to a new stream");
+                tokio::time::timeout(drain, tx.send(Ok(m)))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+            }
+        };
         let mut out = Outbox::default();
         let mut next: Option<HubMessage> = out.message_for(&desired.borrow_and_update().clone());
         out.first_message_is_no_change();
@@ -292,7 +366,7 @@ impl Stream {
                                 metrics.snapshots_pushed.inc();
                             }
                             Some(hub_message::Message::Retire(r)) => debug!(nonce = %r.nonce, "sending Retire"),
-                            None => {}
+                            Some(hub_message::Message::Reconnect(_)) | None => {}
                         }
                         out.mark_sent(&msg);
                         permit.send(Ok(msg));
@@ -319,9 +393,28 @@ impl Stream {
                     let _ = tx.send(Err(status)).await;
                     break "replaced by a newer stream";
                 }
-                _ = shutdown.changed() => {
-                    let _ = tx.send(Err(Status::unavailable("hub shutting down"))).await;
-                    break "hub shutting down";
+                _ = sleep_until(move_at), if move_at.is_some() && moving.is_none() => {
+                    move_at = None;
+                    if ask("maximum connection age").await.is_none() {
+                        break "agent not reading";
+                    }
+                    metrics.streams_moved.get_or_create(&Reason::of("max_age")).inc();
+                    moving = Some(Instant::now() + drain);
+                }
+                _ = shutdown.changed(), if !draining => {
+                    draining = true;
+                    if moving.is_none() {
+                        if ask("hub shutting down").await.is_none() {
+                            break "agent not reading";
+                        }
+                        metrics.streams_moved.get_or_create(&Reason::of("drain")).inc();
+                        moving = Some(Instant::now() + drain);
+                    }
+                }
+                _ = sleep_until(moving), if moving.is_some() => {
+                    let why = "the hub asked this agent to move to a new stream and it did not; closing this one";
+                    let _ = tx.send(Err(Status::unavailable(why))).await;
+                    break "did not move in time";
                 }
             }
         };

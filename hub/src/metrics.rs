@@ -52,6 +52,8 @@ pub struct HubMetrics {
     pub propagation_seconds: Histogram,
     /// Streams refused, by reason: unknown_cluster | identity_mismatch | no_hello | not_ready | bad_certificate
     pub streams_refused: Family<Reason, Counter>,
+    /// Agents asked to move to a new stream, by reason: max_age | drain
+    pub streams_moved: Family<Reason, Counter>,
     pub status_writes: Counter,
     /// API access: istiod's requests by remote, verb and answer.
     pub api_requests: Family<ApiRequest, Counter>,
@@ -74,6 +76,7 @@ impl HubMetrics {
             push_ack_seconds: latency(),
             propagation_seconds: latency(),
             streams_refused: Family::default(),
+            streams_moved: Family::default(),
             status_writes: Counter::default(),
             api_requests: Family::default(),
             api_request_seconds: Family::new_with_constructor(|| {
@@ -113,6 +116,11 @@ impl HubMetrics {
             "streams_refused",
             "Agent streams refused, by reason",
             m.streams_refused.clone(),
+        );
+        r.register(
+            "streams_moved",
+            "Agents asked to move to a new stream (Reconnect), by reason",
+            m.streams_moved.clone(),
         );
         r.register(
             "status_writes",

@@ -75,7 +75,7 @@ fn nonce_of(msg: &HubMessage) -> u64 {
     let text = match &msg.message {
         Some(hub_message::Message::Snapshot(s)) => &s.nonce,
         Some(hub_message::Message::Retire(r)) => &r.nonce,
-        None => "",
+        Some(hub_message::Message::Reconnect(_)) | None => "",
     };
     text.parse().unwrap_or(0)
 }

@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub status_refresh: Duration,
     pub status_writers: usize,
     pub status_budget: f64,
+    pub max_connection_age: Duration,
+    pub drain_timeout: Duration,
     pub sync_deadline: Duration,
     pub retire_timeout: Duration,
     pub retire_memory: Duration,
@@ -238,7 +240,11 @@ pub async fn run(
         s.namespace,
         shutdown.clone(),
         metrics,
-    );
+    )
+    .with_moves(crate::grpc::Moves {
+        max_age: Some(s.max_connection_age).filter(|age| !age.is_zero()),
+        drain: s.drain_timeout,
+    });
     let limits = Limits {
         keepalive_interval: s.keepalive_interval,
         keepalive_timeout: s.keepalive_timeout,

@@ -176,6 +176,24 @@ fn watch_disconnected(mesh: &Mesh) -> (Arc<Mutex<Vec<String>>>, tokio::task::Joi
     (seen, task)
 }
 
+/// The real agents' reconnects by reason (`tether_agent_reconnects_total`), summed over both.
+async fn agent_reconnects(mesh: &Mesh) -> BTreeMap<String, f64> {
+    let mut by = BTreeMap::new();
+    for r in REMOTES {
+        let (_, text) = Mesh::admin_get(mesh.agent_admin_ports[*r], "/metrics")
+            .await
+            .unwrap();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("tether_agent_reconnects_total{reason=\"")
+                && let Some((reason, value)) = rest.split_once("\"} ")
+            {
+                *by.entry(reason.to_string()).or_default() += value.parse::<f64>().unwrap();
+            }
+        }
+    }
+    by
+}
+
 /// Three replicas behind a balancer, the two real agents and the stream fleet connected through it.
 struct Fleet {
     mesh: Mesh,
@@ -385,9 +403,12 @@ async fn a_rolling_restart_under_churn_loses_no_remote() {
     } = fleet().await;
     eventually("every remote Synced", SOON, || all_synced(&mesh, n, &IDS)).await;
     let (disconnected, watcher) = watch_disconnected(&mesh);
+    let reconnects_before = agent_reconnects(&mesh).await;
     let churning = churn(&mesh, Duration::from_millis(700));
     let t = Instant::now();
+    let mut logs = Vec::new();
     for id in IDS {
+        logs.push(format!("hub-{}", replicas.user(&mesh, id)));
         // SIGTERM, then wait for the exit (a blocking wait: off the balancer's way).
         tokio::task::block_in_place(|| mesh.stop_replica(id, Duration::from_secs(10)));
         replicas.start(&mut mesh, id);
@@ -400,6 +421,37 @@ async fn a_rolling_restart_under_churn_loses_no_remote() {
         .await;
     }
     println!("three replicas restarted one by one in {:?}", t.elapsed());
+    // Drained, not dropped: each stopped replica asked its agents to move, and each moved (opened its
+    // new stream before closing the old one) within the drain timeout.
+    let reconnects = agent_reconnects(&mesh).await;
+    let more = |reason: &str| {
+        reconnects.get(reason).copied().unwrap_or(0.0)
+            - reconnects_before.get(reason).copied().unwrap_or(0.0)
+    };
+    println!(
+        "real agents' reconnects during the restart: {reconnects:?} (before {reconnects_before:?})"
+    );
+    assert!(
+        more("moved") >= REMOTES.len() as f64,
+        "every real agent moved at least once: {reconnects:?}"
+    );
+    for reason in reconnects.keys().filter(|r| *r != "moved") {
+        assert_eq!(
+            more(reason),
+            0.0,
+            "no agent lost its stream ({reason}): {reconnects:?}"
+        );
+    }
+    let mut asked = 0;
+    for log in &logs {
+        let text = mesh.log(log);
+        asked += text.matches("asking the agent to move").count();
+        assert!(
+            !text.contains("did not move in time"),
+            "{log}: an agent was closed on instead of moving"
+        );
+    }
+    assert!(asked >= n, "{asked} moves asked for {n} streams");
     end_churn_exactly(&mesh, churning).await;
     let hubs = eventually("every remote Synced", SOON, || all_synced(&mesh, n, &IDS)).await;
     println!(
@@ -412,5 +464,91 @@ async fn a_rolling_restart_under_churn_loses_no_remote() {
         disconnected.is_empty(),
         "remotes read Disconnected during the rolling restart: {disconnected:?}"
     );
+    load.stop();
+}
+
+/// Streams rebalance after a scale-up: with a maximum connection age, streams that all went to the
+/// one replica there was spread over the replica started after them, with no remote disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_spread_to_a_new_replica_by_their_maximum_age() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let mut mesh = Mesh::new(planes, REMOTES).await.unwrap();
+    mesh.create_istiod().await.unwrap();
+    let fleet: Vec<String> = (0..FLEET).map(|i| format!("lg-{i}")).collect();
+    for name in REMOTES.iter().map(|r| r.to_string()).chain(fleet.clone()) {
+        mesh.create_remote_cluster(&name, json!({})).await.unwrap();
+    }
+    let n = REMOTES.len() + FLEET;
+    mesh.hub_args = vec!["--max-connection-age".into(), "4s".into()];
+    let mut replicas = Replicas {
+        ports: IDS
+            .iter()
+            .map(|id| (*id, (free_port(), free_port())))
+            .collect(),
+        incarnation: HashMap::new(),
+    };
+    replicas.start(&mut mesh, "hub-0");
+    let balancer = Balancer::start(replicas.upstreams()).await.unwrap();
+    for r in REMOTES {
+        mesh.agent_hub_addr
+            .insert(r.to_string(), balancer.addr.to_string());
+        mesh.start_agent(r).unwrap();
+    }
+    let configs = fleet
+        .iter()
+        .map(|name| {
+            let dir = mesh.write_agent_cert(name, name, false).unwrap();
+            let mut c = client_settings(&mesh, &dir, name);
+            c.hub_addr = balancer.addr.to_string();
+            c
+        })
+        .collect();
+    let load = LoadGen::start(configs);
+    let hubs = eventually("every remote Synced on hub-0", SOON, || {
+        all_synced(&mesh, n, &["hub-0"])
+    })
+    .await;
+    assert_eq!(
+        count_by_hub(&hubs),
+        BTreeMap::from([("hub-0".to_string(), n)])
+    );
+    let (disconnected, watcher) = watch_disconnected(&mesh);
+    let before = agent_reconnects(&mesh).await;
+    replicas.start(&mut mesh, "hub-1");
+    // Every stream moves about every 4 s; the balancer sends one new connection in three to hub-1
+    // (hub-2 is not running: its turn goes to hub-0).
+    let spread = eventually(
+        "streams on both replicas",
+        Duration::from_secs(30),
+        || async {
+            let hubs = all_synced(&mesh, n, &["hub-0", "hub-1"]).await?;
+            let by = count_by_hub(&hubs);
+            anyhow::ensure!(
+                by.values().len() == 2 && by.values().all(|c| *c >= n / 8),
+                "{by:?}"
+            );
+            Ok(by)
+        },
+    )
+    .await;
+    println!("streams by replica after the scale-up: {spread:?}");
+    watcher.abort();
+    let disconnected = disconnected.lock().unwrap().clone();
+    assert!(
+        disconnected.is_empty(),
+        "remotes read Disconnected while their streams moved: {disconnected:?}"
+    );
+    let reconnects = agent_reconnects(&mesh).await;
+    println!("real agents' reconnects: {reconnects:?} (before the scale-up {before:?})");
+    for reason in reconnects.keys().filter(|r| *r != "moved") {
+        assert_eq!(
+            reconnects[reason],
+            before.get(reason).copied().unwrap_or(0.0),
+            "a real agent lost its stream: {reconnects:?}"
+        );
+    }
+    assert!(reconnects.get("moved").copied().unwrap_or(0.0) >= REMOTES.len() as f64);
+    drop(balancer);
     load.stop();
 }

@@ -404,8 +404,8 @@ pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus)
     {
         events.push(event(EventType::Warning, c, "Stream"));
     }
-    // API access: a problem of its own (not the agent's disconnect, which has its event), and the
-    // recovery from one.
+    // API access: a problem of its own (not the agent's disconnect, which has its event), and every
+    // return to Ready.
     let problem = |c: &Condition| {
         c.status == "False"
             && c.reason != reason::AGENT_DISCONNECTED
@@ -416,7 +416,11 @@ pub fn transitions(old: Option<&RemoteClusterStatus>, new: &RemoteClusterStatus)
     {
         if problem(c) {
             events.push(event(EventType::Warning, c, "APIAccess"));
-        } else if c.status == "True" && find(old, condition::API_ACCESS).is_some_and(problem) {
+        } else if c.status == "True"
+            && find(old, condition::API_ACCESS).is_some_and(|o| o.status != "True")
+        {
+            // Ready again (also after a reconnect that passed through a pending state: the
+            // recovery from a problem must not depend on which states the writer saw between).
             events.push(event(EventType::Normal, c, "APIAccess"));
         }
     }
@@ -887,7 +891,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.reason, "AgentDisconnected");
 
-        // Events: a problem of its own, and the recovery from it; not the start-up wait.
+        // Events: a problem of its own, and every arrival at Ready (whatever the writer saw between).
         let status = |api: &ApiInput, now| compute(&desired("v1"), &s, api, None, now, DEADLINE);
         let reasons = |old: &RemoteClusterStatus, new: &RemoteClusterStatus| {
             transitions(Some(old), new)
@@ -898,7 +902,7 @@ mod tests {
         let pending = status(&serving(false, None), at);
         let ready = status(&serving(true, None), at);
         let missing = status(&serving(false, None), later);
-        assert!(reasons(&pending, &ready).is_empty());
+        assert_eq!(reasons(&pending, &ready), ["Ready"]);
         assert_eq!(reasons(&ready, &missing), ["NoTunnel"]);
         assert_eq!(reasons(&missing, &ready), ["Ready"]);
         assert!(reasons(&missing, &missing).is_empty());

@@ -6,6 +6,7 @@ pub mod apiaccess;
 pub mod direct;
 pub mod fleet;
 pub mod propagation;
+pub mod replicas;
 pub mod report;
 
 use crate::fakes::{FakeAgent, Report};

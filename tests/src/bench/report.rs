@@ -1,9 +1,11 @@
 //! docs/benchmarks.md from the measurements, sections in order: 1 propagation, 2 footprint, 3 write
-//! amplification, 4 fan-out, 5 reconnect storm, 6 API access. The hand-written analysis below the marker survives.
+//! amplification, 4 fan-out, 5 reconnect storm, 6 API access, 7 failover between replicas, 8 sustained
+//! churn. The hand-written analysis below the marker survives.
 
 use super::apiaccess::{ApiAccess, PODS};
 use super::fleet::{FANOUT_CHANGES, FanoutRow, Storm, secs};
 use super::propagation::{CHANGES, Propagation};
+use super::replicas::{Failover, Settle, Sustained};
 use super::{ms, percentile};
 use std::fmt::Write as _;
 
@@ -16,6 +18,9 @@ pub struct Results {
     /// One row per fan-out size; Err names a size that failed.
     pub fanout: Vec<Result<FanoutRow, String>>,
     pub storms: Vec<Storm>,
+    pub failover: Result<Failover, String>,
+    pub sustained: Vec<Result<Sustained, String>>,
+    pub settle: Vec<Result<Settle, String>>,
     pub took_secs: f64,
 }
 
@@ -53,7 +58,118 @@ pub fn render(r: &Results, date: &str) -> String {
         storm(&mut doc, s);
     }
     api_access(&mut doc, &r.api_access);
+    failover(&mut doc, &r.failover);
+    sustained(&mut doc, &r.sustained);
+    settle(&mut doc, &r.settle);
     doc
+}
+
+fn settle(doc: &mut String, rows: &[Result<Settle, String>]) {
+    let _ = writeln!(
+        doc,
+        "## 9. Status settle after a burst, 1 and 3 replicas
+
+         N load-generator streams spread over the replicas by a TCP balancer; 20 readiness flips, one every          500 ms. Settled: from the last flip until every RemoteCluster reads Synced and the replicas' live          views have every stream acknowledging the last state (polled every 500 ms). Status writes during          the burst and the settling, all replicas together. Target: 10,000 remotes settled within 10 s.
+
+         | streams | replicas | settled | status writes | central API server CPU per change |
+         | --- | --- | --- | --- | --- |"
+    );
+    for r in rows {
+        match r {
+            Ok(s) => {
+                let _ = writeln!(
+                    doc,
+                    "| {} | {} | {} | {} | {:.0} ms |",
+                    s.n,
+                    s.replicas,
+                    secs(s.settled_secs),
+                    s.writes,
+                    s.apiserver_cpu_per_change * 1000.0
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(doc, "| failed: {e} | | | | |");
+            }
+        }
+    }
+    let _ = writeln!(doc);
+}
+
+fn failover(doc: &mut String, r: &Result<Failover, String>) {
+    let _ = writeln!(
+        doc,
+        "## 7. Failover between hub replicas
+"
+    );
+    let f = match r {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = writeln!(
+                doc,
+                "Failed: {e}
+"
+            );
+            return;
+        }
+    };
+    let t = &f.times;
+    let _ = writeln!(
+        doc,
+        "Three hub replicas behind a TCP balancer (as a Service); {n} load-generator streams all on the first          (the other two started after them, Ready), then the first killed (-9). Time from the kill until          each stream had a snapshot from another replica (it ACKs at once).
+
+         | streams | back | p50 | p99 | all |
+| --- | --- | --- | --- | --- |
+         | {n} | {} | {:.2} s | {:.2} s | {:.2} s |
+",
+        f.back,
+        percentile(t, 50.0),
+        percentile(t, 99.0),
+        t.last().copied().unwrap_or(f64::NAN),
+        n = f.n,
+    );
+}
+
+fn sustained(doc: &mut String, rows: &[Result<Sustained, String>]) {
+    let _ = writeln!(
+        doc,
+        "## 8. Sustained churn: status writes and memory
+
+         One hub, N load-generator streams and one real agent (remote-1); one istiod readiness flip per          second. RemoteCluster status writes (`tether_hub_status_writes_total`) per second over the run,          and resident memory sampled during it.
+"
+    );
+    for r in rows {
+        let s = match r {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(
+                    doc,
+                    "Failed: {e}
+"
+                );
+                continue;
+            }
+        };
+        let _ = writeln!(
+            doc,
+            "{} streams, {} changes in {} s: **{:.2} status writes per second**; {} remotes not Synced at the end.
+
+             | time | status writes so far | hub RSS | agent RSS | central API server RSS |
+| --- | --- | --- | --- | --- |",
+            s.n, s.changes, s.secs, s.writes_per_sec, s.not_synced
+        );
+        for x in &s.samples {
+            let _ = writeln!(
+                doc,
+                "| {:.0} s | {} | {:.0} MiB | {:.1} MiB | {:.0} MiB |",
+                x.at_secs,
+                x.writes,
+                x.hub_kib as f64 / 1024.0,
+                x.agent_kib as f64 / 1024.0,
+                x.apiserver_kib as f64 / 1024.0
+            );
+        }
+        let _ = writeln!(doc);
+    }
 }
 
 fn api_access(doc: &mut String, r: &Result<ApiAccess, String>) {

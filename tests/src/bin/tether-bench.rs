@@ -5,15 +5,65 @@
 //!
 //! - `bench::propagation`: central + 3 remotes, 200 pod changes (sections 1-3);
 //! - `bench::fleet`: N load-generator streams, then a reconnect storm under 1,000 (sections 4-5);
-//! - `bench::apiaccess`: istiod's reads through the agent against direct reads (section 6).
+//! - `bench::apiaccess`: istiod's reads through the agent against direct reads (section 6);
+//! - `bench::replicas`: failover of 1,000 streams between replicas (7), sustained churn (8), status
+//!   settle after a burst with 1 and 3 replicas (9).
 //!
 //! `TETHER_BENCH_STREAMS` (default `100,1000,10000`) sets the fan-out sizes; `TETHER_BENCH_ONLY=api`
-//! (or `propagation`) runs section 6 (or 1-3) alone and only prints it.
+//! (or `propagation`, `replicas`) runs section 6 (or 1-3, 7-8) alone and only prints it.
+//! `TETHER_BENCH_CHURN` (default `1000,10000`) sets the sustained-churn sizes and
+//! `TETHER_BENCH_CHURN_SECS` (default 600) its length; `TETHER_BENCH_SETTLE` (default `10000`) the
+//! settle sizes.
 
 use std::time::Instant;
 use tether_tests::ControlPlanes;
 use tether_tests::bench::report::{MARKER, Results, render};
-use tether_tests::bench::{apiaccess, fleet, propagation};
+use tether_tests::bench::{apiaccess, fleet, propagation, replicas};
+
+type ReplicaSections = (
+    Result<replicas::Failover, String>,
+    Vec<Result<replicas::Sustained, String>>,
+    Vec<Result<replicas::Settle, String>>,
+);
+
+fn sizes(var: &str, default: &str) -> Vec<usize> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// Sections 7 to 9.
+async fn replica_sections(planes: &'static ControlPlanes) -> ReplicaSections {
+    let failover = replicas::failover(planes, 1000)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    let mut settle = Vec::new();
+    for n in sizes("TETHER_BENCH_SETTLE", "10000") {
+        for r in [1, 3] {
+            settle.push(
+                replicas::settle(planes, n, r)
+                    .await
+                    .map_err(|e| format!("{n} streams, {r} replicas: {e:#}")),
+            );
+        }
+    }
+    let secs = std::env::var("TETHER_BENCH_CHURN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let mut sustained = Vec::new();
+    for n in sizes("TETHER_BENCH_CHURN", "1000,10000") {
+        let every = std::time::Duration::from_secs((secs / 10).max(10));
+        sustained.push(
+            replicas::sustained(planes, n, secs, every)
+                .await
+                .map_err(|e| format!("{n} streams: {e:#}")),
+        );
+    }
+    (failover, sustained, settle)
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -31,6 +81,10 @@ async fn main() -> anyhow::Result<()> {
     match std::env::var("TETHER_BENCH_ONLY").as_deref() {
         Ok("api") => {
             apiaccess::run(planes).await?;
+            return Ok(());
+        }
+        Ok("replicas") => {
+            let _ = replica_sections(planes).await;
             return Ok(());
         }
         Ok("propagation") => {
@@ -67,11 +121,15 @@ async fn main() -> anyhow::Result<()> {
         }
         f.load.stop();
     }
+    let (failover, sustained, settle) = replica_sections(planes).await;
     let results = Results {
         propagation,
         api_access,
         fanout: rows,
         storms,
+        failover,
+        sustained,
+        settle,
         took_secs: started.elapsed().as_secs_f64(),
     };
     let date = std::process::Command::new("date")
