@@ -320,7 +320,9 @@ impl Stream {
         let mut move_at = max_age.map(|age| Instant::now() + age);
         // Asked to move: closed then if the agent has not.
         let mut moving: Option<Instant> = None;
-        let mut draining = *shutdown.borrow();
+        // Not from the current value: a stream admitted after the hub began to drain sees the change
+        // as new (its receiver has not seen it) and is asked to move at once.
+        let mut draining = false;
         let ask = |why: &'static str| {
             let m = HubMessage {
                 message: Some(hub_message::Message::Reconnect(Reconnect {

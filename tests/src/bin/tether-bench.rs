@@ -10,7 +10,8 @@
 //!   settle after a burst with 1 and 3 replicas (9).
 //!
 //! `TETHER_BENCH_STREAMS` (default `100,1000,10000`) sets the fan-out sizes; `TETHER_BENCH_ONLY=api`
-//! (or `propagation`, `replicas`) runs section 6 (or 1-3, 7-8) alone and only prints it.
+//! (or `propagation`, `replicas`, `settle`) runs section 6 (or 1-3, 7-9, 9) alone and only prints
+//! it.
 //! `TETHER_BENCH_CHURN` (default `1000,10000`) sets the sustained-churn sizes and
 //! `TETHER_BENCH_CHURN_SECS` (default 600) its length; `TETHER_BENCH_SETTLE` (default `10000`) the
 //! settle sizes.
@@ -26,6 +27,13 @@ type ReplicaSections = (
     Vec<Result<replicas::Settle, String>>,
 );
 
+/// A failed section's error, printed and kept for the document.
+fn failed(e: anyhow::Error, what: String) -> String {
+    let m = format!("{what}{e:#}");
+    println!("  failed: {m}");
+    m
+}
+
 fn sizes(var: &str, default: &str) -> Vec<usize> {
     std::env::var(var)
         .unwrap_or_else(|_| default.into())
@@ -38,14 +46,14 @@ fn sizes(var: &str, default: &str) -> Vec<usize> {
 async fn replica_sections(planes: &'static ControlPlanes) -> ReplicaSections {
     let failover = replicas::failover(planes, 1000)
         .await
-        .map_err(|e| format!("{e:#}"));
+        .map_err(|e| failed(e, String::new()));
     let mut settle = Vec::new();
     for n in sizes("TETHER_BENCH_SETTLE", "10000") {
         for r in [1, 3] {
             settle.push(
                 replicas::settle(planes, n, r)
                     .await
-                    .map_err(|e| format!("{n} streams, {r} replicas: {e:#}")),
+                    .map_err(|e| failed(e, format!("{n} streams, {r} replicas: "))),
             );
         }
     }
@@ -59,7 +67,7 @@ async fn replica_sections(planes: &'static ControlPlanes) -> ReplicaSections {
         sustained.push(
             replicas::sustained(planes, n, secs, every)
                 .await
-                .map_err(|e| format!("{n} streams: {e:#}")),
+                .map_err(|e| failed(e, format!("{n} streams: "))),
         );
     }
     (failover, sustained, settle)
@@ -67,11 +75,7 @@ async fn replica_sections(planes: &'static ControlPlanes) -> ReplicaSections {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let sizes: Vec<usize> = std::env::var("TETHER_BENCH_STREAMS")
-        .unwrap_or_else(|_| "100,1000,10000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let fanout_sizes = sizes("TETHER_BENCH_STREAMS", "100,1000,10000");
     let started = Instant::now();
     let mut names = vec!["central"];
     names.extend(propagation::REMOTES);
@@ -81,6 +85,14 @@ async fn main() -> anyhow::Result<()> {
     match std::env::var("TETHER_BENCH_ONLY").as_deref() {
         Ok("api") => {
             apiaccess::run(planes).await?;
+            return Ok(());
+        }
+        Ok("settle") => {
+            for n in sizes("TETHER_BENCH_SETTLE", "10000") {
+                for r in [1, 3] {
+                    replicas::settle(planes, n, r).await?;
+                }
+            }
             return Ok(());
         }
         Ok("replicas") => {
@@ -101,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let mut rows = Vec::new();
     let mut storms = Vec::new();
-    for n in &sizes {
+    for n in &fanout_sizes {
         println!("== fleet of {n}");
         let mut f = match fleet::fleet(planes, *n).await {
             Ok(f) => f,
