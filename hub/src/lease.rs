@@ -258,14 +258,15 @@ impl Membership {
             .alive_replicas(Instant::now())
     }
 
-    /// Changes of this replica's own Lease or its leadership from now on. (A fresh clone of a
-    /// receiver that nobody marks as seen reports every earlier change again: waiting on one in a
-    /// loop spun the observer, listing Leases without pause, until this held its own receivers.)
-    pub fn changes(&self) -> MembershipChanges {
-        let (mut alive, mut leader) = (self.alive.clone(), self.leader.clone());
-        alive.mark_unchanged();
-        leader.mark_unchanged();
-        MembershipChanges { alive, leader }
+    /// Resolves when this replica's own Lease or its leadership changes.
+    pub async fn changed(&self) {
+        let mut alive = self.alive.clone();
+        let mut leader = self.leader.clone();
+        tokio::select! {
+            Ok(()) = alive.changed() => {}
+            Ok(()) = leader.changed() => {}
+            else => std::future::pending().await,
+        }
     }
 
     /// Observes the replicas' Leases every `every`; when one dies, or this replica's leadership
@@ -279,7 +280,6 @@ impl Membership {
     ) {
         let list = ListParams::default().labels(&format!("{REPLICA_LABEL}=true"));
         let mut was = (self.alive(), self.leader());
-        let mut mine = self.changes();
         loop {
             let died = match api.list(&list).await {
                 Ok(leases) => {
@@ -310,25 +310,8 @@ impl Membership {
             was = now;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = mine.next() => {}
+                _ = self.changed() => {}
             }
-        }
-    }
-}
-
-/// See [`Membership::changes`].
-pub struct MembershipChanges {
-    alive: watch::Receiver<bool>,
-    leader: watch::Receiver<bool>,
-}
-
-impl MembershipChanges {
-    /// Resolves at the next change (never, once both senders are gone).
-    pub async fn next(&mut self) {
-        tokio::select! {
-            Ok(()) = self.alive.changed() => {}
-            Ok(()) = self.leader.changed() => {}
-            else => std::future::pending().await,
         }
     }
 }
@@ -336,24 +319,6 @@ impl MembershipChanges {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_change_is_reported_once() {
-        let (alive_tx, alive) = watch::channel(false);
-        let (leader_tx, leader) = watch::channel(false);
-        let m = Membership::new("a".into(), alive, leader, Duration::ZERO);
-        // Changes before the watcher was made are not its news.
-        alive_tx.send_replace(true);
-        let mut changes = m.changes();
-        let soon = Duration::from_millis(50);
-        assert!(tokio::time::timeout(soon, changes.next()).await.is_err());
-        leader_tx.send_replace(true);
-        assert!(tokio::time::timeout(soon, changes.next()).await.is_ok());
-        assert!(
-            tokio::time::timeout(soon, changes.next()).await.is_err(),
-            "reported once, not on every wait"
-        );
-    }
 
     fn lease(holder: Option<&str>, renew: Timestamp, secs: i32) -> Lease {
         Lease {
