@@ -19,24 +19,14 @@ async fn metric(port: u16, name: &str) -> f64 {
     }
 }
 
-/// A hub with `n` RemoteClusters and `n` load-generator streams.
-pub struct Fleet {
-    mesh: Mesh,
-    pub load: LoadGen,
-    n: usize,
-    hub_idle_kib: u64,
-    connect_secs: f64,
-}
-
-pub async fn fleet(planes: &'static ControlPlanes, n: usize) -> anyhow::Result<Fleet> {
-    let mut mesh = Mesh::new(planes, &[]).await?;
-    mesh.test_timing = false;
-    mesh.log_filter = Some("warn".into());
-    mesh.create_istiod().await?;
-    let t = Instant::now();
-    let names: Vec<String> = (0..n).map(|i| format!("lg-{i}")).collect();
+/// A load-generator stream for each of `names`, with its own client certificate and the agent's
+/// defaults, dialling the mesh's hub.
+pub fn stream_settings(
+    mesh: &Mesh,
+    names: &[String],
+) -> anyhow::Result<Vec<tether_agent::client::StreamConfig>> {
     let mut settings = Vec::new();
-    for name in &names {
+    for name in names {
         let dir = mesh.write_agent_cert(name, name, false)?;
         settings.push(tether_agent::client::StreamConfig {
             cluster: name.clone(),
@@ -53,6 +43,26 @@ pub async fn fleet(planes: &'static ControlPlanes, n: usize) -> anyhow::Result<F
             max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
         });
     }
+    Ok(settings)
+}
+
+/// A hub with `n` RemoteClusters and `n` load-generator streams.
+pub struct Fleet {
+    mesh: Mesh,
+    pub load: LoadGen,
+    n: usize,
+    hub_idle_kib: u64,
+    connect_secs: f64,
+}
+
+pub async fn fleet(planes: &'static ControlPlanes, n: usize) -> anyhow::Result<Fleet> {
+    let mut mesh = Mesh::new(planes, &[]).await?;
+    mesh.test_timing = false;
+    mesh.log_filter = Some("warn".into());
+    mesh.create_istiod().await?;
+    let t = Instant::now();
+    let names: Vec<String> = (0..n).map(|i| format!("lg-{i}")).collect();
+    let settings = stream_settings(&mesh, &names)?;
     let m = &mesh;
     futures::stream::iter(&names)
         .map(|name| async move { m.create_remote_cluster(name, json!({})).await })

@@ -26,24 +26,7 @@ async fn identities(
     mesh.log_filter = Some("warn".into());
     mesh.create_istiod().await?;
     let names: Vec<String> = (0..n).map(|i| format!("lg-{i}")).collect();
-    let mut settings = Vec::new();
-    for name in &names {
-        let dir = mesh.write_agent_cert(name, name, false)?;
-        settings.push(tether_agent::client::StreamConfig {
-            cluster: name.clone(),
-            hub_addr: mesh.hub_addr(),
-            server_name: None,
-            tls: tether_proto::tls::TlsFiles::in_dir(&dir),
-            // The agent's defaults.
-            keepalive_interval: Duration::from_secs(5),
-            keepalive_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
-            standby_retry: Duration::from_secs(30),
-            max_message_bytes: tether_proto::limits::MAX_MESSAGE_BYTES,
-        });
-    }
+    let settings = super::fleet::stream_settings(&mesh, &names)?;
     let m = &mesh;
     futures::stream::iter(
         names
@@ -58,6 +41,16 @@ async fn identities(
     .into_iter()
     .collect::<anyhow::Result<Vec<()>>>()?;
     Ok((mesh, settings))
+}
+
+/// The central kube-apiserver's pid (the first of the cluster's processes is etcd).
+fn central_apiserver(mesh: &Mesh) -> u32 {
+    *mesh
+        .planes
+        .get("central")
+        .pids()
+        .last()
+        .expect("central runs")
 }
 
 async fn ready(port: u16) -> anyhow::Result<()> {
@@ -180,13 +173,7 @@ pub async fn sustained(
     tokio::time::sleep(Duration::from_secs(5)).await;
     let hub_pid = mesh.hub_pid().expect("started");
     let agent_pid = mesh.agent_pid("remote-1").expect("started");
-    // The central kube-apiserver (the first of the cluster's processes is etcd).
-    let apiserver = *mesh
-        .planes
-        .get("central")
-        .pids()
-        .last()
-        .expect("central runs");
+    let apiserver = central_apiserver(&mesh);
     let writes = || async {
         match Mesh::admin_get(mesh.hub_admin_port, "/metrics").await {
             Ok((_, text)) => crate::metric(&text, "tether_hub_status_writes_total"),
@@ -309,12 +296,7 @@ pub async fn settle(
         "statuses did not settle after connecting"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let apiserver = *mesh
-        .planes
-        .get("central")
-        .pids()
-        .last()
-        .expect("central runs");
+    let apiserver = central_apiserver(&mesh);
     // What the central API server spends with nothing changing (Leases, watches, this bench's
     // polls), per second: subtracted below.
     let idle0 = (Instant::now(), usage(apiserver).cpu_secs);
