@@ -208,6 +208,11 @@ struct Fleet {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn fleet() -> Fleet {
+    fleet_of(&IDS, &[]).await
+}
+
+/// The fleet with only the replicas `start` running, each with `hub_args`.
+async fn fleet_of(start: &[&'static str], hub_args: &[&str]) -> Fleet {
     let planes = ControlPlanes::shared(CLUSTERS).await;
     let mut mesh = Mesh::new(planes, REMOTES).await.unwrap();
     mesh.create_istiod_service().await.unwrap();
@@ -230,7 +235,8 @@ async fn fleet() -> Fleet {
             .collect(),
         incarnation: HashMap::new(),
     };
-    for id in IDS {
+    mesh.hub_args = hub_args.iter().map(|a| a.to_string()).collect();
+    for id in start {
         replicas.start(&mut mesh, id);
     }
     let balancer = Balancer::start(replicas.upstreams()).await.unwrap();
@@ -472,39 +478,13 @@ async fn a_rolling_restart_under_churn_loses_no_remote() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_spread_to_a_new_replica_by_their_maximum_age() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let planes = ControlPlanes::shared(CLUSTERS).await;
-    let mut mesh = Mesh::new(planes, REMOTES).await.unwrap();
-    mesh.create_istiod().await.unwrap();
-    let fleet: Vec<String> = (0..FLEET).map(|i| format!("lg-{i}")).collect();
-    for name in REMOTES.iter().map(|r| r.to_string()).chain(fleet.clone()) {
-        mesh.create_remote_cluster(&name, json!({})).await.unwrap();
-    }
-    let n = REMOTES.len() + FLEET;
-    mesh.hub_args = vec!["--max-connection-age".into(), "4s".into()];
-    let mut replicas = Replicas {
-        ports: IDS
-            .iter()
-            .map(|id| (*id, (free_port(), free_port())))
-            .collect(),
-        incarnation: HashMap::new(),
-    };
-    replicas.start(&mut mesh, "hub-0");
-    let balancer = Balancer::start(replicas.upstreams()).await.unwrap();
-    for r in REMOTES {
-        mesh.agent_hub_addr
-            .insert(r.to_string(), balancer.addr.to_string());
-        mesh.start_agent(r).unwrap();
-    }
-    let configs = fleet
-        .iter()
-        .map(|name| {
-            let dir = mesh.write_agent_cert(name, name, false).unwrap();
-            let mut c = client_settings(&mesh, &dir, name);
-            c.hub_addr = balancer.addr.to_string();
-            c
-        })
-        .collect();
-    let load = LoadGen::start(configs);
+    let Fleet {
+        mut mesh,
+        mut replicas,
+        _balancer: balancer,
+        load,
+        n,
+    } = fleet_of(&["hub-0"], &["--max-connection-age", "4s"]).await;
     let hubs = eventually("every remote Synced on hub-0", SOON, || {
         all_synced(&mesh, n, &["hub-0"])
     })
