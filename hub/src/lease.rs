@@ -14,9 +14,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 pub const LEADER: &str = "tether-hub-leader";
@@ -199,6 +200,12 @@ pub struct Membership {
     alive: watch::Receiver<bool>,
     leader: watch::Receiver<bool>,
     observed: Mutex<Observed>,
+    /// Remotes whose writer waits for the next observation of the Leases (see
+    /// `replicas::Decision::ObserveLeases`), and the nudge that asks for it now.
+    awaiting: Mutex<HashSet<String>>,
+    observe_now: Notify,
+    /// No other replica exists (nothing to observe).
+    alone: bool,
     /// How long a replica whose agent's stream closed waits before it reports Disconnected.
     pub grace: Duration,
 }
@@ -216,6 +223,9 @@ impl Membership {
             alive,
             leader,
             observed: Mutex::default(),
+            awaiting: Mutex::default(),
+            observe_now: Notify::new(),
+            alone: false,
             grace,
         }
     }
@@ -224,7 +234,10 @@ impl Membership {
     pub fn alone(me: &str) -> Self {
         let (_, alive) = watch::channel(true);
         let (_, leader) = watch::channel(true);
-        Self::new(me.to_string(), alive, leader, Duration::ZERO)
+        Self {
+            alone: true,
+            ..Self::new(me.to_string(), alive, leader, Duration::ZERO)
+        }
     }
 
     pub fn alive(&self) -> bool {
@@ -258,19 +271,38 @@ impl Membership {
             .alive_replicas(Instant::now())
     }
 
-    /// Resolves when this replica's own Lease or its leadership changes.
-    pub async fn changed(&self) {
-        let mut alive = self.alive.clone();
-        let mut leader = self.leader.clone();
-        tokio::select! {
-            Ok(()) = alive.changed() => {}
-            Ok(()) = leader.changed() => {}
-            else => std::future::pending().await,
-        }
+    /// Whether the other replicas' Leases were observed by a list asked for at `since` or later.
+    pub fn leases_seen_since(&self, since: Instant) -> bool {
+        self.alone
+            || self
+                .observed
+                .lock()
+                .expect("observed lock")
+                .seen_since(since)
     }
 
-    /// Observes the replicas' Leases every `every`; when one dies, or this replica's leadership
-    /// or Lease changes, every remote is visited again (its writer may have changed).
+    /// Asks for an observation of the Leases now; `remote` is marked changed once one is made.
+    pub fn observe_leases_for(&self, remote: &str) {
+        self.awaiting
+            .lock()
+            .expect("awaiting lock")
+            .insert(remote.to_string());
+        self.observe_now.notify_one();
+    }
+
+    /// Changes of this replica's own Lease or its leadership from now on. (A fresh clone of a
+    /// receiver that nobody marks as seen reports every earlier change again: waiting on clones in
+    /// a loop spun the observer, listing the Leases without pause, until it held its own.)
+    pub fn changes(&self) -> MembershipChanges {
+        let (mut alive, mut leader) = (self.alive.clone(), self.leader.clone());
+        alive.mark_unchanged();
+        leader.mark_unchanged();
+        MembershipChanges { alive, leader }
+    }
+
+    /// Observes the replicas' Leases every `every`, and at once when the writer asks; when one
+    /// dies, or this replica's leadership or Lease changes, every remote is visited again (its
+    /// writer may have changed), and after every observation the remotes that waited for one.
     pub async fn watch(
         self: Arc<Self>,
         api: Api<Lease>,
@@ -280,8 +312,11 @@ impl Membership {
     ) {
         let list = ListParams::default().labels(&format!("{REPLICA_LABEL}=true"));
         let mut was = (self.alive(), self.leader());
+        let mut mine = self.changes();
         loop {
-            let died = match api.list(&list).await {
+            let asked = Instant::now();
+            let listed = api.list(&list).await;
+            let died = match &listed {
                 Ok(leases) => {
                     let seen = leases.items.iter().filter_map(|l| {
                         let spec = l.spec.as_ref()?;
@@ -290,10 +325,11 @@ impl Membership {
                         let secs = spec.lease_duration_seconds.unwrap_or(15).max(1) as u64;
                         Some((holder, renew, Duration::from_secs(secs)))
                     });
-                    self.observed
-                        .lock()
-                        .expect("observed lock")
-                        .observe(seen, Instant::now())
+                    self.observed.lock().expect("observed lock").observe(
+                        seen,
+                        asked,
+                        Instant::now(),
+                    )
                 }
                 Err(error) => {
                     warn!(%error, "could not list the hub replicas' leases");
@@ -304,14 +340,36 @@ impl Membership {
             if !died.is_empty() {
                 info!(?died, "hub replicas stopped renewing their leases");
             }
+            if listed.is_ok() {
+                let awaiting = std::mem::take(&mut *self.awaiting.lock().expect("awaiting lock"));
+                changes.mark_all(awaiting);
+            }
             if (!died.is_empty() && now.1) || now != was {
                 changes.mark_all(remotes.state().iter().map(|rc| rc.name_any()));
             }
             was = now;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = self.changed() => {}
+                _ = mine.next() => {}
+                _ = self.observe_now.notified() => {}
             }
+        }
+    }
+}
+
+/// See [`Membership::changes`].
+pub struct MembershipChanges {
+    alive: watch::Receiver<bool>,
+    leader: watch::Receiver<bool>,
+}
+
+impl MembershipChanges {
+    /// Resolves at the next change (never, once both senders are gone).
+    pub async fn next(&mut self) {
+        tokio::select! {
+            Ok(()) = self.alive.changed() => {}
+            Ok(()) = self.leader.changed() => {}
+            else => std::future::pending().await,
         }
     }
 }
@@ -319,6 +377,24 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_change_is_reported_once() {
+        let (alive_tx, alive) = watch::channel(false);
+        let (leader_tx, leader) = watch::channel(false);
+        let m = Membership::new("a".into(), alive, leader, Duration::ZERO);
+        // Changes before the watcher was made are not its news.
+        alive_tx.send_replace(true);
+        let mut changes = m.changes();
+        let soon = Duration::from_millis(50);
+        assert!(tokio::time::timeout(soon, changes.next()).await.is_err());
+        leader_tx.send_replace(true);
+        assert!(tokio::time::timeout(soon, changes.next()).await.is_ok());
+        assert!(
+            tokio::time::timeout(soon, changes.next()).await.is_err(),
+            "reported once, not on every wait"
+        );
+    }
 
     fn lease(holder: Option<&str>, renew: Timestamp, secs: i32) -> Lease {
         Lease {

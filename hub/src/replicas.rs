@@ -13,8 +13,14 @@
 //!  agent.hub == me, stream closed < grace ago ─────────────────────────► wait (it may come back)
 //!  agent.hub == me ────────────────────────────────────────────────────► write, agent.hub = me
 //!  agent.hub == another replica that is alive ─────────────────────────► not mine
-//!  agent.hub empty or a dead replica ──── leader? ─► write, agent.hub cleared   else not mine
+//!  not the leader ─────────────────────────────────────────────────────► not mine
+//!  agent.hub a dead replica, Leases not looked at since this status came ► look at them first
+//!  agent.hub empty or a dead replica ──────────────────────────────────► write, agent.hub cleared
 //! ```
+//! A replica is dead when its Lease stopped moving as seen here; the Leases are observed every third
+//! of a Lease. A replica that has just come back renews its Lease before it claims anything, so the
+//! leader takes a remote over only on an observation that started after it saw the claim: a
+//! replica that restarted between two observations is never taken for dead over its fresh claims.
 //! A replica that does not hold its own Lease (it cannot renew it: cut off from the central API
 //! server, or replaced) writes nothing at all.
 
@@ -36,6 +42,9 @@ pub struct View<'a> {
     pub closed_at: Option<Timestamp>,
     /// `status.agent.hub` as stored.
     pub recorded: Option<&'a str>,
+    /// The replicas' Leases were observed (a list that started) after this status was first seen
+    /// here.
+    pub leases_seen_since: bool,
     pub grace: Duration,
     pub now: Timestamp,
 }
@@ -47,6 +56,9 @@ pub enum Decision {
     Write { hub: Option<String> },
     /// This replica writes it, but not before then.
     WaitUntil(Timestamp),
+    /// The recorded replica looks dead, but on Leases observed before this status: observe them
+    /// again, then decide.
+    ObserveLeases,
     /// Another replica does (or nobody may, for now).
     NotMine,
 }
@@ -67,8 +79,9 @@ pub fn decide(v: View<'_>, replica_alive: impl Fn(&str) -> bool) -> Decision {
             _ => mine(),
         },
         Some(hub) if replica_alive(hub) => Decision::NotMine,
-        _ if v.leader => Decision::Write { hub: None },
-        _ => Decision::NotMine,
+        _ if !v.leader => Decision::NotMine,
+        Some(_) if !v.leases_seen_since => Decision::ObserveLeases,
+        _ => Decision::Write { hub: None },
     }
 }
 
@@ -80,6 +93,8 @@ pub struct Observed {
     leases: HashMap<String, Seen>,
     /// When the last list was observed.
     last: Option<std::time::Instant>,
+    /// When the newest list observed was asked for.
+    asked: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -90,13 +105,16 @@ struct Seen {
 }
 
 impl Observed {
-    /// Records a list of replica Leases (holder, renew time as written, duration) seen at `at`.
-    /// Returns the replicas that are newly dead or newly gone since the last call.
+    /// Records a list of replica Leases (holder, renew time as written, duration) asked for at
+    /// `asked` and seen at `at`. Returns the replicas that are newly dead or newly gone since the
+    /// last call.
     pub fn observe(
         &mut self,
         leases: impl IntoIterator<Item = (String, String, Duration)>,
+        asked: std::time::Instant,
         at: std::time::Instant,
     ) -> Vec<String> {
+        self.asked = Some(self.asked.map_or(asked, |a| a.max(asked)));
         // Alive as of the previous observation: what died since is reported once.
         let before = self.last.unwrap_or(at);
         let was_alive: Vec<String> = self
@@ -126,6 +144,11 @@ impl Observed {
             .into_iter()
             .filter(|h| !self.alive(h, at))
             .collect()
+    }
+
+    /// Whether a list of the Leases asked for at `since` or later was observed.
+    pub fn seen_since(&self, since: std::time::Instant) -> bool {
+        self.asked.is_some_and(|a| a >= since)
     }
 
     /// Whether `holder`'s Lease was renewed within its duration, as seen here.
@@ -161,6 +184,7 @@ mod tests {
             serving: false,
             closed_at: None,
             recorded,
+            leases_seen_since: true,
             grace: Duration::from_secs(5),
             now: Timestamp::now(),
         }
@@ -230,11 +254,30 @@ mod tests {
             "b is dead"
         );
         assert_eq!(decide(view("a", Some("b")), |_| false), Decision::NotMine);
+        let unobserved = View {
+            leases_seen_since: false,
+            ..leader
+        };
+        assert_eq!(
+            decide(unobserved, |_| false),
+            Decision::ObserveLeases,
+            "b may have come back and claimed it since the Leases were last seen"
+        );
+        assert_eq!(decide(unobserved, |_| true), Decision::NotMine);
         let unclaimed = View {
             leader: true,
             ..view("a", None)
         };
         assert_eq!(decide(unclaimed, |_| true), Decision::Write { hub: None });
+        let unclaimed_unobserved = View {
+            leases_seen_since: false,
+            ..unclaimed
+        };
+        assert_eq!(
+            decide(unclaimed_unobserved, |_| true),
+            Decision::Write { hub: None },
+            "nobody to take for dead: a claim meanwhile makes this write a conflict"
+        );
         assert_eq!(
             decide(view("a", Some("")), |_| true),
             Decision::NotMine,
@@ -259,21 +302,29 @@ mod tests {
         let t0 = Instant::now();
         let d = Duration::from_secs(10);
         let lease = |h: &str, r: &str| (h.to_string(), r.to_string(), d);
-        assert!(o.observe([lease("a", "1"), lease("b", "1")], t0).is_empty());
+        assert!(!o.seen_since(t0));
+        assert!(
+            o.observe([lease("a", "1"), lease("b", "1")], t0, t0)
+                .is_empty()
+        );
+        assert!(o.seen_since(t0) && !o.seen_since(t0 + Duration::from_millis(1)));
         assert_eq!(o.alive_replicas(t0), ["a", "b"]);
         // a renews, b does not: b dies once its duration has passed since its last change was seen.
         let t1 = t0 + Duration::from_secs(6);
-        assert!(o.observe([lease("a", "2"), lease("b", "1")], t1).is_empty());
+        assert!(
+            o.observe([lease("a", "2"), lease("b", "1")], t1, t1)
+                .is_empty()
+        );
         let t2 = t0 + Duration::from_secs(11);
-        assert_eq!(o.observe([lease("a", "2"), lease("b", "1")], t2), ["b"]);
+        assert_eq!(o.observe([lease("a", "2"), lease("b", "1")], t2, t2), ["b"]);
         assert!(o.alive("a", t2) && !o.alive("b", t2));
         assert_eq!(
-            o.observe([lease("a", "3"), lease("b", "1")], t2),
+            o.observe([lease("a", "3"), lease("b", "1")], t2, t2),
             Vec::<String>::new(),
             "reported once"
         );
         // A Lease that disappears is dead; one that renews again is alive again.
-        assert_eq!(o.observe([lease("b", "2")], t2), ["a"]);
+        assert_eq!(o.observe([lease("b", "2")], t2, t2), ["a"]);
         assert!(o.alive("b", t2));
     }
 }

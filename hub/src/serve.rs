@@ -207,6 +207,7 @@ pub async fn run(
         api_access: api,
         membership,
         started: k8s_openapi::jiff::Timestamp::now(),
+        first_seen: Default::default(),
     };
     tokio::spawn(status.run());
 

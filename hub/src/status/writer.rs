@@ -74,6 +74,9 @@ pub struct StatusWriter {
     /// When this process started: a remote recorded as this replica's waits `membership.grace`
     /// from then for its agent to come back before it is reported Disconnected.
     pub started: Timestamp,
+    /// Each remote's stored resourceVersion and when this writer first saw it: a takeover is
+    /// decided only on Leases observed after that (see `replicas`).
+    pub first_seen: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 /// What the status writer reads of API access.
@@ -325,6 +328,10 @@ impl StatusWriter {
             match result {
                 Ok(Visited::Gone) => {
                     memory.remove(&name);
+                    self.first_seen
+                        .lock()
+                        .expect("first_seen lock")
+                        .remove(&name);
                     self.retirements
                         .forget_stream_state(&name, &self.index, &self.streams);
                 }
@@ -367,6 +374,19 @@ impl StatusWriter {
         unreachable
     }
 
+    /// When this writer first saw `name` at resourceVersion `rv`.
+    fn first_seen(&self, name: &str, rv: u64) -> Instant {
+        let mut seen = self.first_seen.lock().expect("first_seen lock");
+        match seen.get(name) {
+            Some((at_rv, at)) if *at_rv == rv => *at,
+            _ => {
+                let now = Instant::now();
+                seen.insert(name.to_string(), (rv, now));
+                now
+            }
+        }
+    }
+
     /// The live replicas, this one included, that share the write budget.
     fn replicas(&self) -> usize {
         self.membership.alive_replicas().len().max(1)
@@ -396,6 +416,7 @@ impl StatusWriter {
         let stream = self.streams.get(name);
         let now = Timestamp::now();
         let m = &self.membership;
+        let seen_at = self.first_seen(name, resource_version(&rc));
         let view = View {
             me: &m.me,
             alive: m.alive(),
@@ -411,11 +432,20 @@ impl StatusWriter {
                 .as_ref()
                 .and_then(|s| s.agent.as_ref())
                 .map(|a| a.hub.as_str()),
+            leases_seen_since: m.leases_seen_since(seen_at),
             grace: m.grace,
             now,
         };
         let hub = match decide(view, |r| m.replica_alive(r)) {
             Decision::NotMine => {
+                return Ok(Visited::Remote {
+                    written: None,
+                    due: None,
+                });
+            }
+            Decision::ObserveLeases => {
+                // Marked again once the Leases have been listed.
+                m.observe_leases_for(name);
                 return Ok(Visited::Remote {
                     written: None,
                     due: None,
