@@ -22,7 +22,8 @@ use std::time::Duration;
 use tether_proto::tls::{TlsFiles, client_config};
 use tether_proto::v1::sync_client::SyncClient;
 use tether_proto::v1::{
-    Ack, AgentMessage, Hello, HubMessage, Nack, ObjectFailure, Retired, agent_message, hub_message,
+    Ack, AgentMessage, Hello, HubMessage, Nack, ObjectFailure, Retired, TunnelState, agent_message,
+    hub_message,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Endpoint, Uri};
@@ -103,6 +104,7 @@ pub async fn run(
     commands: watch::Sender<Option<Command>>,
     mut results: mpsc::Receiver<Answer>,
     progress: watch::Receiver<Progress>,
+    mut tunnel: Option<watch::Receiver<bool>>,
     metrics: AgentMetrics,
 ) {
     let mut backoff = tether_proto::runtime::retry::jittered(s.backoff_initial, s.backoff_max);
@@ -120,9 +122,17 @@ pub async fn run(
             instance: instance.clone(),
             standby,
         };
-        let result = run_internal(&s, hello, &commands, &mut results, &progress, &metrics)
-            .instrument(span)
-            .await;
+        let result = run_internal(
+            &s,
+            hello,
+            &commands,
+            &mut results,
+            &progress,
+            tunnel.as_mut(),
+            &metrics,
+        )
+        .instrument(span)
+        .await;
         metrics.connected.set(0);
         let reason = match &result {
             Ok(_) => "closed",
@@ -213,8 +223,9 @@ async fn moved(moving: Option<Opening<'_>>) -> Option<Opened> {
     }
 }
 
-/// Opens a stream and says Hello; returns once the hub admitted it.
-async fn open(s: &StreamConfig, hello: Hello) -> Result<Opened, StreamError> {
+/// Opens a stream and says Hello (then, with API access on, whether the tunnel is up); returns
+/// once the hub admitted it.
+async fn open(s: &StreamConfig, hello: Hello, tunnel: Option<bool>) -> Result<Opened, StreamError> {
     let channel = connect(s).await?;
     let mut client = SyncClient::new(channel)
         .max_decoding_message_size(s.max_message_bytes)
@@ -224,6 +235,12 @@ async fn open(s: &StreamConfig, hello: Hello) -> Result<Opened, StreamError> {
         .send(msg(agent_message::Message::Hello(hello)))
         .await
         .expect("fresh channel");
+    if let Some(up) = tunnel {
+        out_tx
+            .send(msg(agent_message::Message::Tunnel(TunnelState { up })))
+            .await
+            .expect("fresh channel");
+    }
     let inbound = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(out_rx))
         .await
@@ -243,9 +260,13 @@ async fn run_internal(
     commands: &watch::Sender<Option<Command>>,
     results: &mut mpsc::Receiver<Answer>,
     progress: &watch::Receiver<Progress>,
+    mut tunnel: Option<&mut watch::Receiver<bool>>,
     metrics: &AgentMetrics,
 ) -> Result<bool, StreamError> {
-    let (mut inbound, mut out_tx) = open(s, hello.clone()).await?;
+    let tunnel_up = |t: &mut Option<&mut watch::Receiver<bool>>| {
+        t.as_deref_mut().map(|t| *t.borrow_and_update())
+    };
+    let (mut inbound, mut out_tx) = open(s, hello.clone(), tunnel_up(&mut tunnel)).await?;
     info!(hub = %s.hub_addr, "connected");
     metrics.connected.set(1);
     // Answers for a previous connection are stale: the hub resends on this one.
@@ -272,7 +293,7 @@ async fn run_internal(
                             standby: false,
                             ..hello.clone()
                         };
-                        moving = Some(Box::pin(open(s, hello)));
+                        moving = Some(Box::pin(open(s, hello, tunnel_up(&mut tunnel))));
                     }
                     Some(hub_message::Message::Reconnect(_)) => {}
                     None => warn!("empty message from the hub; ignored"),
@@ -318,6 +339,13 @@ async fn run_internal(
                     }
                 }
                 settle_move(results, metrics, &s.hub_addr);
+            }
+            Ok(()) = async { tunnel.as_deref_mut().expect("guarded").changed().await }, if tunnel.is_some() => {
+                let up = *tunnel.as_deref_mut().expect("guarded").borrow_and_update();
+                debug!(up, "API-access tunnel");
+                if out_tx.send(msg(agent_message::Message::Tunnel(TunnelState { up }))).await.is_err() {
+                    return Ok(healthy);
+                }
             }
             Some(done) = results.recv() => {
                 let m = match done {

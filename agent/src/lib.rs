@@ -54,7 +54,10 @@ pub async fn run(
         stream,
         tunnel,
     } = config;
-    let api_access = tunnel.map(|t| tokio::spawn(tunnel::run(kube.clone(), t).in_current_span()));
+    let (tunnel_tx, tunnel_rx) = watch::channel(false);
+    let tunnel_up = tunnel.is_some().then_some(tunnel_rx);
+    let api_access =
+        tunnel.map(|t| tokio::spawn(tunnel::run(kube.clone(), t, tunnel_tx).in_current_span()));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::AgentMetrics::register(&mut registry);
     let live = live::Live::start(&kube, &namespace);
@@ -84,7 +87,15 @@ pub async fn run(
         reconcile::run(applier, commands_rx, results_tx, progress_tx).in_current_span(),
     );
     let stream = tokio::spawn(
-        client::run(stream, commands_tx, results_rx, progress_rx, metrics).in_current_span(),
+        client::run(
+            stream,
+            commands_tx,
+            results_rx,
+            progress_rx,
+            tunnel_up,
+            metrics,
+        )
+        .in_current_span(),
     );
     tether_proto::runtime::cli::stopped(&mut shutdown).await;
     // Fail-static: stopping changes nothing in the cluster.

@@ -57,7 +57,8 @@ impl Reader {
 }
 
 /// Runs API access forever: the reader token's refresh and the tunnel (redialled with backoff).
-pub async fn run(own: kube::Client, config: TunnelConfig) {
+/// `up` says whether the tunnel is connected (the stream reports it to the hub).
+pub async fn run(own: kube::Client, config: TunnelConfig, up: tokio::sync::watch::Sender<bool>) {
     let reader = Reader(Arc::new(RwLock::new(Err(
         "the reader token has not been issued yet".into(),
     ))));
@@ -65,7 +66,9 @@ pub async fn run(own: kube::Client, config: TunnelConfig) {
     let mut backoff =
         tether_proto::runtime::retry::jittered(config.backoff_initial, config.backoff_max);
     loop {
-        match serve_once(&config, &reader).await {
+        let result = serve_once(&config, &reader, &up).await;
+        up.send_if_modified(|u| std::mem::replace(u, false));
+        match result {
             Ok(()) => {
                 info!("API-access tunnel closed by the hub; redialling");
                 backoff.reset();
@@ -127,7 +130,11 @@ async fn refresh_token(own: kube::Client, config: TunnelConfig, reader: Reader) 
 }
 
 /// One tunnel connection: dial, then serve the hub's requests until it ends.
-async fn serve_once(config: &TunnelConfig, reader: &Reader) -> anyhow::Result<()> {
+async fn serve_once(
+    config: &TunnelConfig,
+    reader: &Reader,
+    up: &tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<()> {
     let tls = Arc::new(tunnel_client_config(&config.tls)?);
     let host = config
         .hub_addr
@@ -152,6 +159,7 @@ async fn serve_once(config: &TunnelConfig, reader: &Reader) -> anyhow::Result<()
         );
     }
     info!(hub = %config.hub_addr, "API-access tunnel up");
+    up.send_if_modified(|u| !std::mem::replace(u, true));
     let max_body = config.max_body_bytes;
     let reader = reader.clone();
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {

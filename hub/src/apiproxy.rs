@@ -11,10 +11,15 @@
 //! Limits answer with a Kubernetes `Status` naming the limit: 404 for a remote without API access,
 //! 503 when its agent's tunnel is down (after a short hold), 429 over the in-flight bound, 413 for
 //! an oversized body, 400 for a path that is not plainly `/clusters/<name>/...`.
+//!
+//! With several replicas, the agent's tunnel may be at another one: the request is passed on
+//! (`peers`). A request from a peer replica (its certificate names it) is only ever sent down a
+//! tunnel held here, or answered 503 `tether-no-tunnel` at once.
 
 use crate::apicreds::Current;
 use crate::crd::RemoteCluster;
 use crate::metrics::{ApiRequest, Cluster, HubMetrics, Verb};
+use crate::peers::{NO_TUNNEL, Peers};
 use crate::tunnels::Tunnels;
 use bytes::Bytes;
 use http::StatusCode;
@@ -70,6 +75,10 @@ pub struct ApiProxy {
     metrics: HubMetrics,
     /// istiod's current certificate: connections with an older one end after the grace.
     current: watch::Receiver<Current>,
+    /// The other replicas (None: this hub forwards to none).
+    peers: Option<Arc<Peers>>,
+    /// Peer replicas' certificates name them in this trust domain.
+    trust_domain: String,
 }
 
 /// A Kubernetes `Status` answer.
@@ -79,6 +88,53 @@ fn status(code: StatusCode, reason: &str, message: &str) -> http::Response<Body>
             .map_err(|never| match never {})
             .boxed()
     })
+}
+
+/// 503: the remote's agent has no tunnel up (here or at another replica), after the hold.
+fn not_connected(cluster: &str) -> http::Response<Body> {
+    status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        &format!("the agent of {cluster} is not connected for API access"),
+    )
+}
+
+/// A peer replica's request for a remote whose tunnel is not here: 503 at once, marked so that the
+/// asking replica tries the next one.
+fn no_tunnel(what: &str) -> http::Response<Body> {
+    let mut answer = status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        &format!("{what}: no tunnel at this hub replica"),
+    );
+    answer
+        .headers_mut()
+        .insert(NO_TUNNEL, http::HeaderValue::from_static("true"));
+    answer
+}
+
+fn timed_out(cluster: &str, after: Duration) -> http::Response<Body> {
+    status(
+        StatusCode::GATEWAY_TIMEOUT,
+        "Timeout",
+        &format!("no answer from the agent of {cluster} within {after:?}"),
+    )
+}
+
+/// The remote's answer, passed on as it streams; the remote's in-flight permit is held until
+/// istiod has it all (or drops it).
+fn answer(
+    response: http::Response<Incoming>,
+    permit: OwnedSemaphorePermit,
+) -> http::Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_headers(&mut parts.headers);
+    let body = Guarded {
+        body: body.map_err(Into::into).boxed(),
+        _permit: Some(permit),
+        watch: None,
+    };
+    http::Response::from_parts(parts, body.boxed())
 }
 
 /// Splits `/clusters/<name>/<rest>` into the remote and the API path. Anything that is not plainly
@@ -158,7 +214,17 @@ impl ApiProxy {
             limits,
             in_flight: Mutex::new(HashMap::new()),
             metrics,
+            peers: None,
+            trust_domain: String::new(),
         }
+    }
+
+    /// Passes requests for remotes whose tunnel is at another replica on to it; accepts the other
+    /// replicas' requests (their certificates name them in `trust_domain`).
+    pub fn with_peers(mut self, peers: Arc<Peers>, trust_domain: &str) -> Self {
+        self.peers = Some(peers);
+        self.trust_domain = trust_domain.to_string();
+        self
     }
 
     fn permit(&self, cluster: &str) -> Option<OwnedSemaphorePermit> {
@@ -180,10 +246,23 @@ impl ApiProxy {
 
     /// One request from istiod, counted: by remote (only remotes with API access: a name from the
     /// path alone would let any client grow the metric), verb and answer.
-    pub async fn handle(&self, req: http::Request<Incoming>) -> http::Response<Body> {
+    /// `from_peer`: another replica passed it on (counted there, not here).
+    pub async fn handle(
+        &self,
+        req: http::Request<Incoming>,
+        from_peer: bool,
+    ) -> http::Response<Body> {
         let started = std::time::Instant::now();
         let path = req.uri().path().to_string();
-        debug!(method = %req.method(), %path, "API endpoint: request");
+        debug!(method = %req.method(), %path, from_peer, "API endpoint: request");
+        if from_peer {
+            return match route(&path) {
+                Ok((cluster, api_path)) if self.enabled(cluster) => {
+                    self.forward(req, cluster, api_path, true).await
+                }
+                _ => no_tunnel(&path),
+            };
+        }
         let (cluster, verb, response) = match route(&path) {
             Err(message) => (
                 String::new(),
@@ -204,7 +283,7 @@ impl ApiProxy {
                 let verb = tether_proto::runtime::proxy::attributes(req.method(), api_path, query)
                     .map(|a| a.verb)
                     .unwrap_or_else(|| "invalid".into());
-                let response = self.forward(req, cluster, api_path).await;
+                let response = self.forward(req, cluster, api_path, false).await;
                 (cluster.to_string(), verb, response)
             }
         };
@@ -240,12 +319,14 @@ impl ApiProxy {
         response
     }
 
-    /// Forwards a request for an enabled remote down its tunnel, within the limits.
+    /// Forwards a request for an enabled remote down its tunnel (here, or at the replica that holds
+    /// it), within the limits.
     async fn forward(
         &self,
         req: http::Request<Incoming>,
         cluster: &str,
         api_path: &str,
+        from_peer: bool,
     ) -> http::Response<Body> {
         let Some(permit) = self.permit(cluster) else {
             return status(
@@ -255,13 +336,6 @@ impl ApiProxy {
                     "more than {} requests in flight for {cluster}",
                     self.limits.max_in_flight_per_remote
                 ),
-            );
-        };
-        let Some(mut sender) = self.tunnels.get(cluster, self.limits.hold).await else {
-            return status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                &format!("the agent of {cluster} is not connected for API access"),
             );
         };
         let (parts, body) = req.into_parts();
@@ -300,16 +374,75 @@ impl ApiProxy {
             Some(q) => format!("{api_path}?{q}"),
             None => api_path.to_string(),
         };
+        let mut headers = parts.headers;
+        strip_headers(&mut headers);
+        let method = parts.method;
+        debug!(%cluster, %method, path = %api_path, "API request");
+        // The same request for each try (the body is in memory: it is bounded, and small).
+        let make = |uri: String| {
+            let mut out = http::Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .body(Full::new(body.clone()))
+                .expect("a valid request");
+            *out.headers_mut() = headers.clone();
+            out
+        };
         // The authority is only a label for the agent's logs: the tunnel decides where it goes.
-        let uri = format!("https://{cluster}.tether{path_and_query}");
-        let mut out = http::Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .body(Full::new(body))
-            .expect("a valid request");
-        *out.headers_mut() = parts.headers;
-        strip_headers(out.headers_mut());
-        debug!(%cluster, method = %parts.method, path = %api_path, "API request");
+        let down_the_tunnel = || make(format!("https://{cluster}.tether{path_and_query}"));
+        let peers = self.peers.as_ref().filter(|_| !from_peer);
+        let Some(peers) = peers else {
+            let hold = if from_peer {
+                Duration::ZERO
+            } else {
+                self.limits.hold
+            };
+            return match self.tunnels.get(cluster, hold).await {
+                Some(sender) => self.send(sender, down_the_tunnel(), cluster, permit).await,
+                None if from_peer => no_tunnel(cluster),
+                None => not_connected(cluster),
+            };
+        };
+        // Here, or at another replica; while neither, a short hold for the agent to come back.
+        let deadline = tokio::time::Instant::now() + self.limits.hold;
+        loop {
+            if let Some(sender) = self.tunnels.get(cluster, Duration::ZERO).await {
+                return self.send(sender, down_the_tunnel(), cluster, permit).await;
+            }
+            let passed = tokio::time::timeout(
+                self.limits.response_timeout,
+                peers.send(cluster, |base| {
+                    make(format!("{base}/clusters/{cluster}{path_and_query}"))
+                }),
+            )
+            .await;
+            match passed {
+                Ok(Some(response)) => {
+                    self.metrics.api_forwarded.inc();
+                    return answer(response, permit);
+                }
+                Ok(None) => {}
+                Err(_) => return timed_out(cluster, self.limits.response_timeout),
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return not_connected(cluster);
+            }
+            // Wakes at once for a tunnel here; a tunnel at another replica is asked for again.
+            self.tunnels
+                .get(cluster, left.min(Duration::from_millis(250)))
+                .await;
+        }
+    }
+
+    /// Sends a request down a tunnel held here.
+    async fn send(
+        &self,
+        mut sender: crate::tunnels::Sender,
+        out: http::Request<Full<Bytes>>,
+        cluster: &str,
+        permit: OwnedSemaphorePermit,
+    ) -> http::Response<Body> {
         if sender.ready().await.is_err() {
             return status(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -321,28 +454,10 @@ impl ApiProxy {
         // a tunnel that dies under a request must not hold it for the client's own timeout.
         let head =
             tokio::time::timeout(self.limits.response_timeout, sender.send_request(out)).await;
-        let Ok(head) = head else {
-            return status(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Timeout",
-                &format!(
-                    "no answer from the agent of {cluster} within {:?}",
-                    self.limits.response_timeout
-                ),
-            );
-        };
         match head {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                strip_headers(&mut parts.headers);
-                let body = Guarded {
-                    body: body.map_err(Into::into).boxed(),
-                    _permit: Some(permit),
-                    watch: None,
-                };
-                http::Response::from_parts(parts, body.boxed())
-            }
-            Err(error) => status(
+            Err(_) => timed_out(cluster, self.limits.response_timeout),
+            Ok(Ok(response)) => answer(response, permit),
+            Ok(Err(error)) => status(
                 StatusCode::BAD_GATEWAY,
                 "BadGateway",
                 &format!("the agent of {cluster}: {error}"),
@@ -397,8 +512,15 @@ impl ApiProxy {
                     .unwrap_or_default();
                 let limits = proxy.limits;
                 let mut current = proxy.current.clone();
-                let retired_at =
-                    move |c: &Current| c.retired_at(&peer_cert, limits.superseded_grace);
+                // Another replica passing istiod's requests on: not istiod's certificate, never
+                // superseded (it lives as long as that replica's process).
+                let from_peer = proxy.peers.is_some()
+                    && tether_proto::identity::hub_peer_from_cert(&peer_cert, &proxy.trust_domain)
+                        .is_some();
+                let retired_at = move |c: &Current| {
+                    c.retired_at(&peer_cert, limits.superseded_grace)
+                        .filter(|_| !from_peer)
+                };
                 let retired = retired_at.clone();
                 let watched = current.clone();
                 let service = hyper::service::service_fn(move |req| {
@@ -410,7 +532,7 @@ impl ApiProxy {
                         if superseded {
                             return Ok::<_, std::convert::Infallible>(superseded_answer());
                         }
-                        Ok(proxy.handle(req).await)
+                        Ok(proxy.handle(req, from_peer).await)
                     }
                 });
                 let mut builder =

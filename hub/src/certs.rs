@@ -124,6 +124,22 @@ pub fn istiod_cert(ca: &Pem, valid_for: Duration) -> Result<Pem, CertError> {
     leaf(ca, params, valid_for)
 }
 
+/// A hub replica's client certificate for forwarding istiod's requests to the other replicas' API
+/// endpoints: from the API-access CA, URI SAN `spiffe://<trust_domain>/hub-peer/<replica>`.
+pub fn peer_cert(
+    ca: &Pem,
+    trust_domain: &str,
+    replica: &str,
+    valid_for: Duration,
+) -> Result<Pem, CertError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn("tether-hub-peer");
+    let uri = tether_proto::identity::hub_peer_uri(trust_domain, replica);
+    params.subject_alt_names = vec![SanType::URI(rcgen::string::Ia5String::try_from(uri)?)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    leaf(ca, params, valid_for)
+}
+
 /// An agent's client certificate: URI SAN `spiffe://<trust_domain>/cluster/<cluster>`.
 pub fn agent_cert(
     ca: &Pem,
@@ -241,6 +257,27 @@ mod tests {
         write(&dir.join("tls.key"), &hub.key, true).unwrap();
         tether_proto::tls::server_config(&tether_proto::tls::TlsFiles::in_dir(&dir)).unwrap();
         assert!(agent_cert(&ca, "Not_Valid", "mesh.local", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn a_peer_certificate_names_its_replica_and_no_cluster() {
+        let ca = new_ca(Duration::from_secs(3600)).unwrap();
+        let peer = peer_cert(&ca, "mesh.local", "hub-1", Duration::from_secs(600)).unwrap();
+        let der = first_cert_der(&peer.cert);
+        use tether_proto::identity::{cluster_from_cert, hub_peer_from_cert};
+        assert_eq!(
+            hub_peer_from_cert(&der, "mesh.local").as_deref(),
+            Some("hub-1")
+        );
+        assert_eq!(hub_peer_from_cert(&der, "other.local"), None);
+        assert!(cluster_from_cert(&der, "mesh.local").is_err());
+        let istiod = first_cert_der(&istiod_cert(&ca, Duration::from_secs(600)).unwrap().cert);
+        assert_eq!(hub_peer_from_cert(&istiod, "mesh.local"), None);
+        let agent = agent_cert(&ca, "remote-1", "mesh.local", Duration::from_secs(600)).unwrap();
+        assert_eq!(
+            hub_peer_from_cert(&first_cert_der(&agent.cert), "mesh.local"),
+            None
+        );
     }
 
     #[test]

@@ -252,6 +252,23 @@ pub struct ApiArgs {
     /// How long a request waits for a remote's tunnel to come back before 503.
     #[arg(long, env = "TETHER_API_HOLD", default_value = "3s", value_parser = parse_duration)]
     pub api_hold: Duration,
+    /// Where the other hub replicas reach this replica's API endpoint (https://<pod IP>:<port>):
+    /// istiod's request for a remote whose agent dialled another replica is passed on there.
+    /// Default: https://<--api-addr> when that is a specific address.
+    #[arg(long, env = "TETHER_API_PEER_URL")]
+    pub api_peer_url: Option<String>,
+}
+
+impl ApiArgs {
+    /// This replica's URL for the other replicas, if it has one.
+    pub fn peer_url(&self) -> Option<String> {
+        let addr = self.api_addr?;
+        match &self.api_peer_url {
+            Some(url) => Some(url.trim_end_matches('/').to_string()),
+            None if addr.ip().is_unspecified() => None,
+            None => Some(format!("https://{addr}")),
+        }
+    }
 }
 
 impl ServeArgs {

@@ -470,6 +470,10 @@ fn record(answer: Answer, streams: &Streams, cluster: &str, current: &str, metri
         Answer::RetireFailed { message } => {
             warn!(%message, "agent could not remove everything yet; it keeps trying")
         }
+        Answer::Tunnel { up } => {
+            debug!(up, "agent's API-access tunnel");
+            streams.tunnel(cluster, up);
+        }
         Answer::Ignored(what) => warn!("ignored {what}"),
     }
 }

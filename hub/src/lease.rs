@@ -23,6 +23,8 @@ use tracing::{info, warn};
 pub const LEADER: &str = "tether-hub-leader";
 /// Label of the replicas' own Leases.
 pub const REPLICA_LABEL: &str = "tether.io/hub-replica";
+/// Annotation of a replica's own Lease: where the other replicas reach its API endpoint.
+pub const PEER_ANNOTATION: &str = "tether.io/api-peer";
 
 pub fn replica_lease(me: &str) -> String {
     format!("tether-hub-replica-{me}")
@@ -82,6 +84,8 @@ pub struct Holder {
     pub name: String,
     pub me: String,
     pub labels: Vec<(String, String)>,
+    /// Written on every renewal (a restarted replica's new address replaces the old one).
+    pub annotations: Vec<(String, String)>,
     pub duration: Duration,
 }
 
@@ -133,6 +137,7 @@ impl Holder {
                     metadata: ObjectMeta {
                         name: Some(self.name.clone()),
                         labels: Some(self.labels.iter().cloned().collect()),
+                        annotations: Some(self.annotations.iter().cloned().collect()),
                         ..Default::default()
                     },
                     spec: Some(LeaseSpec {
@@ -152,6 +157,13 @@ impl Holder {
             }
             step @ (Step::Renew | Step::TakeOver) => {
                 let mut lease = found.expect("found");
+                if !self.annotations.is_empty() {
+                    lease
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .extend(self.annotations.iter().cloned());
+                }
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 if step == Step::TakeOver {
                     spec.holder_identity = Some(self.me.clone());
@@ -206,6 +218,8 @@ pub struct Membership {
     observe_now: Notify,
     /// No other replica exists (nothing to observe).
     alone: bool,
+    /// The other replicas' API endpoints, from their Leases.
+    peer_urls: Mutex<Vec<(String, String)>>,
     /// How long a replica whose agent's stream closed waits before it reports Disconnected.
     pub grace: Duration,
 }
@@ -226,6 +240,7 @@ impl Membership {
             awaiting: Mutex::default(),
             observe_now: Notify::new(),
             alone: false,
+            peer_urls: Mutex::default(),
             grace,
         }
     }
@@ -281,6 +296,18 @@ impl Membership {
                 .seen_since(since)
     }
 
+    /// The API endpoints of the other replicas alive now, as (replica, URL).
+    pub fn peers(&self) -> Vec<(String, String)> {
+        let alive = self.alive_replicas();
+        self.peer_urls
+            .lock()
+            .expect("peers lock")
+            .iter()
+            .filter(|(id, _)| *id != self.me && alive.contains(id))
+            .cloned()
+            .collect()
+    }
+
     /// Asks for an observation of the Leases now; `remote` is marked changed once one is made.
     pub fn observe_leases_for(&self, remote: &str) {
         self.awaiting
@@ -325,6 +352,15 @@ impl Membership {
                         let secs = spec.lease_duration_seconds.unwrap_or(15).max(1) as u64;
                         Some((holder, renew, Duration::from_secs(secs)))
                     });
+                    *self.peer_urls.lock().expect("peers lock") = leases
+                        .items
+                        .iter()
+                        .filter_map(|l| {
+                            let holder = l.spec.as_ref()?.holder_identity.clone()?;
+                            let url = l.annotations().get(PEER_ANNOTATION)?.clone();
+                            Some((holder, url))
+                        })
+                        .collect();
                     self.observed.lock().expect("observed lock").observe(
                         seen,
                         asked,

@@ -32,6 +32,7 @@ pub mod index;
 pub mod lease;
 pub mod metrics;
 pub mod outbox;
+pub mod peers;
 pub mod replicas;
 pub mod retire;
 pub mod serve;

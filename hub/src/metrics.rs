@@ -63,6 +63,8 @@ pub struct HubMetrics {
     pub api_open_watches: Family<Cluster, Gauge>,
     /// API access: agents' tunnels up now.
     pub api_tunnels_connected: Gauge,
+    /// API access: istiod's requests this replica passed to the replica holding the tunnel.
+    pub api_forwarded: Counter,
 }
 
 impl HubMetrics {
@@ -84,6 +86,7 @@ impl HubMetrics {
             }),
             api_open_watches: Family::default(),
             api_tunnels_connected: Gauge::default(),
+            api_forwarded: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("tether_hub");
         r.register(
@@ -146,6 +149,11 @@ impl HubMetrics {
             "api_tunnels_connected",
             "API access: agents' tunnels up now",
             m.api_tunnels_connected.clone(),
+        );
+        r.register(
+            "api_forwarded",
+            "API access: istiod's requests passed to the hub replica that holds the remote's tunnel",
+            m.api_forwarded.clone(),
         );
         m
     }

@@ -37,6 +37,8 @@ pub enum Answer {
     Retired,
     /// The agent could not remove everything; it keeps trying.
     RetireFailed { message: String },
+    /// The agent's API-access tunnel came up or went down (at whichever replica it dialled).
+    Tunnel { up: bool },
     /// Not an answer to anything this stream sent (logged, otherwise ignored).
     Ignored(String),
 }
@@ -221,6 +223,7 @@ impl Outbox {
                     None => ignored(&r.nonce, "retired"),
                 }
             }
+            Some(agent_message::Message::Tunnel(t)) => Answer::Tunnel { up: t.up },
             Some(agent_message::Message::Hello(_)) => {
                 Answer::Ignored("a second Hello on one stream".into())
             }

@@ -108,6 +108,12 @@ pub async fn run(
         name: crate::lease::replica_lease(&me),
         me: me.clone(),
         labels: vec![(crate::lease::REPLICA_LABEL.into(), "true".into())],
+        annotations: s
+            .api
+            .peer_url()
+            .map(|url| (crate::lease::PEER_ANNOTATION.to_string(), url))
+            .into_iter()
+            .collect(),
         duration,
     };
     let leader = Holder {
@@ -115,6 +121,7 @@ pub async fn run(
         name: crate::lease::LEADER.into(),
         me: me.clone(),
         labels: vec![],
+        annotations: vec![],
         duration,
     };
     let membership = Arc::new(Membership::new(
@@ -311,14 +318,35 @@ async fn serve_api(
         superseded_grace: s.api.api_credential_grace,
         ..ApiLimits::default()
     };
-    let proxy = Arc::new(ApiProxy::new(
-        view.tunnels.clone(),
-        store.clone(),
-        s.namespace.clone(),
-        limits,
-        metrics,
-        credentials.current(),
-    ));
+    // The other replicas: this one's client certificate for their endpoints, which carry the
+    // same advertised host in their serving certificates.
+    let peer = crate::certs::peer_cert(
+        &credentials.ca,
+        &s.trust_domain,
+        &membership.me,
+        Duration::from_secs(365 * 86400),
+    )?;
+    let peers = crate::peers::Peers::new(
+        membership.clone(),
+        &credentials.ca.cert,
+        &peer,
+        rustls::pki_types::ServerName::try_from(host.to_string())?,
+        s.api.api_max_in_flight,
+    )?;
+    if s.api.peer_url().is_none() {
+        warn!("no --api-peer-url: other hub replicas cannot pass istiod's requests to this one");
+    }
+    let proxy = Arc::new(
+        ApiProxy::new(
+            view.tunnels.clone(),
+            store.clone(),
+            s.namespace.clone(),
+            limits,
+            metrics,
+            credentials.current(),
+        )
+        .with_peers(Arc::new(peers), &s.trust_domain),
+    );
     tokio::spawn(proxy.serve(listener, Arc::new(tls), shutdown));
     let secrets = RemoteSecrets {
         secrets: Api::namespaced(client.clone(), &s.api.istio_namespace),

@@ -37,6 +37,8 @@ pub struct StreamState {
     pub retired: bool,
     /// Another agent with this identity asked to serve while one was connected.
     pub duplicate: Option<Duplicate>,
+    /// The connected agent reports its API-access tunnel up (to this replica or another one).
+    pub tunnel_up: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -127,8 +129,14 @@ impl Streams {
             s.last_seen = Some(Timestamp::now());
             if s.streams == 0 {
                 s.connected_since = None;
+                s.tunnel_up = false;
             }
         });
+    }
+
+    /// The agent reports its API-access tunnel up or down.
+    pub fn tunnel(&self, cluster: &str, up: bool) {
+        self.update(cluster, |s| s.tunnel_up = up);
     }
 
     /// The agent applied `version` completely; `current`: it is the hub's desired version now.

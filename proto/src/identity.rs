@@ -22,6 +22,22 @@ pub fn spiffe_uri(trust_domain: &str, cluster: &str) -> String {
     format!("spiffe://{trust_domain}/cluster/{cluster}")
 }
 
+/// A hub replica's identity when it forwards istiod's requests to another replica (API access).
+pub fn hub_peer_uri(trust_domain: &str, replica: &str) -> String {
+    format!("spiffe://{trust_domain}/hub-peer/{replica}")
+}
+
+/// The hub replica a certificate names with [`hub_peer_uri`], if it names one.
+pub fn hub_peer_from_cert(der: &[u8], trust_domain: &str) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let prefix = format!("spiffe://{trust_domain}/hub-peer/");
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(uri) => uri.strip_prefix(&prefix).map(str::to_string),
+        _ => None,
+    })
+}
+
 /// When a DER certificate expires (Unix seconds); `None` if it cannot be parsed.
 pub fn not_after(der: &[u8]) -> Option<i64> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;

@@ -218,6 +218,7 @@ impl FakeAgent {
             commands_tx,
             results,
             progress_rx,
+            None,
             metrics.clone(),
         ));
         let (seen_tx, commands) = mpsc::unbounded_channel();

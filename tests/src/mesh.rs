@@ -203,6 +203,18 @@ impl Mesh {
         grpc_port: u16,
         admin_port: u16,
     ) -> anyhow::Result<()> {
+        self.start_replica_with(id, user, grpc_port, admin_port, &[])
+    }
+
+    /// As [`Mesh::start_replica`], with arguments of this replica's own (its API address, say).
+    pub fn start_replica_with(
+        &mut self,
+        id: &str,
+        user: &str,
+        grpc_port: u16,
+        admin_port: u16,
+        own: &[String],
+    ) -> anyhow::Result<()> {
         let kubeconfig = self
             .planes
             .get("central")
@@ -213,7 +225,7 @@ impl Mesh {
             &kubeconfig,
             &format!("hub-{user}.log"),
         )?;
-        cmd.args(["--replica-id", id]);
+        cmd.args(["--replica-id", id]).args(own);
         self.replicas.insert(
             id.to_string(),
             (spawn(cmd)?, format!("hub-{user}"), admin_port),

@@ -350,17 +350,31 @@ fn chart_values_for_a_real_install_render_as_documented() {
                 && r["verbs"] == json!(["get", "list", "watch", "create", "update"])),
         "{rules}"
     );
-    let hub_chart = tether_tests::charts::chart("tether-hub");
-    let (ok, out) = tether_tests::charts::run_helm(&[
-        "template",
-        "t",
-        hub_chart.to_str().unwrap(),
-        "--set",
-        "apiAccess.enabled=true",
-    ]);
+    // API access with two replicas: each tells the others where its endpoint is.
+    let api = template(
+        "tether-hub",
+        "tether-hub",
+        "istio-system",
+        &["--set", "apiAccess.enabled=true"],
+    );
+    let hub = find(&api, "Deployment", "tether-hub");
+    assert_eq!(hub["spec"]["replicas"], 2);
+    let container = &hub["spec"]["template"]["spec"]["containers"][0];
     assert!(
-        !ok && out.contains("apiAccess.enabled needs replicaCount: 1"),
-        "{out}"
+        container["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--api-peer-url=https://$(POD_IP):15443")),
+        "{container}"
+    );
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "POD_IP"
+                && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"),
+        "{container}"
     );
 
     // The agent's mirror namespace: its flag and its Role, apart from the release namespace.

@@ -705,3 +705,182 @@ async fn a_remote_workload_reaches_istiod_through_the_gateway_address() {
     );
     forwarder.abort();
 }
+
+/// One hub replica's admin metric `name` (a plain counter or gauge), 0 when absent.
+async fn replica_metric(admin: u16, name: &str) -> f64 {
+    let Ok((_, text)) = Mesh::admin_get(admin, "/metrics").await else {
+        return 0.0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// API access with two hub replicas (must-show 2 of the replicas issue). istiod reaches the hub's
+/// endpoint through one balancer, the agent dials through another, as Services in front of the
+/// replicas would be. First istiod's balancer sends it only to hub-1 and the agent's only to hub-0:
+/// remote-1 works through hub-1 passing istiod's requests on to hub-0, which holds the tunnel. Then
+/// both balancers send to both replicas and each replica is restarted in turn (SIGTERM, as a rolling
+/// update would), while the workload asks for a certificate every half second (each one a
+/// TokenReview through the tunnel). The longest run of refusals is the bound this test states; a
+/// Service created in remote-1 after the restart reaches the workload's config (istiod's watches
+/// came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istiod_keeps_the_remote_through_a_rolling_restart_of_two_hub_replicas() {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use tether_tests::balancer::Balancer;
+    use tether_tests::controlplane::free_port;
+    const IDS: [&str; 2] = ["hub-0", "hub-1"];
+    // The bound: at most this long without a certificate, restarts included.
+    const BOUND: Duration = Duration::from_secs(20);
+    let planes = ControlPlanes::shared(CLUSTERS).await;
+    let mut mesh = Mesh::new(planes, &[R]).await.unwrap();
+    Istiod::create_service(&mesh, "default").await.unwrap();
+    istio::prepare_remote(&mesh, R).await.unwrap();
+    // (grpc, admin, api) per replica.
+    let ports: Vec<(u16, u16, u16)> = IDS
+        .iter()
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
+    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let agents = Balancer::start(vec![addr(ports[0].0)]).await.unwrap();
+    let apis = Balancer::start(vec![addr(ports[1].2)]).await.unwrap();
+    mesh.hub_args = vec![
+        "--api-advertise".into(),
+        format!("https://{}", apis.addr),
+        "--istio-namespace".into(),
+        mesh.ns.clone(),
+    ];
+    let reader = format!("{}/istio-reader-service-account", mesh.ns);
+    mesh.agent_args(&["--api-access", "--api-reader", &reader]);
+    mesh.agent_hub_addr
+        .insert(R.to_string(), agents.addr.to_string());
+    let mut incarnation = 0;
+    let mut start = |mesh: &mut Mesh, i: usize| {
+        incarnation += 1;
+        let (grpc, admin, api) = ports[i];
+        let user = format!("tether-hub-{}-{}-{incarnation}", mesh.ns, IDS[i]);
+        let own = ["--api-addr".to_string(), format!("127.0.0.1:{api}")];
+        mesh.start_replica_with(IDS[i], &user, grpc, admin, &own)
+            .unwrap();
+    };
+    start(&mut mesh, 0);
+    start(&mut mesh, 1);
+    let istiod = Istiod::start_reaching(&mesh, "istiod-a", "default", &[apis.addr.port()])
+        .await
+        .unwrap();
+    mesh.create_remote_cluster(
+        R,
+        json!({"services": [{"name": "istiod"}], "apiAccess": {"enabled": true}}),
+    )
+    .await
+    .unwrap();
+    mesh.start_agent(R).unwrap();
+    mesh.wait_phase(R, "Synced", SOON).await;
+    eventually(
+        "istiod to list remote-1 as synced through hub-1",
+        LONG,
+        || istiod.synced(&[R]),
+    )
+    .await;
+    let ns = format!("{}-demo", mesh.ns);
+    hello_service(&mesh, &ns).await;
+    let w = workload(&mesh, &ns, "default");
+    until_answered("a certificate through hub-1 and hub-0", || w.csr(&mesh)).await;
+    let forwarded = replica_metric(ports[1].1, "tether_hub_api_forwarded_total").await;
+    assert!(
+        forwarded > 0.0,
+        "hub-1 passed istiod's requests on to hub-0"
+    );
+    let tunnels_at_1 = replica_metric(ports[1].1, "tether_hub_api_tunnels_connected").await;
+    assert_eq!(tunnels_at_1, 0.0, "the tunnel is at hub-0, not hub-1");
+    // The API-access condition is written by the replica holding the stream (hub-0), from what the
+    // agent reports.
+    eventually("APIAccess Ready", SOON, || async {
+        let c = tether_tests::mesh::condition(&mesh.status(R).await?, "APIAccess");
+        anyhow::ensure!(c["status"] == "True" && c["reason"] == "Ready", "{c}");
+        Ok(())
+    })
+    .await;
+    println!("API access through a peer replica: {forwarded} requests passed on by hub-1");
+
+    // Both replicas behind both balancers, then a rolling restart under certificate requests.
+    let all = |i: usize| -> Vec<SocketAddr> {
+        ports
+            .iter()
+            .map(|p| addr(if i == 0 { p.0 } else { p.2 }))
+            .collect()
+    };
+    agents.set(all(0));
+    apis.set(all(2));
+    let outcomes: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
+    let t = Instant::now();
+    let mut restarted = Vec::new();
+    let ask = |outcomes: &Arc<Mutex<Vec<(Instant, bool)>>>, v: anyhow::Result<Value>| {
+        let ok = v.is_ok_and(|v| v.get("error").is_none() && v.get("uris").is_some());
+        outcomes.lock().unwrap().push((Instant::now(), ok));
+    };
+    for i in 0..IDS.len() {
+        let stop_at = Instant::now();
+        // SIGTERM; certificates are asked for while the replica drains, and after.
+        let pid = mesh.replica_pid(IDS[i]).unwrap();
+        // SAFETY: kill(2) on the pid of the mesh's own unreaped child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        while tether_tests::procs::alive(pid) && stop_at.elapsed() < Duration::from_secs(20) {
+            ask(&outcomes, w.csr(&mesh).await);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::task::block_in_place(|| mesh.stop_replica(IDS[i], Duration::from_secs(1)));
+        start(&mut mesh, i);
+        let admin = ports[i].1;
+        eventually(&format!("{} Ready again", IDS[i]), SOON, || async {
+            let (code, _) = Mesh::admin_get(admin, "/ready").await?;
+            anyhow::ensure!(code == 200, "{code}");
+            Ok(())
+        })
+        .await;
+        restarted.push((IDS[i], stop_at.elapsed()));
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            ask(&outcomes, w.csr(&mesh).await);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    println!(
+        "two replicas restarted one by one in {:.1} s: {restarted:?}",
+        t.elapsed().as_secs_f64()
+    );
+    until_answered("a certificate after the restart", || w.csr(&mesh)).await;
+    let outcomes = outcomes.lock().unwrap().clone();
+    let (mut longest, mut since, mut refused) = (Duration::ZERO, None::<Instant>, 0);
+    for (at, ok) in &outcomes {
+        match (ok, since) {
+            (false, None) => {
+                since = Some(*at);
+                refused += 1;
+            }
+            (false, Some(_)) => refused += 1,
+            (true, Some(s)) => {
+                longest = longest.max(*at - s);
+                since = None;
+            }
+            (true, None) => {}
+        }
+    }
+    println!(
+        "certificate requests during the rolling restart: {} asked, {refused} refused, longest run of refusals {:.1} s (bound {BOUND:?})",
+        outcomes.len(),
+        longest.as_secs_f64()
+    );
+    assert!(since.is_none(), "refused until the end: {outcomes:?}");
+    assert!(longest <= BOUND, "{longest:?} without a certificate");
+    // istiod's watches of remote-1 came back: a Service made now reaches the workload's config.
+    let late = format!("{}-late", mesh.ns);
+    hello_service(&mesh, &late).await;
+    let hello = format!("outbound|80||hello.{late}.svc.cluster.local");
+    let config = config_with(&mesh, &w, &hello, true).await;
+    assert_eq!(config["endpoints"], json!(["10.1.0.5:8080"]), "{config}");
+    istiod.synced(&[R]).await.unwrap();
+}

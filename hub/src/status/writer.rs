@@ -88,13 +88,14 @@ pub struct ApiView {
 }
 
 impl ApiView {
-    fn input(view: Option<&Self>, rc: &RemoteCluster) -> ApiInput {
+    /// `reported`: the agent says its tunnel is up (it may have dialled another replica).
+    fn input(view: Option<&Self>, rc: &RemoteCluster, reported: bool) -> ApiInput {
         let name = rc.name_any();
         match view {
             _ if !rc.spec.api_access_enabled() => ApiInput::Disabled,
             None => ApiInput::HubNotServing,
             Some(v) => ApiInput::Serving {
-                tunnel_up: v.tunnels.is_up(&name),
+                tunnel_up: reported || v.tunnels.is_up(&name),
                 secret_problem: v.problems.get(&name),
                 secret: format!(
                     "{}/{}",
@@ -475,7 +476,7 @@ impl StatusWriter {
         if let Some(after) = self.retirements.ensure_finalizer(&rc).await? {
             expected = resource_version(&after);
         }
-        let api = ApiView::input(self.api_access.as_ref(), &rc);
+        let api = ApiView::input(self.api_access.as_ref(), &rc, stream.tunnel_up);
         let mut status = compute(
             &desired,
             &stream,
