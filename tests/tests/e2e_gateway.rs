@@ -141,11 +141,17 @@ async fn a_mixed_fleet_follows_pods_and_a_gateway_and_the_gateway_address_throug
         endpoints(&mesh, "remote-1").await.unwrap(),
         pod_ips(&["10.10.0.1", "10.10.0.2"])
     );
-    let status = mesh.status("remote-2").await.unwrap();
-    assert_eq!(
-        status["sync"]["endpointSource"], "gateway/eastwest",
-        "{status}"
-    );
+    // The mirror follows the new spec first; the status that says so is written within the status
+    // interval after (phase Synced held throughout, so waiting for the phase proves nothing here).
+    eventually("remote-2's status on the gateway", SOON, || async {
+        let status = mesh.status("remote-2").await?;
+        anyhow::ensure!(
+            status["sync"]["endpointSource"] == "gateway/eastwest",
+            "{status}"
+        );
+        Ok(())
+    })
+    .await;
     assert_eq!(
         mesh.status("remote-1").await.unwrap()["sync"]["endpointSource"],
         "pods"
