@@ -14,7 +14,7 @@
 use crate::desired::Desired;
 use crate::index::Discovery;
 use crate::metrics::{HubMetrics, Reason};
-use crate::outbox::{Answer, Outbox};
+use crate::outbox::{Answer, Outbox, Superseded};
 use crate::streams::{Nacked, Streams};
 use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
@@ -339,6 +339,8 @@ impl Stream {
             }
         };
         let mut out = Outbox::default();
+        let mut history = Superseded::default();
+        history.desired(desired.borrow().version(), Timestamp::now());
         let mut next: Option<HubMessage> = out.message_for(&desired.borrow_and_update().clone());
         out.first_message_is_no_change();
         let reason = loop {
@@ -347,6 +349,7 @@ impl Stream {
                 changed = desired.changed() => match changed {
                     Ok(()) => {
                         let d = desired.borrow_and_update().clone();
+                        history.desired(d.version(), Timestamp::now());
                         // Latest wins: a newer state replaces one not yet sent.
                         if let Some(m) = out.message_for(&d)
                             && let Some(old) = next.replace(m)
@@ -381,10 +384,7 @@ impl Stream {
                     out.give_up_waiting();
                 }
                 msg = inbound.message() => match msg {
-                    Ok(Some(m)) => {
-                        let current = desired.borrow().version().to_string();
-                        record(out.answer(m), &streams, &cluster, &current, &metrics)
-                    }
+                    Ok(Some(m)) => record(out.answer(m), &streams, &cluster, &history, &metrics),
                     Ok(None) => break "agent closed the stream",
                     Err(status) => {
                         debug!(error = %status, "inbound error");
@@ -427,7 +427,13 @@ impl Stream {
 }
 
 /// Applies what an agent's answer means to the remote's stream state and the metrics.
-fn record(answer: Answer, streams: &Streams, cluster: &str, current: &str, metrics: &HubMetrics) {
+fn record(
+    answer: Answer,
+    streams: &Streams,
+    cluster: &str,
+    history: &Superseded,
+    metrics: &HubMetrics,
+) {
     match answer {
         Answer::Acked {
             version,
@@ -442,7 +448,8 @@ fn record(answer: Answer, streams: &Streams, cluster: &str, current: &str, metri
             if let Some(d) = propagation {
                 metrics.propagation_seconds.observe(d.as_secs_f64());
             }
-            streams.acked(cluster, &version, version == current);
+            let held_until = history.held_until(&version, Timestamp::now());
+            streams.acked(cluster, &version, held_until);
         }
         Answer::Nacked {
             version,

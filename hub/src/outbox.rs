@@ -9,6 +9,7 @@
 //! Nonces are numbers here; the wire carries them as decimal strings.
 
 use crate::desired::Desired;
+use k8s_openapi::jiff::Timestamp;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tether_proto::v1::{AgentMessage, HubMessage, Retire, agent_message, hub_message};
@@ -265,9 +266,69 @@ fn ignored(nonce: &str, version: &str) -> Answer {
     ))
 }
 
+/// The versions a stream's remote was recently desired at, and when each stopped being desired: an
+/// agent that acknowledges a version a newer one has just replaced held the hub's desired state of
+/// that moment (it is behind by the time since, which `--sync-deadline` bounds).
+#[derive(Debug, Default)]
+pub struct Superseded {
+    current: String,
+    recent: std::collections::VecDeque<(String, Timestamp)>,
+}
+
+impl Superseded {
+    /// How many replaced versions are remembered (more than the messages a stream has in flight).
+    const KEEP: usize = 16;
+
+    /// The desired version is `version` from `now` on.
+    pub fn desired(&mut self, version: &str, now: Timestamp) {
+        if version == self.current {
+            return;
+        }
+        let old = std::mem::replace(&mut self.current, version.to_string());
+        if !old.is_empty() {
+            if self.recent.len() == Self::KEEP {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((old, now));
+        }
+    }
+
+    /// Until when `version` was the desired state: `now` while it is; None if unknown.
+    pub fn held_until(&self, version: &str, now: Timestamp) -> Option<Timestamp> {
+        if version == self.current {
+            return Some(now);
+        }
+        self.recent
+            .iter()
+            .rev()
+            .find(|(v, _)| v == version)
+            .map(|(_, at)| *at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_version_was_held_until_it_was_replaced() {
+        let t = |s: i64| Timestamp::from_second(1_000 + s).unwrap();
+        let mut s = Superseded::default();
+        s.desired("v1", t(0));
+        assert_eq!(s.held_until("v1", t(1)), Some(t(1)), "current: held now");
+        s.desired("v2", t(2));
+        s.desired("v2", t(3));
+        s.desired("v3", t(4));
+        assert_eq!(s.held_until("v1", t(5)), Some(t(2)));
+        assert_eq!(s.held_until("v2", t(5)), Some(t(4)));
+        assert_eq!(s.held_until("v3", t(5)), Some(t(5)));
+        assert_eq!(s.held_until("v0", t(5)), None, "never desired here");
+        for i in 0..40 {
+            s.desired(&format!("w{i}"), t(10 + i));
+        }
+        assert_eq!(s.held_until("v1", t(60)), None, "forgotten: bounded");
+        assert_eq!(s.held_until("w38", t(60)), Some(t(49)));
+    }
     use crate::fixtures::mk_desired as desired;
     use tether_proto::v1::{Ack, Nack, Retired};
 

@@ -158,10 +158,10 @@ impl Peers {
             let result = connection.await;
             debug!(%peer, cluster = %remote, result = ?result.err(), "API access: peer connection ended");
         });
-        self.conns
-            .lock()
-            .expect("peers lock")
-            .insert(key, sender.clone());
+        let mut conns = self.conns.lock().expect("peers lock");
+        // Connections to replicas that are gone end; their entries go when the next one is dialled.
+        conns.retain(|_, s| !s.is_closed());
+        conns.insert(key, sender.clone());
         Ok(sender)
     }
 }

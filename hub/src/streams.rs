@@ -139,15 +139,16 @@ impl Streams {
         self.update(cluster, |s| s.tunnel_up = up);
     }
 
-    /// The agent applied `version` completely; `current`: it is the hub's desired version now.
-    pub fn acked(&self, cluster: &str, version: &str, current: bool) {
+    /// The agent applied `version` completely; `held_until`: until when `version` was the hub's
+    /// desired state (now, if it still is; None if not known).
+    pub fn acked(&self, cluster: &str, version: &str, held_until: Option<Timestamp>) {
         let now = Timestamp::now();
         self.update(cluster, |s| {
             s.last_seen = Some(now);
             s.acked_version = version.to_string();
             s.last_ack = Some(now);
-            if current {
-                s.caught_up_at = Some(now);
+            if let Some(until) = held_until {
+                s.caught_up_at = s.caught_up_at.max(Some(until));
             }
         });
     }
@@ -241,7 +242,7 @@ mod tests {
         let changes = Arc::new(Changes::default());
         let streams = Streams::new(changes.clone());
         streams.connected("r1", &hello("a", ""), "p", None, "");
-        streams.acked("r2", "v1", true);
+        streams.acked("r2", "v1", Some(Timestamp::now()));
         let _ = streams.get("r3");
         let _ = streams.to_json(|_| None);
         let mut marked: Vec<String> = changes.take().into_iter().collect();
@@ -272,7 +273,7 @@ mod tests {
     #[test]
     fn a_nack_of_the_acked_version_means_it_no_longer_holds() {
         let streams = Streams::default();
-        streams.acked("r1", "v1", true);
+        streams.acked("r1", "v1", Some(Timestamp::now()));
         let nack = |v: &str| Nacked {
             version: v.into(),
             message: "namespace gone".into(),
@@ -287,7 +288,7 @@ mod tests {
         );
         streams.nacked("r1", nack("v1"));
         assert_eq!(streams.get("r1").acked_version, "");
-        streams.acked("r1", "v1", true);
+        streams.acked("r1", "v1", Some(Timestamp::now()));
         assert_eq!(streams.get("r1").acked_version, "v1");
     }
 
