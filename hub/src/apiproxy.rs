@@ -75,8 +75,8 @@ pub struct ApiProxy {
     metrics: HubMetrics,
     /// istiod's current certificate: connections with an older one end after the grace.
     current: watch::Receiver<Current>,
-    /// The other replicas (None: this hub forwards to none).
-    peers: Option<Arc<Peers>>,
+    /// The other replicas, for remotes whose tunnel is at one of them.
+    peers: Arc<Peers>,
     /// Peer replicas' certificates name them in this trust domain.
     trust_domain: String,
 }
@@ -198,6 +198,8 @@ impl hyper::body::Body for Guarded {
 }
 
 impl ApiProxy {
+    /// `peers`: the other replicas, whose certificates name them in `trust_domain`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         tunnels: Arc<Tunnels>,
         remotes: Store<RemoteCluster>,
@@ -205,6 +207,8 @@ impl ApiProxy {
         limits: ApiLimits,
         metrics: HubMetrics,
         current: watch::Receiver<Current>,
+        peers: Arc<Peers>,
+        trust_domain: String,
     ) -> Self {
         Self {
             current,
@@ -214,17 +218,9 @@ impl ApiProxy {
             limits,
             in_flight: Mutex::new(HashMap::new()),
             metrics,
-            peers: None,
-            trust_domain: String::new(),
+            peers,
+            trust_domain,
         }
-    }
-
-    /// Passes requests for remotes whose tunnel is at another replica on to it; accepts the other
-    /// replicas' requests (their certificates name them in `trust_domain`).
-    pub fn with_peers(mut self, peers: Arc<Peers>, trust_domain: &str) -> Self {
-        self.peers = Some(peers);
-        self.trust_domain = trust_domain.to_string();
-        self
     }
 
     fn permit(&self, cluster: &str) -> Option<OwnedSemaphorePermit> {
@@ -390,19 +386,13 @@ impl ApiProxy {
         };
         // The authority is only a label for the agent's logs: the tunnel decides where it goes.
         let down_the_tunnel = || make(format!("https://{cluster}.tether{path_and_query}"));
-        let peers = self.peers.as_ref().filter(|_| !from_peer);
-        let Some(peers) = peers else {
-            let hold = if from_peer {
-                Duration::ZERO
-            } else {
-                self.limits.hold
-            };
-            return match self.tunnels.get(cluster, hold).await {
+        // Another replica's request: a tunnel held here, or none (never passed on again).
+        if from_peer {
+            return match self.tunnels.get(cluster, Duration::ZERO).await {
                 Some(sender) => self.send(sender, down_the_tunnel(), cluster, permit).await,
-                None if from_peer => no_tunnel(cluster),
-                None => not_connected(cluster),
+                None => no_tunnel(cluster),
             };
-        };
+        }
         // Here, or at another replica; while neither, a short hold for the agent to come back.
         let deadline = tokio::time::Instant::now() + self.limits.hold;
         loop {
@@ -411,7 +401,7 @@ impl ApiProxy {
             }
             let passed = tokio::time::timeout(
                 self.limits.response_timeout,
-                peers.send(cluster, |base| {
+                self.peers.send(cluster, |base| {
                     make(format!("{base}/clusters/{cluster}{path_and_query}"))
                 }),
             )
@@ -514,8 +504,8 @@ impl ApiProxy {
                 let mut current = proxy.current.clone();
                 // Another replica passing istiod's requests on: not istiod's certificate, never
                 // superseded (it lives as long as that replica's process).
-                let from_peer = proxy.peers.is_some()
-                    && tether_proto::identity::hub_peer_from_cert(&peer_cert, &proxy.trust_domain)
+                let from_peer =
+                    tether_proto::identity::hub_peer_from_cert(&peer_cert, &proxy.trust_domain)
                         .is_some();
                 let retired_at = move |c: &Current| {
                     c.retired_at(&peer_cert, limits.superseded_grace)

@@ -336,17 +336,16 @@ async fn serve_api(
     if s.api.peer_url().is_none() {
         warn!("no --api-peer-url: other hub replicas cannot pass istiod's requests to this one");
     }
-    let proxy = Arc::new(
-        ApiProxy::new(
-            view.tunnels.clone(),
-            store.clone(),
-            s.namespace.clone(),
-            limits,
-            metrics,
-            credentials.current(),
-        )
-        .with_peers(Arc::new(peers), &s.trust_domain),
-    );
+    let proxy = Arc::new(ApiProxy::new(
+        view.tunnels.clone(),
+        store.clone(),
+        s.namespace.clone(),
+        limits,
+        metrics,
+        credentials.current(),
+        Arc::new(peers),
+        s.trust_domain.clone(),
+    ));
     tokio::spawn(proxy.serve(listener, Arc::new(tls), shutdown));
     let secrets = RemoteSecrets {
         secrets: Api::namespaced(client.clone(), &s.api.istio_namespace),

@@ -412,6 +412,15 @@ impl Mesh {
     }
 
     /// `GET http://127.0.0.1:<port><path>` on an admin server: (status code, body).
+    /// The sum of metric `name` on the admin port `port` (see [`crate::metric`]); 0 when the page
+    /// cannot be read.
+    pub async fn admin_metric(port: u16, name: &str) -> f64 {
+        match Self::admin_get(port, "/metrics").await {
+            Ok((_, text)) => crate::metric(&text, name),
+            Err(_) => 0.0,
+        }
+    }
+
     pub async fn admin_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;

@@ -706,17 +706,6 @@ async fn a_remote_workload_reaches_istiod_through_the_gateway_address() {
     forwarder.abort();
 }
 
-/// One hub replica's admin metric `name` (a plain counter or gauge), 0 when absent.
-async fn replica_metric(admin: u16, name: &str) -> f64 {
-    let Ok((_, text)) = Mesh::admin_get(admin, "/metrics").await else {
-        return 0.0;
-    };
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// API access with two hub replicas (must-show 2 of the replicas issue). istiod reaches the hub's
 /// endpoint through one balancer, the agent dials through another, as Services in front of the
 /// replicas would be. First istiod's balancer sends it only to hub-1 and the agent's only to hub-0:
@@ -789,12 +778,12 @@ async fn istiod_keeps_the_remote_through_a_rolling_restart_of_two_hub_replicas()
     hello_service(&mesh, &ns).await;
     let w = workload(&mesh, &ns, "default");
     until_answered("a certificate through hub-1 and hub-0", || w.csr(&mesh)).await;
-    let forwarded = replica_metric(ports[1].1, "tether_hub_api_forwarded_total").await;
+    let forwarded = Mesh::admin_metric(ports[1].1, "tether_hub_api_forwarded_total").await;
     assert!(
         forwarded > 0.0,
         "hub-1 passed istiod's requests on to hub-0"
     );
-    let tunnels_at_1 = replica_metric(ports[1].1, "tether_hub_api_tunnels_connected").await;
+    let tunnels_at_1 = Mesh::admin_metric(ports[1].1, "tether_hub_api_tunnels_connected").await;
     assert_eq!(tunnels_at_1, 0.0, "the tunnel is at hub-0, not hub-1");
     // The API-access condition is written by the replica holding the stream (hub-0), from what the
     // agent reports.

@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 
 pub const FANOUT_CHANGES: usize = 20;
 
-async fn metric(port: u16, name: &str) -> f64 {
-    match Mesh::admin_get(port, "/metrics").await {
-        Ok((_, text)) => crate::metric(&text, name),
-        Err(_) => 0.0,
-    }
-}
-
 /// A load-generator stream for each of `names`, with its own client certificate and the agent's
 /// defaults, dialling the mesh's hub.
 pub fn stream_settings(
@@ -187,7 +180,8 @@ pub async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
     let idle_cpu_per_stream = (idle.cpu_secs - settled.cpu_secs) / 10.0 / f.n as f64;
     let kib_per_stream = (idle.rss_kib.saturating_sub(f.hub_idle_kib)) as f64 / f.n as f64;
     while f.load.seen.try_recv().is_ok() {}
-    let status_before = metric(f.mesh.hub_admin_port, "tether_hub_status_writes_total").await;
+    let status_before =
+        Mesh::admin_metric(f.mesh.hub_admin_port, "tether_hub_status_writes_total").await;
     let (hub0, api0) = (usage(hub_pid).cpu_secs, cpu(&central_pids));
     let pods = f.mesh.central_pods();
     let mut all_acked = Vec::new();
@@ -219,8 +213,9 @@ pub async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
     let (hub1, api1) = (usage(hub_pid).cpu_secs, cpu(&central_pids));
     let status_lag = status_settled(&f.mesh, Some(&last_version), f.n).await?;
     let status_lag = status_lag.map(|at| (at - last_change).as_secs_f64());
-    let status_writes =
-        metric(f.mesh.hub_admin_port, "tether_hub_status_writes_total").await - status_before;
+    let status_writes = Mesh::admin_metric(f.mesh.hub_admin_port, "tether_hub_status_writes_total")
+        .await
+        - status_before;
     let row = FanoutRow {
         n: f.n,
         missing,
