@@ -196,6 +196,9 @@ async fn run_loop_wait(
     tokio::time::sleep(delay).await;
 }
 
+/// The longest wait between two tries to open the new stream of a move.
+const MOVE_RETRY_MAX: Duration = Duration::from_secs(2);
+
 type Opened = (tonic::Streaming<HubMessage>, mpsc::Sender<AgentMessage>);
 /// A new stream being opened while the old one serves.
 type Opening<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Opened, StreamError>> + Send + 'a>>;
@@ -221,6 +224,29 @@ async fn moved(moving: Option<Opening<'_>>) -> Option<Opened> {
             None
         }
     }
+}
+
+/// Opens the new stream of a move after `delay`, saying Hello with what the agent has applied by
+/// then (the hub resumes from it).
+fn open_move<'a>(
+    s: &'a StreamConfig,
+    hello: &Hello,
+    progress: &'a watch::Receiver<Progress>,
+    tunnel: Option<bool>,
+    delay: Duration,
+) -> Opening<'a> {
+    let hello = Hello {
+        standby: false,
+        ..hello.clone()
+    };
+    Box::pin(async move {
+        tokio::time::sleep(delay).await;
+        let hello = Hello {
+            applied_version: progress.borrow().applied_version.clone(),
+            ..hello
+        };
+        open(s, hello, tunnel).await
+    })
 }
 
 /// Opens a stream and says Hello (then, with API access on, whether the tunnel is up); returns
@@ -274,6 +300,12 @@ async fn run_internal(
     let mut healthy = false;
     // The hub asked this agent to move: the new stream, opening while this one still serves.
     let mut moving: Option<Opening<'_>> = None;
+    // A move has until the hub's drain timeout (10 s by default): tries stay a few seconds apart
+    // at most, whatever the reconnect backoff's ceiling.
+    let mut move_retry = tether_proto::runtime::retry::jittered(
+        s.backoff_initial,
+        s.backoff_max.min(MOVE_RETRY_MAX),
+    );
     loop {
         tokio::select! {
             m = inbound.message() => match m {
@@ -288,12 +320,8 @@ async fn run_internal(
                     }
                     Some(hub_message::Message::Reconnect(r)) if moving.is_none() => {
                         info!(reason = %r.reason, "the hub asks this agent to move; opening a new stream before closing this one");
-                        let hello = Hello {
-                            applied_version: progress.borrow().applied_version.clone(),
-                            standby: false,
-                            ..hello.clone()
-                        };
-                        moving = Some(Box::pin(open(s, hello, tunnel_up(&mut tunnel))));
+                        move_retry.reset();
+                        moving = Some(open_move(s, &hello, progress, tunnel_up(&mut tunnel), Duration::ZERO));
                     }
                     Some(hub_message::Message::Reconnect(_)) => {}
                     None => warn!("empty message from the hub; ignored"),
@@ -331,10 +359,14 @@ async fn run_internal(
                 match opened {
                     // Dropping the old stream's halves closes it: the hub that asked sees it end.
                     Ok((new_inbound, new_out)) => (inbound, out_tx) = (new_inbound, new_out),
-                    // The old stream serves on; the hub closes it after its drain timeout, and the
-                    // agent then reconnects as after any close.
+                    // The old stream serves on while the agent tries again: the new stream may have
+                    // reached the replica that asked (draining, its listener closing) before the
+                    // load balancer stopped sending there. If no try succeeds, the hub closes the old
+                    // stream after its drain timeout and the agent reconnects as after any close.
                     Err(error) => {
-                        warn!(%error, "could not open the new stream; staying on this one");
+                        let delay = move_retry.next_backoff().unwrap_or(move_retry.longest());
+                        warn!(%error, ?delay, "could not open the new stream; staying on this one and trying again");
+                        moving = Some(open_move(s, &hello, progress, tunnel_up(&mut tunnel), delay));
                         continue;
                     }
                 }

@@ -118,6 +118,14 @@ impl FakeHub {
         self.ca
     }
 
+    /// Begins to stop as a hub does on SIGTERM: its listener closes and every open stream is asked
+    /// to move, and closed if its agent has not moved within the drain timeout (10 s). Returns the
+    /// CA for a hub started in its place, and the old server, which ends once its streams have.
+    pub fn drain(self) -> (Ca, tokio::task::JoinHandle<()>) {
+        let _ = self.shutdown.send(true);
+        (self.ca, self.server)
+    }
+
     /// The state the hub wants for `cluster` from now on (a cluster the hub did not know becomes
     /// known).
     pub fn set(&self, cluster: &str, desired: Desired) {

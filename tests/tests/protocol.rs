@@ -118,6 +118,48 @@ async fn a_reconnect_of_the_same_agent_is_not_a_second_agent() {
     assert!(hub.stream_state("r1").duplicate.is_none());
 }
 
+/// A draining hub asks its agent to move. The first tries to open the new stream fail (the draining
+/// hub's listener is closed, and nothing else listens yet, as when the load balancer still sends to
+/// a pod on its way out): the agent stays on its stream and tries again, and moves once a hub
+/// answers, long before the old hub's drain timeout (10 s) would close the old stream on it.
+#[tokio::test]
+async fn an_agent_whose_move_fails_stays_and_tries_again() {
+    let hub = FakeHub::start().await.unwrap();
+    let addr = hub.addr;
+    hub.set_version("r1", "v1");
+    let mut agent = FakeAgent::start(hub.agent_config("r1").unwrap(), true);
+    assert_eq!(agent.next_snapshot(SOON).await.version, "v1");
+    let (ca, old) = hub.drain();
+    // Several tries fail meanwhile (the agent's backoff here is 50-200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hub = FakeHub::start_on(addr, Some(ca)).await.unwrap();
+    hub.set_version("r1", "v1");
+    let moved = Duration::from_secs(5);
+    eventually("the agent to move to the new hub", moved, || async {
+        let s = hub.stream_state("r1");
+        anyhow::ensure!(s.streams == 1 && s.acked_version == "v1", "{s:?}");
+        Ok(())
+    })
+    .await;
+    assert_eq!(agent.reconnects("moved"), 1);
+    for reason in ["closed", "broken", "connect", "refused"] {
+        assert_eq!(
+            agent.reconnects(reason),
+            0,
+            "the old stream was not closed on ({reason})"
+        );
+    }
+    // The old hub's stream ended with the move, so it stops.
+    tokio::time::timeout(SOON, old)
+        .await
+        .expect("the old hub stopped")
+        .unwrap();
+    // The new stream began with the whole state; the new hub serves what follows.
+    assert_eq!(agent.next_snapshot(SOON).await.version, "v1");
+    hub.set_version("r1", "v2");
+    assert_eq!(agent.next_snapshot(SOON).await.version, "v2");
+}
+
 #[tokio::test]
 async fn an_agent_may_report_again_that_its_state_no_longer_holds_and_then_holds() {
     let hub = FakeHub::start().await.unwrap();
