@@ -23,10 +23,24 @@ pub struct ObjectKind {
     pub kind: String,
 }
 
+/// The `reason` label values of `tether_agent_reconnects_total`: how the previous stream ended
+/// (`moved`: the hub asked the agent to move and the new stream replaced the old one).
+pub const RECONNECT_REASONS: [&str; 9] = [
+    "tls_files",
+    "connect",
+    "refused",
+    "permission_denied",
+    "replaced",
+    "duplicate",
+    "broken",
+    "closed",
+    "moved",
+];
+
 #[derive(Clone)]
 pub struct AgentMetrics {
     pub connected: Gauge,
-    /// By how the previous stream ended: connect | refused | permission_denied | broken | closed | tls_files
+    /// By how the previous stream ended: one of [`RECONNECT_REASONS`].
     pub reconnects: Family<Reason, Counter>,
     pub snapshots_applied: Counter,
     pub apply_errors: Family<ObjectKind, Counter>,

@@ -162,6 +162,17 @@ impl LoadGen {
         got
     }
 
+    /// The stream clients' reconnects so far, summed, by how the previous stream ended.
+    pub fn reconnects(&self) -> std::collections::BTreeMap<String, u64> {
+        tether_agent::metrics::RECONNECT_REASONS
+            .iter()
+            .map(|r| {
+                let n = self.agents.iter().map(|a| a.reconnects(r)).sum();
+                (r.to_string(), n)
+            })
+            .collect()
+    }
+
     pub fn stop(self) {
         self.agents.into_iter().for_each(FakeAgent::stop);
     }

@@ -250,6 +250,10 @@ pub struct Settle {
     pub apiserver_cpu_per_change: f64,
     /// Its CPU with nothing changing, in cores.
     pub apiserver_idle: f64,
+    /// The status writes by what they changed, most first.
+    pub causes: Vec<(String, usize)>,
+    /// The stream clients' reconnects meanwhile, by reason.
+    pub reconnects: Vec<(String, u64)>,
 }
 
 /// `n` streams spread over `replicas` hub replicas; a burst of 20 readiness flips
@@ -302,6 +306,8 @@ pub async fn settle(
     let idle0 = (Instant::now(), usage(apiserver).cpu_secs);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_per_sec = (usage(apiserver).cpu_secs - idle0.1) / idle0.0.elapsed().as_secs_f64();
+    let causes = WriteCauses::start(&mesh).await?;
+    let reconnects0 = load.reconnects();
     let (w0, cpu0, t0) = (writes().await, usage(apiserver).cpu_secs, Instant::now());
     let pods = mesh.central_pods();
     let mut last_change = Instant::now();
@@ -323,6 +329,18 @@ pub async fn settle(
     let at = settled(&mesh, &admin, Some(&version), n).await?;
     let settled_secs = at.map(|at| (at - last_change).as_secs_f64());
     let (w1, cpu1) = (writes().await, usage(apiserver).cpu_secs);
+    let causes = causes.stop();
+    let reconnects: Vec<(String, u64)> = load
+        .reconnects()
+        .into_iter()
+        .map(|(reason, n)| {
+            (
+                reason.clone(),
+                n - reconnects0.get(&reason).copied().unwrap_or(0),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
     let beyond_idle = (cpu1 - cpu0) - idle_per_sec * t0.elapsed().as_secs_f64();
     let per_change = beyond_idle.max(0.0) / CHANGES as f64;
     println!(
@@ -332,6 +350,10 @@ pub async fn settle(
         per_change,
         idle_per_sec * 100.0
     );
+    for (cause, n) in &causes {
+        println!("    {n} writes changed: {cause}");
+    }
+    println!("    stream clients' reconnects meanwhile: {reconnects:?}");
     load.stop();
     Ok(Settle {
         n,
@@ -340,6 +362,8 @@ pub async fn settle(
         writes: w1 - w0,
         apiserver_cpu_per_change: per_change,
         apiserver_idle: idle_per_sec,
+        causes,
+        reconnects,
     })
 }
 
@@ -383,4 +407,140 @@ async fn settled(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(None)
+}
+
+/// What each status write changed, counted by what it changed together ("phase Synced ->
+/// Connected; Synced True/Acked -> False/Pending", "agent.hub", ...): started before a burst, read
+/// after it, so the report says what the writes were for, not only how many.
+pub struct WriteCauses {
+    /// By what a write changed: how many, the first and the last (seconds from the start).
+    #[allow(clippy::type_complexity)]
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (usize, f64, f64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WriteCauses {
+    pub async fn start(mesh: &Mesh) -> anyhow::Result<Self> {
+        let api = mesh.remote_clusters();
+        let list = api.list(&Default::default()).await?;
+        let mut version = list.metadata.resource_version.clone().unwrap_or_default();
+        let mut last: std::collections::HashMap<String, serde_json::Value> = list
+            .items
+            .into_iter()
+            .map(|rc| {
+                (
+                    rc.metadata.name.clone().unwrap_or_default(),
+                    rc.data["status"].clone(),
+                )
+            })
+            .collect();
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let started = Instant::now();
+        let out = counts.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok(events) = api.watch(&Default::default(), &version).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let mut events = Box::pin(events);
+                while let Some(Ok(event)) = events.next().await {
+                    let kube::api::WatchEvent::Modified(rc) = event else {
+                        continue;
+                    };
+                    version = rc.metadata.resource_version.clone().unwrap_or(version);
+                    let name = rc.metadata.name.clone().unwrap_or_default();
+                    let new = rc.data["status"].clone();
+                    let old = last.insert(name, new.clone()).unwrap_or_default();
+                    let cause = status_changes(&old, &new).join("; ");
+                    let at = started.elapsed().as_secs_f64();
+                    let mut out = out.lock().unwrap();
+                    let e = out.entry(cause).or_insert((0, at, at));
+                    e.0 += 1;
+                    e.2 = at;
+                }
+            }
+        });
+        Ok(Self { counts, task })
+    }
+
+    /// Writes by what they changed, most first, each with when the first and the last were seen.
+    pub fn stop(self) -> Vec<(String, usize)> {
+        self.task.abort();
+        let mut all: Vec<_> = self
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, (n, first, last))| (format!("{c} (from {first:.1} s to {last:.1} s)"), *n))
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all
+    }
+}
+
+/// What changed between two statuses of one RemoteCluster: the phase and each condition with their
+/// values, other fields by path; "(nothing)" when the status is equal.
+fn status_changes(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if old["phase"] != new["phase"] {
+        out.push(format!("phase {} -> {}", old["phase"], new["phase"]));
+    }
+    let conditions =
+        |s: &serde_json::Value| -> std::collections::BTreeMap<String, serde_json::Value> {
+            s["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| (c["type"].as_str().unwrap_or("").to_string(), c.clone()))
+                .collect()
+        };
+    let (before, after) = (conditions(old), conditions(new));
+    let summary = |c: Option<&serde_json::Value>| {
+        c.map_or("none".to_string(), |c| {
+            format!(
+                "{}/{} ({:?})",
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or(""),
+                c["message"].as_str().unwrap_or("")
+            )
+        })
+    };
+    for ty in before
+        .keys()
+        .chain(after.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (b, a) = (before.get(ty), after.get(ty));
+        if summary(b) != summary(a) {
+            out.push(format!("{ty} {} -> {}", summary(b), summary(a)));
+        } else if b != a {
+            let fields = ["lastTransitionTime", "observedGeneration"];
+            for f in fields
+                .iter()
+                .filter(|f| b.map(|b| &b[**f]) != a.map(|a| &a[**f]))
+            {
+                out.push(format!("{ty}.{f}"));
+            }
+        }
+    }
+    for (key, value) in new.as_object().into_iter().flatten() {
+        if key != "phase" && key != "conditions" && old[key] != *value {
+            match (value.as_object(), old[key].as_object()) {
+                (Some(n), Some(o)) => out.extend(
+                    n.keys()
+                        .chain(o.keys())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .filter(|k| n.get(*k) != o.get(*k))
+                        .map(|k| format!("{key}.{k}")),
+                ),
+                _ => out.push(key.clone()),
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push("(nothing)".into());
+    }
+    out
 }

@@ -95,6 +95,26 @@ fn settle(doc: &mut String, rows: &[Result<Settle, String>]) {
             }
         }
     }
+    let _ = writeln!(
+        doc,
+        "\nWhat the writes changed (a watch on the RemoteClusters diffs each written status against the \
+         one before), and the stream clients' reconnects meanwhile:\n"
+    );
+    for s in rows.iter().flatten() {
+        let causes: Vec<String> = s.causes.iter().map(|(c, n)| format!("{n}: {c}")).collect();
+        let _ = writeln!(
+            doc,
+            "- {} streams, {} replica(s): {}; reconnects {:?}",
+            s.n,
+            s.replicas,
+            if causes.is_empty() {
+                "no writes".into()
+            } else {
+                causes.join(" / ")
+            },
+            s.reconnects
+        );
+    }
     let _ = writeln!(doc);
 }
 

@@ -14,7 +14,8 @@
 //! it.
 //! `TETHER_BENCH_CHURN` (default `1000,10000`) sets the sustained-churn sizes and
 //! `TETHER_BENCH_CHURN_SECS` (default 600) its length; `TETHER_BENCH_SETTLE` (default `10000`) the
-//! settle sizes.
+//! settle sizes, and with `TETHER_BENCH_ONLY=settle`, `TETHER_BENCH_SETTLE_REPLICAS` (default `1,3`)
+//! the replica counts.
 
 use std::time::Instant;
 use tether_tests::ControlPlanes;
@@ -89,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Ok("settle") => {
             for n in sizes("TETHER_BENCH_SETTLE", "10000") {
-                for r in [1, 3] {
+                for r in sizes("TETHER_BENCH_SETTLE_REPLICAS", "1,3") {
                     replicas::settle(planes, n, r).await?;
                 }
             }
