@@ -16,6 +16,7 @@ use crate::changes::Changes;
 use crate::crd::{RemoteCluster, RemoteClusterSpec};
 use crate::desired::Desired;
 use crate::snapshot::{Defaults, build};
+use crate::streams::Streams;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -70,11 +71,14 @@ pub struct Index {
     retired: HashMap<String, Retired>,
     /// Told of every remote whose desired state or RemoteCluster changed (the status writer's input).
     changes: Arc<Changes>,
+    /// Told when a remote's desired state moves on from a version, before `changes` is.
+    streams: Arc<Streams>,
 }
 
 impl Index {
-    pub fn new(defaults: Defaults, changes: Arc<Changes>) -> Self {
+    pub fn new(defaults: Defaults, changes: Arc<Changes>, streams: Arc<Streams>) -> Self {
         Self {
+            streams,
             defaults,
             synced: Synced::default(),
             pods: HashMap::new(),
@@ -169,13 +173,22 @@ impl Index {
         if good.is_some() {
             remote.last_good = good;
         }
+        let mut replaced = None;
         let changed = remote.tx.send_if_modified(|current| {
             if **current == desired {
                 return false;
             }
+            if !current.version().is_empty() && current.version() != desired.version() {
+                replaced = Some(current.version().to_string());
+            }
             *current = Arc::new(desired);
             true
         });
+        // Before the status writer hears of the change: an agent that holds the replaced state was
+        // up to date until this moment, not only when it acknowledged it (which may be long ago).
+        if let Some(version) = replaced {
+            self.streams.replaced(name, &version, Timestamp::now());
+        }
         if changed {
             self.changes.mark(name);
         }
@@ -342,7 +355,7 @@ mod tests {
     use crate::fixtures::{defaults, mk_pod, mk_remote, mk_service};
 
     fn ready_index() -> Index {
-        let mut index = Index::new(defaults(), Default::default());
+        let mut index = Index::new(defaults(), Default::default(), Default::default());
         index.apply(&mk_service(
             "istiod",
             &[("app", "istiod")],
@@ -360,7 +373,7 @@ mod tests {
 
     #[test]
     fn synced_only_after_every_watch_listed() {
-        let mut index = Index::new(defaults(), Default::default());
+        let mut index = Index::new(defaults(), Default::default(), Default::default());
         Watched::<RemoteCluster>::reset(&mut index, &[]);
         Watched::<Pod>::reset(&mut index, &[]);
         Watched::<Service>::reset(&mut index, &[]);
@@ -438,6 +451,60 @@ mod tests {
             d.version(),
             "same spec, same state, same version"
         );
+    }
+
+    /// Before the burst that follows a quiet hour, an agent's last ACK is an hour old; it still held
+    /// the hub's state until the first change of the burst, so it counts as Synced for the deadline
+    /// after that change, not after its ACK.
+    #[test]
+    fn an_agent_holding_the_replaced_state_held_it_until_the_replacement() {
+        use crate::status::compute::synced_until;
+        let streams = Arc::new(Streams::default());
+        let mut index = Index::new(defaults(), Default::default(), streams.clone());
+        index.apply(&mk_service(
+            "istiod",
+            &[("app", "istiod")],
+            &[("grpc-xds", 15010, "grpc-xds")],
+        ));
+        let pod =
+            |name: &str, ip: &str| mk_pod(name, "istiod", &[ip], true, &[("grpc-xds", 15010)]);
+        index.apply(&pod("istiod-a", "10.0.0.1"));
+        index.apply(&mk_remote("r1", Default::default()));
+        let v1 = index.desired("r1").unwrap().version().to_string();
+        let hour_ago = Timestamp::now() - jiff_hours(1);
+        streams.connected("r1", &Default::default(), "p", None, "");
+        streams.acked("r1", &v1, Some(hour_ago));
+        let deadline = std::time::Duration::from_secs(10);
+
+        let before = Timestamp::now();
+        index.apply(&pod("istiod-b", "10.0.0.2"));
+        let d2 = index.desired("r1").unwrap();
+        assert_ne!(d2.version(), v1);
+        let s = streams.get("r1");
+        assert!(s.caught_up_at.unwrap() >= before, "{s:?}");
+        assert!(
+            synced_until(&d2, &s, Timestamp::now(), deadline).is_some(),
+            "held the hub's state until just now: Synced while v2 is on its way"
+        );
+
+        // A second change: the agent still holds v1, which it held only until the first.
+        let held = s.caught_up_at;
+        index.apply(&pod("istiod-c", "10.0.0.3"));
+        assert_eq!(streams.get("r1").caught_up_at, held);
+        // Once v1 is held past the deadline after its replacement, no longer Synced.
+        let d3 = index.desired("r1").unwrap();
+        let later = held.unwrap() + deadline + std::time::Duration::from_secs(1);
+        assert!(synced_until(&d3, &streams.get("r1"), later, deadline).is_none());
+
+        // A disconnected agent is not known to hold anything.
+        streams.acked("r1", d3.version(), Some(hour_ago));
+        streams.disconnected("r1");
+        index.apply(&pod("istiod-d", "10.0.0.4"));
+        assert_eq!(streams.get("r1").caught_up_at, held);
+    }
+
+    fn jiff_hours(h: i64) -> k8s_openapi::jiff::SignedDuration {
+        k8s_openapi::jiff::SignedDuration::from_hours(h)
     }
 
     #[test]

@@ -74,8 +74,12 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let changes = Arc::new(Changes::default());
-    let index = Arc::new(RwLock::new(Index::new(s.defaults.clone(), changes.clone())));
     let streams = Arc::new(Streams::new(changes.clone()));
+    let index = Arc::new(RwLock::new(Index::new(
+        s.defaults.clone(),
+        changes.clone(),
+        streams.clone(),
+    )));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = HubMetrics::register(&mut registry);
 

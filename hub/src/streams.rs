@@ -28,9 +28,10 @@ pub struct StreamState {
     pub acked_version: String,
     /// When the agent last acknowledged a snapshot.
     pub last_ack: Option<Timestamp>,
-    /// When the agent last reported holding the hub's desired state of that moment (an ACK, or a
-    /// Hello naming, the version the hub wanted then). `Synced` may stand for `--sync-deadline` after
-    /// it while a newer state is on its way.
+    /// The last moment the agent is known to have held the hub's desired state of that moment: an
+    /// ACK or a Hello naming the version the hub wanted then, or, for an acknowledged version the hub
+    /// has since replaced, when it was replaced. `Synced` may stand for `--sync-deadline` after it
+    /// while a newer state is on its way.
     pub caught_up_at: Option<Timestamp>,
     pub last_nack: Option<Nacked>,
     /// The agent acknowledged `Retire`: it no longer manages anything.
@@ -151,6 +152,19 @@ impl Streams {
                 s.caught_up_at = s.caught_up_at.max(Some(until));
             }
         });
+    }
+
+    /// The hub's desired state for `cluster` moved on from `version` at `at`: a connected agent that
+    /// holds `version` held the hub's state until then. The caller marks the remote (the desired state
+    /// changed).
+    pub fn replaced(&self, cluster: &str, version: &str, at: Timestamp) {
+        let mut remotes = self.remotes.lock().expect("streams lock");
+        if let Some(s) = remotes.get_mut(cluster)
+            && s.streams > 0
+            && s.acked_version == version
+        {
+            s.caught_up_at = s.caught_up_at.max(Some(at));
+        }
     }
 
     /// The agent removed everything it managed (the answer to Retire).
