@@ -293,6 +293,14 @@ async fn churn(
     let mut b_ready = true;
     let mut extra: Option<(String, String)> = None;
     let mut k = 0usize;
+    // TETHER_BENCH_PAUSE_MS: a longer pause tells whether a change waited for the previous one's
+    // answer (Tether's agent acknowledges once both of its writes are done).
+    let pause = Duration::from_millis(
+        std::env::var("TETHER_BENCH_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
     for i in 0..CHANGES {
         if let Some(prev) = out.kinds.last() {
             let now = mesh.agent_writes("remote-1").len();
@@ -336,7 +344,7 @@ async fn churn(
         }
         out.kinds.push(i % 3);
         // A pause as between real changes, so each is measured on its own.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
     }
     out.secs = started.elapsed().as_secs_f64();
     Ok(out)

@@ -15,7 +15,8 @@
 //! `TETHER_BENCH_CHURN` (default `1000,10000`) sets the sustained-churn sizes and
 //! `TETHER_BENCH_CHURN_SECS` (default 600) its length; `TETHER_BENCH_SETTLE` (default `10000`) the
 //! settle sizes, and with `TETHER_BENCH_ONLY=settle`, `TETHER_BENCH_SETTLE_REPLICAS` (default `1,3`)
-//! the replica counts.
+//! the replica counts. `TETHER_BENCH_PAUSE_MS` (default 20) is the pause between two changes in
+//! section 1.
 
 use std::time::Instant;
 use tether_tests::ControlPlanes;
