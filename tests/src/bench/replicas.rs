@@ -459,6 +459,8 @@ impl WriteCauses {
                     e.0 += 1;
                     e.2 = at;
                 }
+                // The watch ended (or its version expired): again, not in a tight loop.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
         Ok(Self { counts, task })
