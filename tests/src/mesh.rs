@@ -411,7 +411,6 @@ impl Mesh {
         }
     }
 
-    /// `GET http://127.0.0.1:<port><path>` on an admin server: (status code, body).
     /// The sum of metric `name` on the admin port `port` (see [`crate::metric`]); 0 when the page
     /// cannot be read.
     pub async fn admin_metric(port: u16, name: &str) -> f64 {
@@ -421,6 +420,7 @@ impl Mesh {
         }
     }
 
+    /// `GET http://127.0.0.1:<port><path>` on an admin server: (status code, body).
     pub async fn admin_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
@@ -455,6 +455,32 @@ impl Mesh {
 
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Passes every RemoteCluster added or modified after `version` ("0": all of them first) to
+    /// `seen`, until the task is aborted; a watch that ends is started again where it stopped.
+    pub fn watch_remote_clusters(
+        &self,
+        mut version: String,
+        mut seen: impl FnMut(DynamicObject) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        use futures::StreamExt;
+        use kube::api::{WatchEvent, WatchParams};
+        let api = self.remote_clusters();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(events) = api.watch(&WatchParams::default(), &version).await {
+                    let mut events = Box::pin(events);
+                    while let Some(Ok(event)) = events.next().await {
+                        if let WatchEvent::Added(rc) | WatchEvent::Modified(rc) = event {
+                            version = rc.metadata.resource_version.clone().unwrap_or(version);
+                            seen(rc);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
     }
 
     pub fn remote_clusters(&self) -> Api<DynamicObject> {

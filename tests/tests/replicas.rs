@@ -10,7 +10,7 @@
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::api::ListParams;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -150,27 +150,12 @@ fn count_by_hub(hubs: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
 /// Records every RemoteCluster that reads Disconnected, from a watch.
 fn watch_disconnected(mesh: &Mesh) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let api = mesh.remote_clusters();
     let out = seen.clone();
-    let task = tokio::spawn(async move {
-        let mut version = "0".to_string();
-        loop {
-            let Ok(stream) = api.watch(&WatchParams::default(), &version).await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            use futures::StreamExt;
-            let mut stream = Box::pin(stream);
-            while let Some(Ok(event)) = stream.next().await {
-                if let WatchEvent::Added(rc) | WatchEvent::Modified(rc) = event {
-                    version = rc.metadata.resource_version.clone().unwrap_or(version);
-                    if rc.data["status"]["phase"] == "Disconnected" {
-                        let name = rc.metadata.name.clone().unwrap_or_default();
-                        let hub = rc.data["status"]["agent"]["hub"].to_string();
-                        out.lock().unwrap().push(format!("{name} (hub {hub})"));
-                    }
-                }
-            }
+    let task = mesh.watch_remote_clusters("0".into(), move |rc| {
+        if rc.data["status"]["phase"] == "Disconnected" {
+            let name = rc.metadata.name.clone().unwrap_or_default();
+            let hub = rc.data["status"]["agent"]["hub"].to_string();
+            out.lock().unwrap().push(format!("{name} (hub {hub})"));
         }
     });
     (seen, task)

@@ -174,12 +174,7 @@ pub async fn sustained(
     let hub_pid = mesh.hub_pid().expect("started");
     let agent_pid = mesh.agent_pid("remote-1").expect("started");
     let apiserver = central_apiserver(&mesh);
-    let writes = || async {
-        match Mesh::admin_get(mesh.hub_admin_port, "/metrics").await {
-            Ok((_, text)) => crate::metric(&text, "tether_hub_status_writes_total"),
-            Err(_) => 0.0,
-        }
-    };
+    let writes = || Mesh::admin_metric(mesh.hub_admin_port, "tether_hub_status_writes_total");
     let w0 = writes().await;
     let t0 = Instant::now();
     let pods = mesh.central_pods();
@@ -288,9 +283,7 @@ pub async fn settle(
     let writes = || async {
         let mut sum = 0.0;
         for port in &admin {
-            if let Ok((_, text)) = Mesh::admin_get(*port, "/metrics").await {
-                sum += crate::metric(&text, "tether_hub_status_writes_total");
-            }
+            sum += Mesh::admin_metric(*port, "tether_hub_status_writes_total").await;
         }
         sum
     };
@@ -413,17 +406,17 @@ async fn settled(
 /// Connected; Synced True/Acked -> False/Pending", "agent.hub", ...): started before a burst, read
 /// after it, so the report says what the writes were for, not only how many.
 pub struct WriteCauses {
-    /// By what a write changed: how many, the first and the last (seconds from the start).
-    #[allow(clippy::type_complexity)]
-    counts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (usize, f64, f64)>>>,
+    counts: std::sync::Arc<std::sync::Mutex<Causes>>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// By what a write changed: how many, the first and the last (seconds from the start).
+type Causes = std::collections::BTreeMap<String, (usize, f64, f64)>;
+
 impl WriteCauses {
     pub async fn start(mesh: &Mesh) -> anyhow::Result<Self> {
-        let api = mesh.remote_clusters();
-        let list = api.list(&Default::default()).await?;
-        let mut version = list.metadata.resource_version.clone().unwrap_or_default();
+        let list = mesh.remote_clusters().list(&Default::default()).await?;
+        let version = list.metadata.resource_version.clone().unwrap_or_default();
         let mut last: std::collections::HashMap<String, serde_json::Value> = list
             .items
             .into_iter()
@@ -437,31 +430,16 @@ impl WriteCauses {
         let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
         let started = Instant::now();
         let out = counts.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok(events) = api.watch(&Default::default(), &version).await else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let mut events = Box::pin(events);
-                while let Some(Ok(event)) = events.next().await {
-                    let kube::api::WatchEvent::Modified(rc) = event else {
-                        continue;
-                    };
-                    version = rc.metadata.resource_version.clone().unwrap_or(version);
-                    let name = rc.metadata.name.clone().unwrap_or_default();
-                    let new = rc.data["status"].clone();
-                    let old = last.insert(name, new.clone()).unwrap_or_default();
-                    let cause = status_changes(&old, &new).join("; ");
-                    let at = started.elapsed().as_secs_f64();
-                    let mut out = out.lock().unwrap();
-                    let e = out.entry(cause).or_insert((0, at, at));
-                    e.0 += 1;
-                    e.2 = at;
-                }
-                // The watch ended (or its version expired): again, not in a tight loop.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let task = mesh.watch_remote_clusters(version, move |rc| {
+            let name = rc.metadata.name.clone().unwrap_or_default();
+            let new = rc.data["status"].clone();
+            let old = last.insert(name, new.clone()).unwrap_or_default();
+            let cause = status_changes(&old, &new).join("; ");
+            let at = started.elapsed().as_secs_f64();
+            let mut out = out.lock().unwrap();
+            let e = out.entry(cause).or_insert((0, at, at));
+            e.0 += 1;
+            e.2 = at;
         });
         Ok(Self { counts, task })
     }
