@@ -1,8 +1,9 @@
 //! The prior art's architecture, as a baseline for section 1: one central process that watches the
 //! istiod pods and writes each remote's EndpointSlice itself, with a kubeconfig for every remote API
 //! server (what Tether exists to remove). Same latest-wins pacing as Tether's streams: one write in
-//! flight per remote, and the newest state next. It writes its own slice (`istiod-direct`), so it
-//! runs beside Tether and both follow the same changes at the same moment.
+//! flight per remote, and the newest state next. It writes its own slice (`istiod-direct`) and can
+//! be paused, so section 1 measures it and Tether in alternating rounds, each with the machine to
+//! itself.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -18,7 +19,15 @@ pub const SERVICE: &str = "istiod-direct";
 /// The running baseline: its writes per remote; stops when dropped.
 pub struct DirectPush {
     pub writes: Vec<Arc<AtomicUsize>>,
+    paused: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DirectPush {
+    /// Paused, it follows the pods but writes nothing; resumed, it writes the newest state at once.
+    pub fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
 }
 
 impl Drop for DirectPush {
@@ -81,26 +90,43 @@ pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> Dir
         }
     }));
     let mut writes = Vec::new();
+    let (paused, paused_rx) = tokio::sync::watch::channel(false);
     for client in remotes {
         let count = Arc::new(AtomicUsize::new(0));
         writes.push(count.clone());
         let mut rx = rx.clone();
+        let mut paused = paused_rx.clone();
         let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client, ns);
         tasks.push(tokio::spawn(async move {
             let apply = PatchParams::apply("direct-push").force();
-            while rx.changed().await.is_ok() {
-                let Some(body) = rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                if api
-                    .patch(SERVICE, &apply, &Patch::Apply(&body))
-                    .await
-                    .is_ok()
+            let mut written: Option<Value> = None;
+            loop {
+                if paused.wait_for(|p| !*p).await.is_err() {
+                    return;
+                }
+                let body = rx.borrow_and_update().clone();
+                if let Some(b) = body.as_ref()
+                    && written.as_ref() != Some(b)
                 {
-                    count.fetch_add(1, Ordering::Relaxed);
+                    match api.patch(SERVICE, &apply, &Patch::Apply(b)).await {
+                        Ok(_) => {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            written = body;
+                        }
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    r = paused.changed() => if r.is_err() { return },
                 }
             }
         }));
     }
-    DirectPush { writes, tasks }
+    DirectPush {
+        writes,
+        paused,
+        tasks,
+    }
 }

@@ -1,6 +1,7 @@
-//! Section 1 of `make bench`: a central cluster and 3 remotes, 200 changes to the istiod pods, from
-//! the central write to the remote's EndpointSlice watch event, against the floor (one server-side
-//! apply and its watch event on the same API servers). The same run measures the agents' footprint
+//! Section 1 of `make bench`: a central cluster and 3 remotes, 200 changes to the istiod pods on
+//! Tether and 200 on the prior art's direct push, in alternating rounds, from the central write to
+//! the remote's EndpointSlice watch event; against the floor (one server-side apply and its watch
+//! event on the same API servers). The same run measures the agents' footprint
 //! (section 2) and their API writes (section 3).
 
 use super::{Usage, ms, percentile, usage};
@@ -16,17 +17,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 pub const REMOTES: &[&str] = &["remote-1", "remote-2", "remote-3"];
+/// Changes measured on each side.
 pub const CHANGES: usize = 200;
 
 pub struct Propagation {
     /// Central write -> remote EndpointSlice event, seconds (each change x each remote).
     pub latencies: Vec<f64>,
-    /// The same changes through the prior art's direct push (`bench::direct`), at the same moments.
+    /// As many changes through the prior art's direct push (`bench::direct`), in the rounds between.
     pub direct: Vec<f64>,
-    /// The direct push's writes for the changes, per remote.
+    /// The direct push's writes for its changes, per remote.
     pub direct_writes: Vec<usize>,
-    /// The kind of change of each sample (0 readiness flip, 1 new pod, 2 deleted pod).
+    /// The kind of change of each Tether sample (0 readiness flip, 1 new pod, 2 deleted pod).
     pub kinds: Vec<usize>,
+    /// The kind of change of each direct-push sample.
+    pub direct_kinds: Vec<usize>,
     /// One server-side apply -> its watch event, seconds.
     pub floor: Vec<f64>,
     /// The floor without each remote's first write (the first apply of an object is the slow one).
@@ -153,31 +157,21 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     let before: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let steady: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
-    let writes_before: Vec<usize> = REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect();
     let hub_before = usage(hub);
-    let direct_before: Vec<usize> = direct
-        .writes
-        .iter()
-        .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
-        .collect();
 
-    let churn = churn(&mesh, &mut watches, &mut direct_watches, &mut want).await?;
-    let direct_writes: Vec<usize> = direct
-        .writes
-        .iter()
-        .zip(&direct_before)
-        .map(|(w, b)| w.load(std::sync::atomic::Ordering::Relaxed) - b)
-        .collect();
+    let churn = churn(
+        &mesh,
+        &direct,
+        &mut watches,
+        &mut direct_watches,
+        &mut want,
+        &agents,
+    )
+    .await?;
     drop(direct);
     let churned: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
     let hub_churn = usage(hub);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let per_remote: Vec<usize> = REMOTES
-        .iter()
-        .zip(&writes_before)
-        .map(|(r, b)| mesh.agent_writes(r).len() - b)
-        .collect();
-    let per_kind = churn.writes_per_kind(mesh.agent_writes("remote-1").len());
+    let per_kind = churn.writes_per_kind();
     let (floor, floor_warm) = floor(&mesh).await?;
     let reconnect = reconnect_writes(&mut mesh).await?;
 
@@ -192,36 +186,41 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
                 steady_rss_kib: steady[i].rss_kib,
                 peak_kib: churned[i].peak_kib,
                 steady_cpu: cpu(&before[i], &steady[i], 10.0),
-                churn_cpu: cpu(&steady[i], &churned[i], churn.secs),
+                churn_cpu: churn.cpu[i] / churn.secs,
             })
             .collect(),
         hub_rss_kib: hub_before.rss_kib,
         hub_peak_kib: hub_churn.peak_kib,
-        hub_churn_cpu: cpu(&hub_before, &hub_churn, churn.secs),
+        hub_churn_cpu: churn.cpu[agents.len()] / churn.secs,
     };
     println!(
-        "propagation p50/p99 {} / {}; direct push {} / {} ({direct_writes:?} writes); floor {} / {}; writes {per_remote:?}; reconnect writes {reconnect}",
+        "propagation p50/p99 {} / {}; direct push {} / {} ({:?} writes); floor {} / {}; writes {:?}; reconnect writes {reconnect}",
         ms(percentile(&churn.latencies, 50.0)),
         ms(percentile(&churn.latencies, 99.0)),
         ms(percentile(&churn.direct, 50.0)),
         ms(percentile(&churn.direct, 99.0)),
+        churn.direct_writes,
         ms(percentile(&floor, 50.0)),
-        ms(percentile(&floor, 99.0))
+        ms(percentile(&floor, 99.0)),
+        churn.writes,
     );
-    Ok(Propagation {
-        kinds: churn
-            .kinds
+    let per_sample = |kinds: &[usize]| -> Vec<usize> {
+        kinds
             .iter()
             .flat_map(|k| std::iter::repeat_n(*k, REMOTES.len()))
-            .collect(),
+            .collect()
+    };
+    Ok(Propagation {
+        kinds: per_sample(&churn.kinds),
+        direct_kinds: per_sample(&churn.direct_kinds),
         latencies: churn.latencies,
         direct: churn.direct,
-        direct_writes,
+        direct_writes: churn.direct_writes,
         floor,
         floor_warm,
         footprint,
         writes: Writes {
-            per_remote,
+            per_remote: churn.writes,
             per_kind,
             reconnect,
         },
@@ -245,50 +244,128 @@ async fn synced_mesh(planes: &'static ControlPlanes) -> anyhow::Result<Mesh> {
     Ok(mesh)
 }
 
-/// What the 200 changes measured.
+/// Changes in a row on one architecture before the other takes over.
+pub const ROUND: usize = 10;
+// Whole rounds, the last one the direct push's, so the run ends with the hub stopped.
+const _: () = assert!((2 * CHANGES).is_multiple_of(2 * ROUND));
+
+/// What the changes measured: [`CHANGES`] on Tether and as many on the direct push, in alternating
+/// rounds of [`ROUND`].
 struct Churn {
     latencies: Vec<f64>,
-    /// The direct push's latencies for the same changes.
+    /// The direct push's latencies for its changes.
     direct: Vec<f64>,
+    /// Time spent in Tether's rounds.
     secs: f64,
-    /// The kind of each change (0 readiness flip, 1 new pod, 2 deleted pod), in order.
+    /// CPU seconds in Tether's rounds: each agent, then the hub.
+    cpu: Vec<f64>,
+    /// The kind of each change (0 readiness flip, 1 new pod, 2 deleted pod), in order, per side.
     kinds: Vec<usize>,
-    /// remote-1's writes by the kind of change that caused them, up to the last change.
+    direct_kinds: Vec<usize>,
+    /// remote-1's writes by the kind of change that caused them.
     by_kind: [usize; 3],
-    last_writes: usize,
+    /// Each agent's writes for Tether's changes, and the direct push's for its changes, per remote.
+    writes: Vec<usize>,
+    direct_writes: Vec<usize>,
 }
 
 impl Churn {
-    /// remote-1's writes per change of each kind, the last change's writes counted up to `now_writes`.
-    fn writes_per_kind(&self, now_writes: usize) -> Vec<f64> {
-        let mut by_kind = self.by_kind;
-        if let Some(last) = self.kinds.last() {
-            by_kind[*last] += now_writes - self.last_writes;
-        }
+    /// remote-1's writes per change of each kind.
+    fn writes_per_kind(&self) -> Vec<f64> {
         (0..3)
             .map(|k| {
-                by_kind[k] as f64 / self.kinds.iter().filter(|x| **x == k).count().max(1) as f64
+                self.by_kind[k] as f64
+                    / self.kinds.iter().filter(|x| **x == k).count().max(1) as f64
             })
             .collect()
     }
 }
 
-/// 200 changes, one at a time: readiness flips, new pods (a new IP), deleted pods (an IP gone).
+/// The hub stopped (SIGSTOP) while the direct push is measured, so it neither competes for the
+/// machine nor writes; continued when dropped, also if the benchmark fails mid-round.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> Self {
+        // SAFETY: kill(2) on the pid of a child the mesh started and has not reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
+
+/// Tether's counters at the start of one of its rounds.
+struct Mark {
+    at: Instant,
+    usage: Vec<Usage>,
+    writes: Vec<usize>,
+}
+
+fn mark(mesh: &Mesh, pids: &[u32]) -> Mark {
+    Mark {
+        at: Instant::now(),
+        usage: pids.iter().map(|p| usage(*p)).collect(),
+        writes: REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect(),
+    }
+}
+
+/// Writes of a change are done when the count stays still this long after the remote showed it.
+const WRITES_SETTLE: Duration = Duration::from_millis(100);
+
+/// Waits until no agent has written for [`WRITES_SETTLE`]: a change's second write (the legacy
+/// Endpoints) may land after the EndpointSlice event the latency is measured at.
+async fn writes_settled(mesh: &Mesh) -> Vec<usize> {
+    let count = || -> Vec<usize> { REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect() };
+    let mut last = count();
+    loop {
+        tokio::time::sleep(WRITES_SETTLE).await;
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// 2 x [`CHANGES`] changes, one at a time: readiness flips, new pods (a new IP), deleted pods (an IP
+/// gone). Tether and the direct push take turns, [`ROUND`] changes each, so each is measured with
+/// the machine and the remote API servers to itself: run side by side, the second writer of each
+/// change queues behind the first's write on the same API server. In Tether's rounds the direct push
+/// is paused; in its rounds the hub is stopped. Each round starts once the side taking over has
+/// caught up with the pods; what catching up wrote and cost is not counted.
 async fn churn(
     mesh: &Mesh,
+    push: &super::direct::DirectPush,
     watches: &mut [tokio::sync::watch::Receiver<(Instant, EndpointSet)>],
     direct: &mut [tokio::sync::watch::Receiver<(Instant, EndpointSet)>],
     want: &mut EndpointSet,
+    agents: &[u32],
 ) -> anyhow::Result<Churn> {
     let pods = mesh.central_pods();
-    let started = Instant::now();
+    let hub = mesh.hub_pid().expect("hub running");
+    let pids: Vec<u32> = agents.iter().copied().chain([hub]).collect();
     let mut out = Churn {
         latencies: Vec::new(),
         direct: Vec::new(),
         secs: 0.0,
+        cpu: vec![0.0; pids.len()],
         kinds: Vec::new(),
+        direct_kinds: Vec::new(),
         by_kind: [0; 3],
-        last_writes: mesh.agent_writes("remote-1").len(),
+        writes: vec![0; REMOTES.len()],
+        direct_writes: vec![0; REMOTES.len()],
+    };
+    let direct_count = |push: &super::direct::DirectPush| -> Vec<usize> {
+        push.writes
+            .iter()
+            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
     };
     let mut b_ready = true;
     let mut extra: Option<(String, String)> = None;
@@ -301,11 +378,65 @@ async fn churn(
             .and_then(|v| v.parse().ok())
             .unwrap_or(20),
     );
-    for i in 0..CHANGES {
-        if let Some(prev) = out.kinds.last() {
+    push.pause(true);
+    let mut frozen: Option<Frozen> = None;
+    let mut tether_mark = Some(mark(mesh, &pids));
+    let mut direct_mark: Vec<usize> = Vec::new();
+    let mut written = tether_mark.as_ref().expect("set").writes[0];
+    for i in 0..2 * CHANGES {
+        let tether = (i / ROUND).is_multiple_of(2);
+        if i > 0 && i % ROUND == 0 {
+            if tether {
+                let now = direct_count(push);
+                for (o, (n, b)) in out
+                    .direct_writes
+                    .iter_mut()
+                    .zip(now.iter().zip(&direct_mark))
+                {
+                    *o += n - b;
+                }
+                push.pause(true);
+                frozen = None;
+                for w in watches.iter_mut() {
+                    wait_set(w, want).await?;
+                }
+                writes_settled(mesh).await;
+                let m = mark(mesh, &pids);
+                written = m.writes[0];
+                tether_mark = Some(m);
+            } else {
+                let now = writes_settled(mesh).await;
+                let m = tether_mark.take().expect("in a Tether round");
+                out.by_kind[(i - 1) % 3] += now[0] - written;
+                for (o, (n, b)) in out.writes.iter_mut().zip(now.iter().zip(&m.writes)) {
+                    *o += n - b;
+                }
+                for (c, (p, u)) in out.cpu.iter_mut().zip(pids.iter().zip(&m.usage)) {
+                    *c += usage(*p).cpu_secs - u.cpu_secs;
+                }
+                out.secs += (m.at.elapsed() - WRITES_SETTLE).as_secs_f64();
+                frozen = Some(Frozen::new(hub));
+                push.pause(false);
+                for w in direct.iter_mut() {
+                    wait_set(w, want).await?;
+                }
+                // The push's catch-up write is counted when it returns, which may be after its
+                // watch event: wait for the count too before marking.
+                let mut last = direct_count(push);
+                loop {
+                    tokio::time::sleep(WRITES_SETTLE).await;
+                    let now = direct_count(push);
+                    if now == last {
+                        break;
+                    }
+                    last = now;
+                }
+                direct_mark = last;
+            }
+        } else if tether && i > 0 {
             let now = mesh.agent_writes("remote-1").len();
-            out.by_kind[*prev] += now - out.last_writes;
-            out.last_writes = now;
+            out.by_kind[(i - 1) % 3] += now - written;
+            written = now;
         }
         let t0;
         match (i % 3, extra.take()) {
@@ -334,19 +465,33 @@ async fn churn(
             }
             (_, None) => unreachable!("a pod was created the step before"),
         }
-        for w in watches.iter_mut() {
+        let (rxs, samples, kinds) = if tether {
+            (&mut *watches, &mut out.latencies, &mut out.kinds)
+        } else {
+            (&mut *direct, &mut out.direct, &mut out.direct_kinds)
+        };
+        for w in rxs.iter_mut() {
             let at = wait_set(w, want).await?;
-            out.latencies.push((at - t0).as_secs_f64());
+            samples.push((at - t0).as_secs_f64());
         }
-        for w in direct.iter_mut() {
-            let at = wait_set(w, want).await?;
-            out.direct.push((at - t0).as_secs_f64());
-        }
-        out.kinds.push(i % 3);
+        kinds.push(i % 3);
         // A pause as between real changes, so each is measured on its own.
         tokio::time::sleep(pause).await;
     }
-    out.secs = started.elapsed().as_secs_f64();
+    // The last round is the direct push's (see the assertion under ROUND).
+    let now = direct_count(push);
+    for (o, (n, b)) in out
+        .direct_writes
+        .iter_mut()
+        .zip(now.iter().zip(&direct_mark))
+    {
+        *o += n - b;
+    }
+    push.pause(true);
+    drop(frozen);
+    for w in watches.iter_mut() {
+        wait_set(w, want).await?;
+    }
     Ok(out)
 }
 

@@ -4,7 +4,7 @@
 
 use super::apiaccess::{ApiAccess, PODS};
 use super::fleet::{FANOUT_CHANGES, FanoutRow, Storm, secs};
-use super::propagation::{CHANGES, Propagation};
+use super::propagation::{CHANGES, Propagation, ROUND};
 use super::replicas::{Failover, Settle, Sustained};
 use super::{ms, percentile};
 use std::fmt::Write as _;
@@ -246,15 +246,17 @@ fn propagation(doc: &mut String, p: &Propagation) {
     let _ = writeln!(
         doc,
         "## 1. Propagation latency (central + 3 remotes)\n\n\
-         {CHANGES} changes to the central istiod pods, one at a time (a readiness flip, a new pod with a new IP, \
-         a deleted pod, in turn), {} samples (each change x 3 remotes). Time from just before the central \
-         write until a watch on the remote delivers the EndpointSlice that shows it. Floor: one server-side \
-         apply of an EndpointSlice on the remote API servers and its watch event ({} samples; without each \
-         remote's first apply, which creates the object: {} samples). Baseline: the prior art's architecture \
-         (`bench::direct`), one central process that watches the same pods and writes each remote's \
-         EndpointSlice itself with a credential for every remote API server, one write in flight per remote \
-         and the newest state next; it runs beside Tether on its own slice, so every change is measured on \
-         both at the same moment, on the same machine and API servers.\n\n\
+         Changes to the central istiod pods, one at a time (a readiness flip, a new pod with a new IP, \
+         a deleted pod, in turn): {CHANGES} on Tether, {} samples (each change x 3 remotes). Time from just \
+         before the central write until a watch on the remote delivers the EndpointSlice that shows it. \
+         Floor: one server-side apply of an EndpointSlice on the remote API servers and its watch event ({} \
+         samples; without each remote's first apply, which creates the object: {} samples). Baseline: the \
+         prior art's architecture (`bench::direct`), one central process that watches the same pods and \
+         writes each remote's EndpointSlice itself with a credential for every remote API server, one write \
+         in flight per remote and the newest state next ({} samples). The two take turns in rounds of {ROUND} \
+         changes on the same machine and API servers, each with them to itself: in Tether's rounds the \
+         direct push is paused, in its rounds the hub process is stopped (SIGSTOP); each round starts once \
+         the side taking over has caught up, and catching up is not counted.\n\n\
          | | p50 | p90 | p99 | max |\n| --- | --- | --- | --- | --- |\n\
          | Tether: central write -> remote EndpointSlice event | {}\n\
          | prior art, direct push: the same | {}\n\
@@ -269,6 +271,7 @@ fn propagation(doc: &mut String, p: &Propagation) {
         lat.len(),
         floor.len(),
         p.floor_warm.len(),
+        direct.len(),
         &summary(lat)[2..],
         &summary(direct)[2..],
         &summary(floor)[2..],
@@ -289,14 +292,17 @@ pub fn by_kind(p: &Propagation) -> String {
         .iter()
         .enumerate()
         .map(|(k, name)| {
-            let pick = |v: &[f64]| -> Vec<f64> {
+            let pick = |v: &[f64], kinds: &[usize]| -> Vec<f64> {
                 v.iter()
-                    .zip(&p.kinds)
+                    .zip(kinds)
                     .filter(|(_, kind)| **kind == k)
                     .map(|(x, _)| *x)
                     .collect()
             };
-            let (t, d) = (pick(&p.latencies), pick(&p.direct));
+            let (t, d) = (
+                pick(&p.latencies, &p.kinds),
+                pick(&p.direct, &p.direct_kinds),
+            );
             format!(
                 "{name} {} / {} against {} / {}",
                 ms(percentile(&t, 50.0)),
@@ -318,7 +324,7 @@ fn footprint(doc: &mut String, p: &Propagation) {
     let _ = writeln!(
         doc,
         "## 2. Footprint (release build)\n\n\
-         | process | RSS steady | peak RSS | CPU steady (10 s idle) | CPU during the {CHANGES} changes ({:.1} s) |\n\
+         | process | RSS steady | peak RSS | CPU steady (10 s idle) | CPU during Tether's {CHANGES} changes ({:.1} s) |\n\
          | --- | --- | --- | --- | --- |",
         f.churn_secs
     );
