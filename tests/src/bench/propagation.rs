@@ -307,21 +307,21 @@ struct Mark {
     writes: Vec<usize>,
 }
 
-fn mark(mesh: &Mesh, pids: &[u32]) -> Mark {
+fn mark(pids: &[u32], writes: Vec<usize>) -> Mark {
     Mark {
         at: Instant::now(),
         usage: pids.iter().map(|p| usage(*p)).collect(),
-        writes: REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect(),
+        writes,
     }
 }
 
 /// Writes of a change are done when the count stays still this long after the remote showed it.
 const WRITES_SETTLE: Duration = Duration::from_millis(100);
 
-/// Waits until no agent has written for [`WRITES_SETTLE`]: a change's second write (the legacy
-/// Endpoints) may land after the EndpointSlice event the latency is measured at.
-async fn writes_settled(mesh: &Mesh) -> Vec<usize> {
-    let count = || -> Vec<usize> { REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect() };
+/// Waits until `count` (writes per remote) stays still for [`WRITES_SETTLE`], and returns it: a
+/// write is counted when it returns, which may be after the watch event a latency is measured at
+/// (for an agent, its second write, the legacy Endpoints, comes after the EndpointSlice).
+async fn settled(count: impl Fn() -> Vec<usize>) -> Vec<usize> {
     let mut last = count();
     loop {
         tokio::time::sleep(WRITES_SETTLE).await;
@@ -330,6 +330,13 @@ async fn writes_settled(mesh: &Mesh) -> Vec<usize> {
             return now;
         }
         last = now;
+    }
+}
+
+/// Adds `now - since` to `total`, remote by remote.
+fn add_since(total: &mut [usize], now: &[usize], since: &[usize]) {
+    for (t, (n, s)) in total.iter_mut().zip(now.iter().zip(since)) {
+        *t += n - s;
     }
 }
 
@@ -361,12 +368,14 @@ async fn churn(
         writes: vec![0; REMOTES.len()],
         direct_writes: vec![0; REMOTES.len()],
     };
-    let direct_count = |push: &super::direct::DirectPush| -> Vec<usize> {
+    let direct_count = || -> Vec<usize> {
         push.writes
             .iter()
             .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
             .collect()
     };
+    let agent_count =
+        || -> Vec<usize> { REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect() };
     let mut b_ready = true;
     let mut extra: Option<(String, String)> = None;
     let mut k = 0usize;
@@ -380,37 +389,31 @@ async fn churn(
     );
     push.pause(true);
     let mut frozen: Option<Frozen> = None;
-    let mut tether_mark = Some(mark(mesh, &pids));
+    let mut tether_mark = Some(mark(&pids, agent_count()));
     let mut direct_mark: Vec<usize> = Vec::new();
     let mut written = tether_mark.as_ref().expect("set").writes[0];
     for i in 0..2 * CHANGES {
         let tether = (i / ROUND).is_multiple_of(2);
         if i > 0 && i % ROUND == 0 {
             if tether {
-                let now = direct_count(push);
-                for (o, (n, b)) in out
-                    .direct_writes
-                    .iter_mut()
-                    .zip(now.iter().zip(&direct_mark))
-                {
-                    *o += n - b;
-                }
+                add_since(
+                    &mut out.direct_writes,
+                    &settled(direct_count).await,
+                    &direct_mark,
+                );
                 push.pause(true);
                 frozen = None;
                 for w in watches.iter_mut() {
                     wait_set(w, want).await?;
                 }
-                writes_settled(mesh).await;
-                let m = mark(mesh, &pids);
+                let m = mark(&pids, settled(agent_count).await);
                 written = m.writes[0];
                 tether_mark = Some(m);
             } else {
-                let now = writes_settled(mesh).await;
+                let now = settled(agent_count).await;
                 let m = tether_mark.take().expect("in a Tether round");
                 out.by_kind[(i - 1) % 3] += now[0] - written;
-                for (o, (n, b)) in out.writes.iter_mut().zip(now.iter().zip(&m.writes)) {
-                    *o += n - b;
-                }
+                add_since(&mut out.writes, &now, &m.writes);
                 for (c, (p, u)) in out.cpu.iter_mut().zip(pids.iter().zip(&m.usage)) {
                     *c += usage(*p).cpu_secs - u.cpu_secs;
                 }
@@ -420,18 +423,7 @@ async fn churn(
                 for w in direct.iter_mut() {
                     wait_set(w, want).await?;
                 }
-                // The push's catch-up write is counted when it returns, which may be after its
-                // watch event: wait for the count too before marking.
-                let mut last = direct_count(push);
-                loop {
-                    tokio::time::sleep(WRITES_SETTLE).await;
-                    let now = direct_count(push);
-                    if now == last {
-                        break;
-                    }
-                    last = now;
-                }
-                direct_mark = last;
+                direct_mark = settled(direct_count).await;
             }
         } else if tether && i > 0 {
             let now = mesh.agent_writes("remote-1").len();
@@ -479,14 +471,11 @@ async fn churn(
         tokio::time::sleep(pause).await;
     }
     // The last round is the direct push's (see the assertion under ROUND).
-    let now = direct_count(push);
-    for (o, (n, b)) in out
-        .direct_writes
-        .iter_mut()
-        .zip(now.iter().zip(&direct_mark))
-    {
-        *o += n - b;
-    }
+    add_since(
+        &mut out.direct_writes,
+        &settled(direct_count).await,
+        &direct_mark,
+    );
     push.pause(true);
     drop(frozen);
     for w in watches.iter_mut() {
