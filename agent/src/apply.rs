@@ -24,6 +24,9 @@ pub struct Outcome {
     pub failures: Vec<ObjectFailure>,
     /// API writes (patch, delete) this pass made.
     pub writes: u32,
+    /// A newer command was waiting once the EndpointSlices were written, so the rest of the plan
+    /// was skipped: the snapshot is not applied, and the newer one's plan covers what was skipped.
+    pub superseded: bool,
 }
 
 #[derive(Clone)]
@@ -143,14 +146,21 @@ impl Applier {
             });
     }
 
-    /// Makes the remote match `snap`. Failures are per object; everything else is applied.
-    pub async fn apply(&mut self, snap: &Snapshot) -> Outcome {
+    /// Makes the remote match `snap`. Failures are per object; everything else is applied. When
+    /// `newer` says, after the EndpointSlices, that a newer command waits, the rest is skipped
+    /// ([`Outcome::superseded`]).
+    pub async fn apply(&mut self, snap: &Snapshot, newer: impl Fn() -> bool) -> Outcome {
         self.prune_overlay();
         let plan = plan::snapshot(snap, &self.namespace, &self.field_manager, &self.view());
         if let Some(refused) = plan.failures.iter().find(|f| f.kind == "Snapshot") {
             warn!(version = %snap.version, message = %refused.message);
         }
-        let out = self.execute(plan).await;
+        let out = self.execute(plan, newer).await;
+        if out.superseded {
+            self.metrics.snapshots_superseded.inc();
+            debug!(version = %snap.version, writes = out.writes, "superseded after its EndpointSlices");
+            return out;
+        }
         self.metrics.snapshots_applied.inc();
         for f in &out.failures {
             self.metrics
@@ -170,7 +180,7 @@ impl Applier {
     pub async fn retire(&mut self) -> Outcome {
         self.prune_overlay();
         let plan = plan::retire(&self.field_manager, &self.view());
-        let out = self.execute(plan).await;
+        let out = self.execute(plan, || false).await;
         info!(
             writes = out.writes,
             failures = out.failures.len(),
@@ -185,16 +195,21 @@ impl Applier {
     /// (measured in docs/benchmarks.md, section 1). Within a phase each write is to a different
     /// object, so up to [`WRITES_AT_ONCE`] go to the API server together: a large plan (a retire,
     /// many Services) takes the time of its slowest writes, not their sum, and does not become a
-    /// burst of hundreds of requests.
-    async fn execute(&mut self, plan: Plan) -> Outcome {
+    /// burst of hundreds of requests. Between the phases, `newer` may cut the plan short: the hub
+    /// has sent a newer state, whose slices should not wait for this one's Endpoints.
+    async fn execute(&mut self, plan: Plan, newer: impl Fn() -> bool) -> Outcome {
         use futures::StreamExt;
         let mut out = Outcome {
             failures: plan.failures,
-            writes: 0,
+            ..Outcome::default()
         };
         let (slices, rest) = phases(plan.writes);
         let mut done: Vec<Done> = Vec::new();
-        for phase in [slices, rest] {
+        for (i, phase) in [slices, rest].into_iter().enumerate() {
+            if i > 0 && !phase.is_empty() && newer() {
+                out.superseded = true;
+                break;
+            }
             let d: Vec<Done> = futures::stream::iter(phase)
                 .map(|w| self.run(w))
                 .buffer_unordered(WRITES_AT_ONCE)

@@ -43,6 +43,8 @@ pub struct AgentMetrics {
     /// By how the previous stream ended: one of [`RECONNECT_REASONS`].
     pub reconnects: Family<Reason, Counter>,
     pub snapshots_applied: Counter,
+    /// Snapshots cut short after their EndpointSlices because a newer one waited.
+    pub snapshots_superseded: Counter,
     pub apply_errors: Family<ObjectKind, Counter>,
     /// API writes by kind and verb; a failed write counts too (it reached the API server).
     pub api_writes: Family<Write, Counter>,
@@ -54,6 +56,7 @@ impl AgentMetrics {
             connected: Gauge::default(),
             reconnects: Family::default(),
             snapshots_applied: Counter::default(),
+            snapshots_superseded: Counter::default(),
             apply_errors: Family::default(),
             api_writes: Family::default(),
         };
@@ -72,6 +75,11 @@ impl AgentMetrics {
             "snapshots_applied",
             "Snapshots applied (ACKed or NACKed)",
             m.snapshots_applied.clone(),
+        );
+        r.register(
+            "snapshots_superseded",
+            "Snapshots cut short after their EndpointSlices for a newer one (not answered; the newer is)",
+            m.snapshots_superseded.clone(),
         );
         r.register(
             "apply_errors",

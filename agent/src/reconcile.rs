@@ -1,6 +1,8 @@
 //! The reconciler owns the applier. It applies the newest command (latest wins: a snapshot that
-//! arrives while another is being applied replaces any older one still waiting) and repairs drift
-//! when the watches ring, with the snapshot it last applied. Results go back to the stream as ACK/NACK.
+//! arrives while another is being applied replaces any older one still waiting, and cuts the one
+//! being applied short once its EndpointSlices are written) and repairs drift when the watches ring,
+//! with the snapshot it last applied. Results go back to the stream as ACK/NACK; a snapshot cut short
+//! is not answered (the hub takes the newer one's answer for both).
 //! A snapshot that did not apply completely is retried with capped exponential backoff, and ACKed
 //! (same version and nonce) once it applies: a NACK never sticks after its cause is gone. The other
 //! way round too: when a later pass (drift, a namespace deleted) finds the snapshot no longer in
@@ -132,7 +134,13 @@ pub async fn run(
         };
         // This pass reads the live state afresh: it covers any drift noticed so far.
         drift_at = None;
-        let outcome = applier.apply(&snap).await;
+        let outcome = applier
+            .apply(&snap, || commands.has_changed().unwrap_or(false))
+            .await;
+        if outcome.superseded {
+            // The newer command is taken on the next turn, at once.
+            continue;
+        }
         let ok = outcome.failures.is_empty();
         if !from_hub && outcome.writes > 0 {
             info!(writes = outcome.writes, "repaired drift");

@@ -4,12 +4,13 @@
 //!
 //! ```text
 //!  peer cert ─identity─► cluster ── Hello must agree ──► Discovery::subscribe(cluster) ── admit (one agent)
-//!  watch::Receiver<Desired> ─latest wins─► Outbox ─(nothing in flight)─► Snapshot/Retire ─► agent
+//!  watch::Receiver<Desired> ─latest wins─► Outbox ─(window not full)─► Snapshot/Retire ─► agent
 //!  agent ─► Ack/Nack/Retired ─► Outbox::answer ─► Streams (named mutators), metrics
 //! ```
-//! Paced by the agent's answers: at most one message is in flight per stream. An idle stream sends at
-//! once; a busy or slow one (churn, a thin link, a slow remote API server) gets only the newest state
-//! when it answers, instead of a queue of states that are stale on arrival.
+//! Paced by the agent's answers: at most [`WINDOW`](crate::outbox::WINDOW) messages are in flight per stream (the state being
+//! applied and the newest behind it). An idle stream sends at once; a busy or slow one (churn, a thin
+//! link, a slow remote API server) gets only the newest state when it answers, instead of a queue of
+//! states that are stale on arrival.
 
 use crate::desired::Desired;
 use crate::index::Discovery;
@@ -30,7 +31,7 @@ use tracing::{Instrument, debug, info, warn};
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stream waits for the answer to its message in flight before it sends a newer state anyway.
+/// How long a stream with its window full waits for an answer before it sends a newer state anyway.
 /// The agent answers every snapshot (a NACK when it fails), so this only matters for a stuck agent.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -344,7 +345,7 @@ impl Stream {
         let mut next: Option<HubMessage> = out.message_for(&desired.borrow_and_update().clone());
         out.first_message_is_no_change();
         let reason = loop {
-            let stalled = out.in_flight_since().map(|t| t + ANSWER_TIMEOUT);
+            let stalled = out.window_full_since().map(|t| t + ANSWER_TIMEOUT);
             tokio::select! {
                 changed = desired.changed() => match changed {
                     Ok(()) => {

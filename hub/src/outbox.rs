@@ -3,8 +3,9 @@
 //! `grpc` sends what this returns and applies the [`Answer`]s to the stream state and metrics.
 //!
 //! ```text
-//!  Desired ─message_for─► Snapshot/Retire (new nonce) ─mark_sent─► in flight (one at a time)
-//!  AgentMessage ─answer─► Answer::{Acked, Nacked, Retired, RetireFailed, Ignored}, frees the stream
+//!  Desired ─message_for─► Snapshot/Retire (new nonce) ─mark_sent─► in flight (up to WINDOW)
+//!  AgentMessage ─answer─► Answer::{Acked, Nacked, Retired, RetireFailed, Ignored}, frees its message
+//!                         and every older one
 //! ```
 //! Nonces are numbers here; the wire carries them as decimal strings.
 
@@ -16,6 +17,14 @@ use tether_proto::v1::{AgentMessage, HubMessage, Retire, agent_message, hub_mess
 
 /// Sent-but-unacknowledged messages remembered per stream (latest wins, so few are ever outstanding).
 const MAX_OUTSTANDING: usize = 16;
+
+/// Messages in flight at once: the state the agent is applying and the newest one behind it. With
+/// the newer state at hand, the agent skips what it has not yet written of the older one (after the
+/// EndpointSlices) and applies the newer at once, instead of finishing the older, answering, and
+/// waiting a round trip for the newer. The agent answers the newer only, which frees both, so it
+/// always applies one state completely before the hub sends another: a stream of changes cannot
+/// starve the writes that come after the slices. Further states wait, latest wins.
+pub const WINDOW: usize = 2;
 
 /// What the agent's message means for the remote.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,8 +77,8 @@ pub struct Outbox {
     next_nonce: u64,
     last_version: String,
     retire_sent: bool,
-    /// The message that left and has no answer yet: its nonce and when it left.
-    in_flight: Option<(u64, Instant)>,
+    /// The messages that left and have no answer yet, oldest first: nonce and when each left.
+    in_flight: VecDeque<(u64, Instant)>,
     /// The newest message answered: the agent may report on it again.
     last_answered: Option<(u64, Carried)>,
 }
@@ -135,24 +144,27 @@ impl Outbox {
         }
     }
 
-    /// Records that `msg` left now: nothing else leaves until the agent answers it.
+    /// Records that `msg` left now: it is in flight until the agent answers it or a newer one.
     pub fn mark_sent(&mut self, msg: &HubMessage) {
         let nonce = nonce_of(msg);
         let now = Instant::now();
         if let Some(sent) = self.sent.iter_mut().find(|s| s.nonce == nonce) {
             sent.sent_at = Some(now);
         }
-        self.in_flight = Some((nonce, now));
+        self.in_flight.push_back((nonce, now));
     }
 
-    /// When the message in flight left, if it has no answer yet.
-    pub fn in_flight_since(&self) -> Option<Instant> {
-        self.in_flight.map(|(_, at)| at)
+    /// With [`WINDOW`] messages in flight, when the oldest left: nothing more leaves until an answer
+    /// (or until the stream gives up waiting). None while another message may leave.
+    pub fn window_full_since(&self) -> Option<Instant> {
+        (self.in_flight.len() >= WINDOW)
+            .then(|| self.in_flight.front().map(|(_, at)| *at))
+            .flatten()
     }
 
     /// The agent takes too long: let the next (newer) message leave anyway.
     pub fn give_up_waiting(&mut self) {
-        self.in_flight = None;
+        self.in_flight.clear();
     }
 
     /// `new` replaces `old` before `old` was sent: `old` is forgotten (it never left), and since the
@@ -243,9 +255,8 @@ impl Outbox {
             .position(|s| s.nonce == nonce && s.carried == *carried)
         {
             Some(i) => {
-                if self.in_flight.is_some_and(|(waiting, _)| nonce >= waiting) {
-                    self.in_flight = None;
-                }
+                // An answer frees its message and the older ones: the agent skipped those.
+                self.in_flight.retain(|(waiting, _)| *waiting > nonce);
                 self.last_answered = Some((nonce, carried.clone()));
                 if done {
                     Some(self.sent.drain(..=i).next_back())
@@ -433,30 +444,43 @@ mod tests {
     }
 
     #[test]
-    fn one_message_in_flight_until_the_agent_answers() {
+    fn two_messages_in_flight_and_an_answer_frees_its_own_and_the_older() {
         let mut out = Outbox::default();
-        let first = out.message_for(&desired("v1")).unwrap();
-        out.mark_sent(&first);
-        assert!(out.in_flight_since().is_some(), "v1 waits for its answer");
-        let mut pending = out.message_for(&desired("v2")).unwrap();
-        // However many states replace each other while v1 waits, v1 stays answerable.
-        for i in 3..40 {
+        let v1 = out.message_for(&desired("v1")).unwrap();
+        out.mark_sent(&v1);
+        assert!(out.window_full_since().is_none(), "a second may leave");
+        let v2 = out.message_for(&desired("v2")).unwrap();
+        out.mark_sent(&v2);
+        assert!(out.window_full_since().is_some(), "v1 and v2 wait");
+        let mut pending = out.message_for(&desired("v3")).unwrap();
+        // However many states replace each other while the window is full, v1 and v2 stay answerable.
+        for i in 4..40 {
             let newer = out.message_for(&desired(&format!("v{i}"))).unwrap();
             out.superseded(&pending, &newer);
             pending = newer;
         }
-        assert_eq!(out.sent.len(), 2, "v1 in flight and the newest pending");
+        assert_eq!(out.sent.len(), 3, "v1, v2 in flight and the newest pending");
         out.answer(ack("v1", 999));
         assert!(
-            out.in_flight_since().is_some(),
+            out.window_full_since().is_some(),
             "a nonce never sent frees nothing"
         );
-        out.answer(ack("v1", 1));
-        assert!(out.in_flight_since().is_none());
+        // The agent skipped the rest of v1 for v2: v2's answer frees both.
+        assert_eq!(acked(&out.answer(ack("v2", 2))), Some("v2"));
+        assert!(out.window_full_since().is_none());
+        assert!(matches!(out.answer(ack("v1", 1)), Answer::Ignored(_)));
         out.mark_sent(&pending);
-        // A NACK is an answer too.
+        let v40 = out.message_for(&desired("v40")).unwrap();
+        out.mark_sent(&v40);
+        assert!(out.window_full_since().is_some());
+        // An answer to the older frees one place; a NACK is an answer too.
         out.answer(nack("v39", nonce_of(&pending)));
-        assert!(out.in_flight_since().is_none());
+        assert!(out.window_full_since().is_none());
+        let v41 = out.message_for(&desired("v41")).unwrap();
+        out.mark_sent(&v41);
+        assert!(out.window_full_since().is_some());
+        out.give_up_waiting();
+        assert!(out.window_full_since().is_none(), "a stuck agent");
     }
 
     #[test]

@@ -65,6 +65,31 @@ pub async fn endpoints(mesh: &Mesh, cluster: &str) -> anyhow::Result<Vec<(String
     Ok(out)
 }
 
+/// The (address, ready) pairs of the legacy Endpoints `istiod` on `cluster`, sorted: the same set
+/// as [`endpoints`] once the agent has applied a state completely.
+pub async fn legacy_endpoints(mesh: &Mesh, cluster: &str) -> anyhow::Result<Vec<(String, bool)>> {
+    let api: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(mesh.remote(cluster).clone(), &mesh.ns);
+    let ep = api.get("istiod").await?;
+    let mut out: Vec<(String, bool)> = ep
+        .subsets
+        .iter()
+        .flatten()
+        .flat_map(|s| {
+            let ready = s.addresses.iter().flatten().map(|a| (a.ip.clone(), true));
+            let not = s
+                .not_ready_addresses
+                .iter()
+                .flatten()
+                .map(|a| (a.ip.clone(), false));
+            ready.chain(not).collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Creates `n` more ready istiod pods (`istiod-N`, 10.10.1.N..) serving the named port on 15010,
 /// eight at a time.
 pub async fn more_istiod_pods(mesh: &Mesh, n: usize) {

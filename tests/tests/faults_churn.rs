@@ -1,11 +1,14 @@
-//! 1,000 pod changes in 10 s across 52 control-plane pods. The hub sends each agent only the newest
-//! state once it answered the previous one, so the changes coalesce; every remote ends exactly on
-//! the final state, and the agents write at most the two objects a change touches per state applied.
+//! 1,000 pod changes in 10 s across 52 control-plane pods. The hub keeps at most two states in flight
+//! per agent and sends only the newest once the agent answers, so the changes coalesce; an agent
+//! that holds a newer state once an older one's EndpointSlices are written skips the rest of the
+//! older. Every remote ends exactly on the final state, slices and legacy Endpoints, and the agents
+//! write at most the two objects a change touches per state applied, and only the slice of a state
+//! they skipped.
 
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tether_tests::faults::{endpoints, more_istiod_pods};
+use tether_tests::faults::{endpoints, legacy_endpoints, more_istiod_pods};
 use tether_tests::fixtures::{REMOTES, SOON, synced_mesh};
 use tether_tests::mesh::Mesh;
 use tether_tests::{eventually, metric};
@@ -39,8 +42,10 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
         .map(|r| (*r, mesh.agent_writes(r).len()))
         .collect();
     let mut applied_before = BTreeMap::new();
+    let mut superseded_before = BTreeMap::new();
     for r in REMOTES {
         applied_before.insert(*r, applied(&mesh, r).await);
+        superseded_before.insert(*r, superseded(&mesh, r).await);
     }
 
     // Each worker owns PODS / WORKERS pods and flips their readiness at 10 changes/s.
@@ -89,6 +94,8 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
                 got.iter().filter(|e| want.contains(e)).count(),
                 want.len()
             );
+            let legacy = legacy_endpoints(&mesh, r).await?;
+            anyhow::ensure!(legacy == want, "legacy Endpoints: {legacy:?}");
             Ok(())
         })
         .await;
@@ -100,21 +107,32 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
         REMOTES.len()
     );
     let mut total_writes = 0;
+    let mut total_skipped = 0;
     for r in REMOTES {
         let writes = mesh.agent_writes(r).len() - writes_before[r];
         total_writes += writes;
         let applied = applied(&mesh, r).await - applied_before[r];
-        println!("{r}: {applied} snapshots applied, {writes} API writes for {CHANGES} changes");
-        assert!(
-            applied < CHANGES,
-            "{r}: changes were coalesced ({applied} snapshots applied for {CHANGES} changes)"
+        let skipped = superseded(&mesh, r).await - superseded_before[r];
+        total_skipped += skipped;
+        println!(
+            "{r}: {applied} snapshots applied and {skipped} cut short after their slice, \
+             {writes} API writes for {CHANGES} changes"
         );
-        // Each state applied changes one EndpointSlice and the legacy Endpoints: never more.
         assert!(
-            writes <= 2 * applied,
-            "{r}: {writes} writes for {applied} snapshots applied"
+            applied + skipped < CHANGES,
+            "{r}: changes were coalesced ({applied} + {skipped} snapshots for {CHANGES} changes)"
+        );
+        // Each state applied changes one EndpointSlice and the legacy Endpoints, a state cut short
+        // only its EndpointSlice: never more.
+        assert!(
+            writes <= 2 * applied + skipped,
+            "{r}: {writes} writes for {applied} snapshots applied and {skipped} cut short"
         );
     }
+    assert!(
+        total_skipped > 0,
+        "under 100 changes/s an agent holds a newer state after some slice phase"
+    );
     // Exactly the objects a change touches: one EndpointSlice and one Endpoints per state pushed.
     assert!(
         total_writes <= 2 * pushed,
@@ -124,7 +142,14 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
 
 /// Apply passes the agent on `cluster` made (from its own metrics).
 async fn applied(mesh: &Mesh, cluster: &str) -> usize {
-    let port = mesh.agent_admin_ports[cluster];
-    let (_, text) = Mesh::admin_get(port, "/metrics").await.unwrap();
-    metric(&text, "tether_agent_snapshots_applied_total") as usize
+    agent_metric(mesh, cluster, "tether_agent_snapshots_applied_total").await
+}
+
+/// Snapshots the agent on `cluster` cut short for a newer one.
+async fn superseded(mesh: &Mesh, cluster: &str) -> usize {
+    agent_metric(mesh, cluster, "tether_agent_snapshots_superseded_total").await
+}
+
+async fn agent_metric(mesh: &Mesh, cluster: &str, name: &str) -> usize {
+    Mesh::admin_metric(mesh.agent_admin_ports[cluster], name).await as usize
 }

@@ -12,26 +12,33 @@ const SOON: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(300);
 
 #[tokio::test]
-async fn while_a_snapshot_waits_for_its_answer_only_the_newest_state_follows() {
+async fn two_snapshots_in_flight_then_only_the_newest_state_follows_an_answer() {
     let hub = FakeHub::start().await.unwrap();
     hub.set_version("r1", "v1");
     let mut agent = FakeAgent::start(hub.agent_config("r1").unwrap(), false);
     let first = agent.next_snapshot(SOON).await;
     assert_eq!(first.version, "v1");
-    for i in 2..=10 {
+    hub.set_version("r1", "v2");
+    let second = agent.next_snapshot(SOON).await;
+    assert_eq!(second.version, "v2", "a second state leaves while v1 waits");
+    for i in 3..=10 {
         hub.set_version("r1", &format!("v{i}"));
     }
     assert!(
         agent.nothing_within(QUIET).await.is_none(),
-        "nothing leaves while v1 waits for its answer"
+        "nothing more leaves while v1 and v2 wait for their answers"
     );
-    agent.ack(&first).await;
+    // An agent that skipped the rest of v1 for v2 answers v2 only: that frees both places.
+    agent.ack(&second).await;
     let next = agent.next_snapshot(SOON).await;
     assert_eq!(next.version, "v10", "the newest, not the queue");
-    agent.ack(&next).await;
+    hub.set_version("r1", "v11");
+    let after = agent.next_snapshot(SOON).await;
+    assert_eq!(after.version, "v11", "both places were freed");
+    agent.ack(&after).await;
     assert!(agent.nothing_within(QUIET).await.is_none());
     eventually("the hub to record the ACK", SOON, || async {
-        anyhow::ensure!(hub.stream_state("r1").acked_version == "v10");
+        anyhow::ensure!(hub.stream_state("r1").acked_version == "v11");
         Ok(())
     })
     .await;

@@ -38,27 +38,35 @@ impl Drop for DirectPush {
     }
 }
 
-/// The EndpointSlice for the istiod pods now: a ready endpoint per running pod with an IP, not
-/// ready while it terminates.
+/// The EndpointSlice for the istiod pods now, as complete as the one Tether's agent writes for the
+/// same pods, so that both architectures write the same object: the Service's two ports, the three
+/// conditions, the managed-by labels. An endpoint per running pod with an IP; while a pod
+/// terminates, serving as its readiness says but neither ready nor gone.
 fn slice(pods: &BTreeMap<String, Pod>) -> Value {
     let endpoints: Vec<Value> = pods
         .values()
         .filter_map(|p| {
             let ip = p.status.as_ref()?.pod_ip.clone()?;
-            let ready = p.metadata.deletion_timestamp.is_none()
-                && p.status
-                    .as_ref()?
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-            Some(json!({"addresses": [ip], "conditions": {"ready": ready}}))
+            let serving = p
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let terminating = p.metadata.deletion_timestamp.is_some();
+            Some(json!({"addresses": [ip], "conditions": {
+                "ready": serving && !terminating, "serving": serving, "terminating": terminating}}))
         })
         .collect();
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": SERVICE, "labels": {"kubernetes.io/service-name": SERVICE}},
+        "metadata": {"name": SERVICE, "labels": {
+            "kubernetes.io/service-name": SERVICE,
+            "endpointslice.kubernetes.io/managed-by": "direct-push.bench",
+            "app.kubernetes.io/managed-by": "direct-push"}},
         "addressType": "IPv4",
-        "ports": [{"name": "grpc-xds", "port": 15010, "protocol": "TCP"}],
+        "ports": [{"name": "grpc-xds", "port": 15010, "protocol": "TCP"},
+                  {"name": "https-webhook", "port": 15017, "protocol": "TCP"}],
         "endpoints": endpoints})
 }
 

@@ -231,7 +231,9 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
 async fn synced_mesh(planes: &'static ControlPlanes) -> anyhow::Result<Mesh> {
     let mut mesh = Mesh::new(planes, REMOTES).await?;
     mesh.test_timing = false;
-    mesh.log_filter = Some("info".into());
+    // TETHER_BENCH_LOG: the hub's and agents' log filter, for a timeline of one run (debug logs
+    // cost time on the path measured).
+    mesh.log_filter = Some(std::env::var("TETHER_BENCH_LOG").unwrap_or_else(|_| "info".into()));
     mesh.create_istiod().await?;
     for r in REMOTES {
         mesh.create_remote_cluster(r, json!({})).await?;

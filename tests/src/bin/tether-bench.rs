@@ -16,7 +16,8 @@
 //! `TETHER_BENCH_CHURN_SECS` (default 600) its length; `TETHER_BENCH_SETTLE` (default `10000`) the
 //! settle sizes, and with `TETHER_BENCH_ONLY=settle`, `TETHER_BENCH_SETTLE_REPLICAS` (default `1,3`)
 //! the replica counts. `TETHER_BENCH_PAUSE_MS` (default 20) is the pause between two changes in
-//! section 1.
+//! section 1, and `TETHER_BENCH_LOG` (default `info`) the log filter of its hub and agents (their
+//! logs and the API servers' audit logs stay in `target/harness/<pid>` until the next run).
 
 use std::time::Instant;
 use tether_tests::ControlPlanes;
