@@ -252,8 +252,9 @@ fn propagation(doc: &mut String, p: &Propagation) {
          Floor: one server-side apply of an EndpointSlice on the remote API servers and its watch event ({} \
          samples; without each remote's first apply, which creates the object: {} samples). Baseline: the \
          prior art's architecture (`bench::direct`), one central process that watches the same pods and \
-         writes each remote's EndpointSlice itself with a credential for every remote API server, one write \
-         in flight per remote and the newest state next ({} samples). The two take turns in rounds of {ROUND} \
+         writes each remote's EndpointSlice itself with a credential for every remote API server: the same \
+         slice as Tether's agent writes (the Service's two ports, the three conditions, managed-by labels), \
+         one write in flight per remote and the newest state next ({} samples). The two take turns in rounds of {ROUND} \
          changes on the same machine and API servers, each with them to itself: in Tether's rounds the \
          direct push is paused, in its rounds the hub process is stopped (SIGSTOP); each round starts once \
          the side taking over has caught up, and catching up is not counted.\n\n\
@@ -265,8 +266,8 @@ fn propagation(doc: &mut String, p: &Propagation) {
          Latency / floor: **{ratio50:.1}x at p50, {ratio99:.1}x at p99**. \
          Target: p99 under 50 ms ({}); within 3x of the floor: at p50 {}, at p99 {}.\n\n\
          Tether / direct push: **{vs50:.2}x at p50, {vs99:.2}x at p99** (target: within 1.05x: {}). Writes per \
-         change and remote: Tether {:.2} (the EndpointSlice and the legacy Endpoints), direct push {:.2} (the \
-         EndpointSlice only).\n\n\
+         change and remote: Tether {:.2} (the EndpointSlice and the legacy Endpoints; a state the agent skipped \
+         for a newer one writes only its slice), direct push {:.2} (the EndpointSlice only).\n\n\
          By kind of change, p50 / p99, Tether against direct push: {}.\n",
         lat.len(),
         floor.len(),
