@@ -370,8 +370,9 @@ fn writes(doc: &mut String, p: &Propagation) {
          By kind of change (remote-1): readiness flip {:.2}, new pod {:.2}, deleted pod {:.2} writes. A flip \
          or a new pod changes two objects (the istiod EndpointSlice and the legacy Endpoints). A deletion \
          is two states, as with the Kubernetes EndpointSlice controller: the endpoint first turns \
-         terminating (pods are deleted gracefully), then goes; so up to 4 writes (2 when both states \
-         arrive together and are coalesced). Writes after a hub restart and a restart of every agent, \
+         terminating (pods are deleted gracefully), then goes; so up to 4 writes, 3 when the second \
+         state reaches the agent while the first's slice is written (the agent skips the first's \
+         Endpoints), 2 when both states arrive together and are coalesced. Writes after a hub restart and a restart of every agent, \
          nothing changed: **{}** (should be 0).\n",
         cells(&|n| n.to_string()),
         cells(&|n| format!("{:.2}", per(n))),
