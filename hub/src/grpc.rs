@@ -7,10 +7,10 @@
 //!  watch::Receiver<Desired> ─latest wins─► Outbox ─(window not full)─► Snapshot/Retire ─► agent
 //!  agent ─► Ack/Nack/Retired ─► Outbox::answer ─► Streams (named mutators), metrics
 //! ```
-//! Paced by the agent's answers: at most [`WINDOW`](crate::outbox::WINDOW) messages are in flight per stream (the state being
-//! applied and the newest behind it). An idle stream sends at once; a busy or slow one (churn, a thin
-//! link, a slow remote API server) gets only the newest state when it answers, instead of a queue of
-//! states that are stale on arrival.
+//! Paced by the agent's answers: at most [`WINDOW`](crate::outbox::WINDOW) messages are in flight
+//! per stream (the state being applied and the newest behind it). An idle stream sends at once; a
+//! busy or slow one (churn, a thin link, a slow remote API server) gets only the newest state when it
+//! answers, instead of a queue of states that are stale on arrival.
 
 use crate::desired::Desired;
 use crate::index::Discovery;
@@ -32,7 +32,8 @@ use tracing::{Instrument, debug, info, warn};
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stream with its window full waits for an answer before it sends a newer state anyway.
-/// The agent answers every snapshot (a NACK when it fails), so this only matters for a stuck agent.
+/// The agent answers every snapshot it applies (a NACK when it fails), and one it cut short for a
+/// newer one through the newer one's answer, so this only matters for a stuck agent.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct SyncService {
