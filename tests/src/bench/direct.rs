@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tether_agent::objects::{MANAGED_BY, SERVICE_NAME, SLICE_MANAGED_BY};
 
 pub const SERVICE: &str = "istiod-direct";
 
@@ -61,9 +62,9 @@ fn slice(pods: &BTreeMap<String, Pod>) -> Value {
         .collect();
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": SERVICE, "labels": {
-            "kubernetes.io/service-name": SERVICE,
-            "endpointslice.kubernetes.io/managed-by": "direct-push.bench",
-            "app.kubernetes.io/managed-by": "direct-push"}},
+            SERVICE_NAME: SERVICE,
+            SLICE_MANAGED_BY: "direct-push.bench",
+            MANAGED_BY: "direct-push"}},
         "addressType": "IPv4",
         "ports": [{"name": "grpc-xds", "port": 15010, "protocol": "TCP"},
                   {"name": "https-webhook", "port": 15017, "protocol": "TCP"}],
