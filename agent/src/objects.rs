@@ -98,15 +98,22 @@ fn port_json(p: &Port, number: i32) -> Value {
     v
 }
 
-/// Every object for one mirrored service, Service first.
-pub fn objects_for(namespace: &str, svc: &SnapService) -> Vec<DesiredObject> {
+/// Every object for one mirrored service, Service first; the legacy Endpoints only with
+/// `legacy_endpoints` (the snapshot's `!skip_legacy_endpoints`).
+pub fn objects_for(
+    namespace: &str,
+    svc: &SnapService,
+    legacy_endpoints: bool,
+) -> Vec<DesiredObject> {
     let mut out = vec![service(namespace, svc)];
     // An ExternalName Service is a DNS alias: no slices, no Endpoints (the plan removes ours).
     if !svc.external_name.is_empty() {
         return out;
     }
     out.extend(endpoint_slices(namespace, svc));
-    out.push(endpoints(namespace, svc));
+    if legacy_endpoints {
+        out.push(endpoints(namespace, svc));
+    }
     out
 }
 

@@ -159,7 +159,7 @@ fn services(snap: &Snapshot, namespace: &str, manager: &str, view: &impl View, p
     // Names that must survive garbage collection: desired, or blocked by a conflict.
     let mut keep: HashSet<(Kind, String)> = HashSet::new();
     for svc in &snap.services {
-        let objects = objects::objects_for(namespace, svc);
+        let objects = objects::objects_for(namespace, svc, !snap.skip_legacy_endpoints);
         keep.extend(objects.iter().map(|o| (o.kind, o.name.clone())));
         if view
             .get(Kind::Service, &svc.name)
@@ -371,6 +371,7 @@ mod tests {
                 namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
                 labels: [("istio-injection".to_string(), "enabled".to_string())].into(),
             }),
+            skip_legacy_endpoints: false,
         }
     }
 
@@ -423,7 +424,7 @@ mod tests {
     fn all_objects(s: &Snapshot) -> Vec<DesiredObject> {
         s.services
             .iter()
-            .flat_map(|svc| objects::objects_for(NS, svc))
+            .flat_map(|svc| objects::objects_for(NS, svc, true))
             .collect()
     }
 
@@ -547,6 +548,51 @@ mod tests {
             ]
         );
         assert_eq!(deleted.len(), plan.writes.len());
+    }
+
+    #[test]
+    fn without_legacy_endpoints_ours_are_deleted_and_none_written_until_asked_again() {
+        let s = snap(&[("10.0.0.1", true)], &[]);
+        let slices_only = Snapshot {
+            skip_legacy_endpoints: true,
+            ..s.clone()
+        };
+        let plan = snapshot(&slices_only, NS, ME, &applied_cluster(&s));
+        assert!(
+            matches!(
+                &plan.writes[..],
+                [Write::Delete {
+                    kind: Kind::Endpoints,
+                    ..
+                }]
+            ),
+            "{plan:?}"
+        );
+        // On an empty cluster: the Service and its slice, no Endpoints.
+        let plan = snapshot(&slices_only, NS, ME, &Cluster::with_namespace(NS));
+        assert_eq!(
+            applies(&plan),
+            [
+                (Kind::Service, "istiod".to_string()),
+                (Kind::EndpointSlice, "istiod-v4-0".to_string()),
+            ]
+        );
+        // Someone else's Endpoints of that name are not ours to delete.
+        let mut c = Cluster::with_namespace(NS);
+        c.put(
+            Kind::Endpoints,
+            json!({"metadata": {"name": "istiod", "labels": {"owner": "someone"}}}),
+        );
+        let plan = snapshot(&slices_only, NS, ME, &c);
+        assert!(
+            plan.writes.iter().all(|w| w.kind() != Kind::Endpoints),
+            "{plan:?}"
+        );
+        // Asked again: written again.
+        let mut without = applied_cluster(&s);
+        without.0.remove(&(Kind::Endpoints, "istiod".to_string()));
+        let plan = snapshot(&s, NS, ME, &without);
+        assert_eq!(applies(&plan), [(Kind::Endpoints, "istiod".to_string())]);
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
             namespace: "istio-system".into(),
             services,
             injection: None,
+            skip_legacy_endpoints: false,
         }
     })
 }
@@ -149,10 +150,14 @@ proptest! {
         let problems = tether_proto::check::snapshot(&snap);
         prop_assert!(problems.is_empty(), "{:?}", problems);
         for svc in &snap.services {
-            let objects = objects_for(&snap.namespace, svc);
+            let objects = objects_for(&snap.namespace, svc, true);
             let count = |k: Kind| objects.iter().filter(|o| o.kind == k).count();
             prop_assert_eq!(count(Kind::Service), 1);
             prop_assert_eq!(count(Kind::Endpoints), 1);
+            // Without legacy Endpoints: the same objects less that one.
+            let slices_only = objects_for(&snap.namespace, svc, false);
+            prop_assert!(slices_only.iter().all(|o| o.kind != Kind::Endpoints));
+            prop_assert_eq!(slices_only.len(), objects.len() - 1);
             // Every endpoint in exactly one slice of its family, with its ports; no slice too big.
             let mut in_slices: BTreeMap<(String, Vec<i32>), usize> = BTreeMap::new();
             let mut names = HashSet::new();
@@ -205,7 +210,7 @@ proptest! {
         svc.headless = false;
         let snap = Snapshot { namespace: "istio-system".into(), services: vec![svc.clone()], ..Default::default() };
         prop_assert!(tether_proto::check::snapshot(&snap).is_empty());
-        let objects = objects_for(&snap.namespace, &svc);
+        let objects = objects_for(&snap.namespace, &svc, true);
         prop_assert_eq!(objects.len(), 1);
         prop_assert_eq!(objects[0].kind, Kind::Service);
         prop_assert_eq!(&objects[0].body["spec"]["type"], "ExternalName");

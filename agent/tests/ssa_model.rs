@@ -494,7 +494,7 @@ proptest! {
         let mut cluster: BTreeMap<(Kind, String), Stored> = BTreeMap::new();
         for ((svc, injection), disturbances) in steps {
             disturb_all(&mut cluster, &disturbances);
-            let mut desired: Vec<DesiredObject> = objects_for(NS, &svc);
+            let mut desired: Vec<DesiredObject> = objects_for(NS, &svc, true);
             desired.push(namespace_body(&injection));
             // Objects no longer desired are deleted by the agent's garbage collection.
             let names: BTreeSet<(Kind, String)> =

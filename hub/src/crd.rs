@@ -52,6 +52,12 @@ pub struct RemoteClusterSpec {
     /// the Istio remote secret; the agent must run with `--api-access`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_access: Option<ApiAccess>,
+    /// Also mirror each Service's legacy v1 Endpoints object (default true). Kubernetes deprecated
+    /// that API in 1.33; istiod, kube-proxy and CoreDNS read EndpointSlices. false: the agent
+    /// writes only EndpointSlices (one write per change instead of two) and removes the Endpoints
+    /// objects it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_endpoints: Option<bool>,
 }
 
 /// Where a remote's mirror endpoints come from.

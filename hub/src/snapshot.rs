@@ -89,6 +89,7 @@ pub fn build(
             namespaces: namespaces.into_iter().collect(),
             labels,
         }),
+        skip_legacy_endpoints: spec.legacy_endpoints == Some(false),
     };
     // What the agent would refuse is reported here instead (the central objects come from an API
     // server that validated them, so this is a safety net).
@@ -577,6 +578,25 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn legacy_endpoints_are_on_unless_the_spec_turns_them_off_and_the_default_keeps_the_version() {
+        let pods = [mk_pod("a", "istiod", &["10.0.0.1"], true, &[])];
+        let (services, pods) = state(&pods);
+        let with = |legacy: Option<bool>| {
+            let spec = RemoteClusterSpec {
+                legacy_endpoints: legacy,
+                ..Default::default()
+            };
+            build(&spec, &defaults(), &services, &pods).unwrap()
+        };
+        let (default, on, off) = (with(None), with(Some(true)), with(Some(false)));
+        assert!(!default.skip_legacy_endpoints && !on.skip_legacy_endpoints);
+        assert!(off.skip_legacy_endpoints);
+        // A hub upgraded to this field sends the same version for an unchanged spec: no re-apply.
+        assert_eq!(default.version, on.version);
+        assert_ne!(default.version, off.version);
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn sample() -> Vec<u8> {
             external_name: String::new(),
         }],
         injection: None,
+        skip_legacy_endpoints: true,
     };
     HubMessage {
         message: Some(hub_message::Message::Snapshot(snap)),

@@ -189,6 +189,7 @@ pub fn snapshot(version: &str) -> Snapshot {
         namespace: format!("ns-{}", version.to_lowercase().replace(['.', '_'], "-")),
         services: vec![],
         injection: None,
+        skip_legacy_endpoints: false,
     }
 }
 

@@ -545,3 +545,61 @@ async fn an_injection_namespace_deleted_after_labelling_degrades_the_remote_unti
     wait_injection_label(client, &app_ns, "the recreated namespace labelled").await;
     mesh.wait_phase(r, "Synced", T).await;
 }
+
+/// `legacyEndpoints: false` on one remote: its agent removes the Endpoints it wrote and from then on
+/// writes only EndpointSlices (one write per change); the other remote keeps both. Turned on again,
+/// the Endpoints come back as they should be.
+#[tokio::test]
+async fn legacy_endpoints_turned_off_are_removed_and_changes_then_write_only_slices() {
+    let mesh = synced_mesh().await;
+    let both = json!([
+        subset(&["10.10.0.1"], &[], 15010),
+        subset(&["10.10.0.2"], &[], 16010)
+    ]);
+    wait_subsets(&mesh, REMOTES, both.clone()).await;
+    let (r, other) = ("remote-1", "remote-2");
+    let app_ns = format!("{}-app", mesh.ns);
+    let spec =
+        |legacy: bool| json!({"injection": {"namespaces": [app_ns]}, "legacyEndpoints": legacy});
+    mesh.create_remote_cluster(r, spec(false)).await.unwrap();
+    let endpoints = Api::<Endpoints>::namespaced(mesh.remote(r).clone(), &mesh.ns);
+    eventually("remote-1's Endpoints removed", T, || async {
+        anyhow::ensure!(endpoints.get_opt("istiod").await?.is_none(), "still there");
+        Ok(())
+    })
+    .await;
+    eventually("remote-1 acked the slices-only state", T, || async {
+        mesh.live_synced(r).await.map(|_| ())
+    })
+    .await;
+
+    // A readiness flip: remote-1 writes its slice and nothing else; remote-2 both.
+    let before = mesh.agent_writes(r).len();
+    set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], false)
+        .await
+        .unwrap();
+    wait_slices(
+        &mesh,
+        &vec![ep("10.10.0.1", true, 15010), ep("10.10.0.2", false, 16010)],
+    )
+    .await;
+    let flipped = json!([
+        subset(&["10.10.0.1"], &[], 15010),
+        subset(&[], &["10.10.0.2"], 16010)
+    ]);
+    wait_subsets(&mesh, &[other], flipped.clone()).await;
+    eventually("remote-1 acked the flip", T, || async {
+        mesh.live_synced(r).await.map(|_| ())
+    })
+    .await;
+    let writes: Vec<String> = mesh.agent_writes(r)[before..]
+        .iter()
+        .map(|w| format!("{} {}", w.verb, w.resource))
+        .collect();
+    assert_eq!(writes, ["patch endpointslices"], "one write: the slice");
+    assert!(endpoints.get_opt("istiod").await.unwrap().is_none());
+
+    // On again: remote-1's Endpoints come back with the current state.
+    mesh.create_remote_cluster(r, spec(true)).await.unwrap();
+    wait_subsets(&mesh, &[r], flipped).await;
+}
