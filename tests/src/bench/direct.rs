@@ -1,9 +1,11 @@
 //! The prior art's architecture, as a baseline for section 1: one central process that watches the
 //! istiod pods and writes each remote's EndpointSlice itself, with a kubeconfig for every remote API
-//! server (what Tether exists to remove). Same latest-wins pacing as Tether's streams: one write in
-//! flight per remote, and the newest state next. It writes its own slice (`istiod-direct`) and can
+//! server (what Tether exists to remove). Same latest-wins pacing as Tether's streams: one state in
+//! flight per remote, and the newest state next. It writes its own objects (`istiod-direct`) and can
 //! be paused, so section 1 measures it and Tether in alternating rounds, each with the machine to
-//! itself.
+//! itself. With [`DirectPush::legacy_endpoints`] it also writes the legacy Endpoints after the slice,
+//! as the prior art did and as Tether's agent does by default (and, like the agent, skips that second
+//! write when a newer state is already waiting).
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -12,8 +14,8 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use tether_agent::objects::{MANAGED_BY, SERVICE_NAME, SLICE_MANAGED_BY};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tether_agent::objects::{MANAGED_BY, SERVICE_NAME, SKIP_MIRROR, SLICE_MANAGED_BY};
 
 pub const SERVICE: &str = "istiod-direct";
 
@@ -21,6 +23,7 @@ pub const SERVICE: &str = "istiod-direct";
 pub struct DirectPush {
     pub writes: Vec<Arc<AtomicUsize>>,
     paused: tokio::sync::watch::Sender<bool>,
+    legacy: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -28,6 +31,11 @@ impl DirectPush {
     /// Paused, it follows the pods but writes nothing; resumed, it writes the newest state at once.
     pub fn pause(&self, paused: bool) {
         self.paused.send_replace(paused);
+    }
+
+    /// Whether each state also writes the legacy Endpoints (off at the start).
+    pub fn legacy_endpoints(&self, on: bool) {
+        self.legacy.store(on, Ordering::Relaxed);
     }
 }
 
@@ -71,6 +79,30 @@ fn slice(pods: &BTreeMap<String, Pod>) -> Value {
         "endpoints": endpoints})
 }
 
+/// The legacy Endpoints for `slice`, as the agent writes them: one subset with the two ports, ready
+/// and not-ready addresses apart, the skip-mirror label.
+fn endpoints(slice: &Value) -> Value {
+    let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
+    for e in slice["endpoints"].as_array().into_iter().flatten() {
+        let address = json!({"ip": e["addresses"][0]});
+        if e["conditions"]["ready"] == true {
+            ready.push(address);
+        } else {
+            not_ready.push(address);
+        }
+    }
+    let mut subset = json!({"ports": slice["ports"]});
+    if !ready.is_empty() {
+        subset["addresses"] = ready.into();
+    }
+    if !not_ready.is_empty() {
+        subset["notReadyAddresses"] = not_ready.into();
+    }
+    json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": SERVICE, "labels": {SKIP_MIRROR: "true", MANAGED_BY: "direct-push"}},
+        "subsets": [subset]})
+}
+
 pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> DirectPush {
     let (tx, rx) = tokio::sync::watch::channel(None::<Value>);
     let mut tasks = Vec::new();
@@ -100,35 +132,54 @@ pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> Dir
     }));
     let mut writes = Vec::new();
     let (paused, paused_rx) = tokio::sync::watch::channel(false);
+    let legacy = Arc::new(AtomicBool::new(false));
     for client in remotes {
         let count = Arc::new(AtomicUsize::new(0));
         writes.push(count.clone());
         let mut rx = rx.clone();
         let mut paused = paused_rx.clone();
+        let legacy = legacy.clone();
+        let eps: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
         let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client, ns);
         tasks.push(tokio::spawn(async move {
             let apply = PatchParams::apply("direct-push").force();
-            let mut written: Option<Value> = None;
+            let (mut written, mut written_eps): (Option<Value>, Option<Value>) = (None, None);
             loop {
                 if paused.wait_for(|p| !*p).await.is_err() {
                     return;
                 }
                 let body = rx.borrow_and_update().clone();
-                if let Some(b) = body.as_ref()
-                    && written.as_ref() != Some(b)
-                {
-                    match api.patch(SERVICE, &apply, &Patch::Apply(b)).await {
-                        Ok(_) => {
-                            count.fetch_add(1, Ordering::Relaxed);
-                            written = body;
-                        }
-                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                let Some(b) = body else {
+                    if rx.changed().await.is_err() {
+                        return;
                     }
                     continue;
-                }
-                tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
-                    r = paused.changed() => if r.is_err() { return },
+                };
+                let wrote = if written.as_ref() != Some(&b) {
+                    api.patch(SERVICE, &apply, &Patch::Apply(&b))
+                        .await
+                        .map(|_| written = Some(b.clone()))
+                        .is_ok()
+                } else if legacy.load(Ordering::Relaxed)
+                    && written_eps.as_ref() != Some(&endpoints(&b))
+                    && !rx.has_changed().unwrap_or(true)
+                {
+                    let e = endpoints(&b);
+                    eps.patch(SERVICE, &apply, &Patch::Apply(&e))
+                        .await
+                        .map(|_| written_eps = Some(e))
+                        .is_ok()
+                } else {
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { return },
+                        r = paused.changed() => if r.is_err() { return },
+                    }
+                    continue;
+                };
+                if wrote {
+                    count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
         }));
@@ -136,6 +187,7 @@ pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> Dir
     DirectPush {
         writes,
         paused,
+        legacy,
         tasks,
     }
 }

@@ -1,14 +1,17 @@
 //! Section 1 of `make bench`: a central cluster and 3 remotes, 200 changes to the istiod pods on
 //! Tether and 200 on the prior art's direct push, in alternating rounds, from the central write to
 //! the remote's EndpointSlice watch event; against the floor (one server-side apply and its watch
-//! event on the same API servers). The same run measures the agents' footprint
-//! (section 2) and their API writes (section 3).
+//! event on the same API servers). Twice, each time with both sides writing the same objects: (a) the
+//! EndpointSlice and the legacy Endpoints (Tether as installed), (b) the EndpointSlice only (Tether
+//! with `legacyEndpoints: false`). Part (a) also measures the agents' footprint (section 2) and
+//! their API writes (section 3).
 
 use super::{Usage, ms, percentile, usage};
 use crate::ControlPlanes;
 use crate::mesh::Mesh;
 use crate::pods::set_pod_status;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
@@ -20,17 +23,47 @@ pub const REMOTES: &[&str] = &["remote-1", "remote-2", "remote-3"];
 /// Changes measured on each side.
 pub const CHANGES: usize = 200;
 
-pub struct Propagation {
+/// Tether against the prior art's direct push (`bench::direct`), both writing the same objects, in
+/// alternating rounds.
+pub struct Comparison {
     /// Central write -> remote EndpointSlice event, seconds (each change x each remote).
-    pub latencies: Vec<f64>,
-    /// As many changes through the prior art's direct push (`bench::direct`), in the rounds between.
+    pub tether: Vec<f64>,
+    /// As many changes through the direct push, in the rounds between.
     pub direct: Vec<f64>,
-    /// The direct push's writes for its changes, per remote.
-    pub direct_writes: Vec<usize>,
     /// The kind of change of each Tether sample (0 readiness flip, 1 new pod, 2 deleted pod).
     pub kinds: Vec<usize>,
     /// The kind of change of each direct-push sample.
     pub direct_kinds: Vec<usize>,
+    /// Each agent's writes for Tether's changes, and the direct push's for its changes, per remote.
+    pub writes: Vec<usize>,
+    pub direct_writes: Vec<usize>,
+}
+
+impl Comparison {
+    fn of(churn: &Churn) -> Self {
+        let per_sample = |kinds: &[usize]| -> Vec<usize> {
+            kinds
+                .iter()
+                .flat_map(|k| std::iter::repeat_n(*k, REMOTES.len()))
+                .collect()
+        };
+        Comparison {
+            tether: churn.latencies.clone(),
+            direct: churn.direct.clone(),
+            kinds: per_sample(&churn.kinds),
+            direct_kinds: per_sample(&churn.direct_kinds),
+            writes: churn.writes.clone(),
+            direct_writes: churn.direct_writes.clone(),
+        }
+    }
+}
+
+pub struct Propagation {
+    /// Tether as installed (EndpointSlices and legacy Endpoints) against a direct push that writes
+    /// both too, as the prior art did.
+    pub with_endpoints: Comparison,
+    /// Tether with `legacyEndpoints: false` against a direct push that writes only the slice.
+    pub slices_only: Comparison,
     /// One server-side apply -> its watch event, seconds.
     pub floor: Vec<f64>,
     /// The floor without each remote's first write (the first apply of an object is the slow one).
@@ -151,6 +184,7 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     for w in watches.iter_mut().chain(direct_watches.iter_mut()) {
         wait_set(w, &want).await?;
     }
+    direct.legacy_endpoints(true);
     let agents: Vec<u32> = REMOTES.iter().filter_map(|r| mesh.agent_pid(r)).collect();
     let hub = mesh.hub_pid().expect("hub running");
     // Steady footprint: 10 s with nothing changing.
@@ -168,10 +202,27 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         &agents,
     )
     .await?;
-    drop(direct);
     let churned: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
     let hub_churn = usage(hub);
     let per_kind = churn.writes_per_kind();
+    println!(
+        "  with legacy Endpoints: {}",
+        by_kind(&Comparison::of(&churn))
+    );
+    // The same again with EndpointSlices only, on both sides.
+    slices_only(&mesh).await?;
+    direct.legacy_endpoints(false);
+    let slim = self::churn(
+        &mesh,
+        &direct,
+        &mut watches,
+        &mut direct_watches,
+        &mut want,
+        &agents,
+    )
+    .await?;
+    drop(direct);
+    println!("  slices only: {}", by_kind(&Comparison::of(&slim)));
     let (floor, floor_warm) = floor(&mesh).await?;
     let reconnect = reconnect_writes(&mut mesh).await?;
 
@@ -193,29 +244,25 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         hub_peak_kib: hub_churn.peak_kib,
         hub_churn_cpu: churn.cpu[agents.len()] / churn.secs,
     };
+    for (what, c) in [("with legacy Endpoints", &churn), ("slices only", &slim)] {
+        println!(
+            "propagation, {what}: p50/p99 {} / {}; direct push {} / {}; writes {:?}, direct push {:?}",
+            ms(percentile(&c.latencies, 50.0)),
+            ms(percentile(&c.latencies, 99.0)),
+            ms(percentile(&c.direct, 50.0)),
+            ms(percentile(&c.direct, 99.0)),
+            c.writes,
+            c.direct_writes,
+        );
+    }
     println!(
-        "propagation p50/p99 {} / {}; direct push {} / {} ({:?} writes); floor {} / {}; writes {:?}; reconnect writes {reconnect}",
-        ms(percentile(&churn.latencies, 50.0)),
-        ms(percentile(&churn.latencies, 99.0)),
-        ms(percentile(&churn.direct, 50.0)),
-        ms(percentile(&churn.direct, 99.0)),
-        churn.direct_writes,
+        "floor {} / {}; reconnect writes {reconnect}",
         ms(percentile(&floor, 50.0)),
         ms(percentile(&floor, 99.0)),
-        churn.writes,
     );
-    let per_sample = |kinds: &[usize]| -> Vec<usize> {
-        kinds
-            .iter()
-            .flat_map(|k| std::iter::repeat_n(*k, REMOTES.len()))
-            .collect()
-    };
     Ok(Propagation {
-        kinds: per_sample(&churn.kinds),
-        direct_kinds: per_sample(&churn.direct_kinds),
-        latencies: churn.latencies,
-        direct: churn.direct,
-        direct_writes: churn.direct_writes,
+        with_endpoints: Comparison::of(&churn),
+        slices_only: Comparison::of(&slim),
         floor,
         floor_warm,
         footprint,
@@ -244,6 +291,53 @@ async fn synced_mesh(planes: &'static ControlPlanes) -> anyhow::Result<Mesh> {
     }
     wait_synced(&mesh, REMOTES, Duration::from_secs(60)).await?;
     Ok(mesh)
+}
+
+/// Sets `legacyEndpoints: false` on every remote and waits until each agent removed its Endpoints
+/// and acknowledged the state.
+async fn slices_only(mesh: &Mesh) -> anyhow::Result<()> {
+    for r in REMOTES {
+        mesh.create_remote_cluster(r, json!({"legacyEndpoints": false}))
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for r in REMOTES {
+        let endpoints: Api<Endpoints> = Api::namespaced(mesh.remote(r).clone(), &mesh.ns);
+        while endpoints.get_opt("istiod").await?.is_some() || mesh.live_synced(r).await.is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{r} kept its Endpoints 30 s after legacyEndpoints: false"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// p50 / p99 of each kind of change, Tether against the direct push.
+pub fn by_kind(c: &Comparison) -> String {
+    ["readiness flip", "new pod", "deleted pod"]
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let pick = |v: &[f64], kinds: &[usize]| -> Vec<f64> {
+                v.iter()
+                    .zip(kinds)
+                    .filter(|(_, kind)| **kind == k)
+                    .map(|(x, _)| *x)
+                    .collect()
+            };
+            let (t, d) = (pick(&c.tether, &c.kinds), pick(&c.direct, &c.direct_kinds));
+            format!(
+                "{name} {} / {} against {} / {}",
+                ms(percentile(&t, 50.0)),
+                ms(percentile(&t, 99.0)),
+                ms(percentile(&d, 50.0)),
+                ms(percentile(&d, 99.0))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Changes in a row on one architecture before the other takes over.
@@ -378,7 +472,7 @@ async fn churn(
     };
     let agent_count =
         || -> Vec<usize> { REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect() };
-    let mut b_ready = true;
+    let mut b_ready = want.contains(&("10.10.0.2".to_string(), true));
     let mut extra: Option<(String, String)> = None;
     let mut k = 0usize;
     // TETHER_BENCH_PAUSE_MS: a longer pause tells whether a change waited for the previous one's

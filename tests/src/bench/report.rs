@@ -4,7 +4,7 @@
 
 use super::apiaccess::{ApiAccess, PODS};
 use super::fleet::{FANOUT_CHANGES, FanoutRow, Storm, secs};
-use super::propagation::{CHANGES, Propagation, ROUND};
+use super::propagation::{CHANGES, Comparison, Propagation, ROUND, by_kind};
 use super::replicas::{Failover, Settle, Sustained};
 use super::{ms, percentile};
 use std::fmt::Write as _;
@@ -234,86 +234,76 @@ fn api_access(doc: &mut String, r: &Result<ApiAccess, String>) {
 }
 
 fn propagation(doc: &mut String, p: &Propagation) {
-    let (lat, floor, direct) = (&p.latencies, &p.floor, &p.direct);
-    let p99 = percentile(lat, 99.0);
-    let ratio50 = percentile(lat, 50.0) / percentile(floor, 50.0);
+    let (a, b, floor) = (&p.with_endpoints, &p.slices_only, &p.floor);
+    let p99 = percentile(&a.tether, 99.0);
+    let ratio50 = percentile(&a.tether, 50.0) / percentile(floor, 50.0);
     let ratio99 = p99 / percentile(floor, 99.0);
-    let vs50 = percentile(lat, 50.0) / percentile(direct, 50.0);
-    let vs99 = p99 / percentile(direct, 99.0);
-    let tether_writes = p.writes.per_remote.iter().sum::<usize>() as f64;
-    let direct_writes = p.direct_writes.iter().sum::<usize>() as f64;
-    let changes = (CHANGES * p.writes.per_remote.len().max(1)) as f64;
+    let vs = |c: &Comparison| {
+        (
+            percentile(&c.tether, 50.0) / percentile(&c.direct, 50.0),
+            percentile(&c.tether, 99.0) / percentile(&c.direct, 99.0),
+        )
+    };
+    let ((a50, a99), (b50, b99)) = (vs(a), vs(b));
+    let per_change =
+        |w: &[usize]| w.iter().sum::<usize>() as f64 / (CHANGES * w.len().max(1)) as f64;
     let _ = writeln!(
         doc,
         "## 1. Propagation latency (central + 3 remotes)\n\n\
          Changes to the central istiod pods, one at a time (a readiness flip, a new pod with a new IP, \
-         a deleted pod, in turn): {CHANGES} on Tether, {} samples (each change x 3 remotes). Time from just \
-         before the central write until a watch on the remote delivers the EndpointSlice that shows it. \
-         Floor: one server-side apply of an EndpointSlice on the remote API servers and its watch event ({} \
-         samples; without each remote's first apply, which creates the object: {} samples). Baseline: the \
-         prior art's architecture (`bench::direct`), one central process that watches the same pods and \
-         writes each remote's EndpointSlice itself with a credential for every remote API server: the same \
-         slice as Tether's agent writes (the Service's two ports, the three conditions, managed-by labels), \
-         one write in flight per remote and the newest state next ({} samples). The two take turns in rounds of {ROUND} \
-         changes on the same machine and API servers, each with them to itself: in Tether's rounds the \
-         direct push is paused, in its rounds the hub process is stopped (SIGSTOP); each round starts once \
-         the side taking over has caught up, and catching up is not counted.\n\n\
+         a deleted pod, in turn). Time from just before the central write until a watch on the remote \
+         delivers the EndpointSlice that shows it (each change x 3 remotes). Baseline: the prior art's \
+         architecture (`bench::direct`), one central process that watches the same pods and writes each \
+         remote's objects itself with a credential for every remote API server, one state in flight per \
+         remote and the newest state next. Both sides write the same objects, in two parts of the run: \
+         **(a)** Tether as installed, the EndpointSlice and then the legacy Endpoints, against a direct push \
+         that writes both too (the prior art wrote Endpoints), each side skipping a state's Endpoints when a \
+         newer state already waits; **(b)** EndpointSlices only: Tether with `legacyEndpoints: false` \
+         against a direct push of the slice alone. The slice is the same object on both sides (the \
+         Service's two ports, three conditions, managed-by labels). In each part, {CHANGES} changes on each \
+         side ({} and {} samples in (a), {} and {} in (b)), taking turns in rounds of {ROUND} changes on the \
+         same machine and API servers, each with them to itself: in Tether's rounds the direct push is \
+         paused, in its rounds the hub process is stopped (SIGSTOP); each round starts once the side taking \
+         over has caught up, and catching up is not counted. Floor: one server-side apply of an \
+         EndpointSlice on the remote API servers and its watch event ({} samples; without each remote's \
+         first apply, which creates the object: {} samples).\n\n\
          | | p50 | p90 | p99 | max |\n| --- | --- | --- | --- | --- |\n\
-         | Tether: central write -> remote EndpointSlice event | {}\n\
-         | prior art, direct push: the same | {}\n\
+         | (a) Tether, slice and Endpoints: central write -> remote EndpointSlice event | {}\n\
+         | (a) prior art, direct push, slice and Endpoints: the same | {}\n\
+         | (b) Tether, slices only | {}\n\
+         | (b) prior art, direct push, slice only | {}\n\
          | floor: SSA write -> watch event | {}\n\
          | floor without each remote's first write | {}\n\n\
-         Latency / floor: **{ratio50:.1}x at p50, {ratio99:.1}x at p99**. \
+         Tether / direct push, the same objects written: **(a) {a50:.2}x at p50, {a99:.2}x at p99; \
+         (b) {b50:.2}x at p50, {b99:.2}x at p99** (target: within 1.05x: (a) {}, (b) {}). Writes per \
+         change and remote: (a) Tether {:.2}, direct push {:.2}; (b) Tether {:.2}, direct push {:.2}.\n\n\
+         Tether as installed (a), latency / floor: **{ratio50:.1}x at p50, {ratio99:.1}x at p99**. \
          Target: p99 under 50 ms ({}); within 3x of the floor: at p50 {}, at p99 {}.\n\n\
-         Tether / direct push: **{vs50:.2}x at p50, {vs99:.2}x at p99** (target: within 1.05x: {}). Writes per \
-         change and remote: Tether {:.2} (the EndpointSlice and the legacy Endpoints; a state the agent skipped \
-         for a newer one writes only its slice), direct push {:.2} (the EndpointSlice only).\n\n\
-         By kind of change, p50 / p99, Tether against direct push: {}.\n",
-        lat.len(),
+         By kind of change, p50 / p99, Tether against direct push: (a) {}; (b) {}.\n",
+        a.tether.len(),
+        a.direct.len(),
+        b.tether.len(),
+        b.direct.len(),
         floor.len(),
         p.floor_warm.len(),
-        direct.len(),
-        &summary(lat)[2..],
-        &summary(direct)[2..],
+        &summary(&a.tether)[2..],
+        &summary(&a.direct)[2..],
+        &summary(&b.tether)[2..],
+        &summary(&b.direct)[2..],
         &summary(floor)[2..],
         &summary(&p.floor_warm)[2..],
+        met(a50 <= 1.05 && a99 <= 1.05),
+        met(b50 <= 1.05 && b99 <= 1.05),
+        per_change(&a.writes),
+        per_change(&a.direct_writes),
+        per_change(&b.writes),
+        per_change(&b.direct_writes),
         met(p99 < 0.050),
         met(ratio50 <= 3.0),
         met(ratio99 <= 3.0),
-        met(vs50 <= 1.05 && vs99 <= 1.05),
-        tether_writes / changes,
-        direct_writes / changes,
-        by_kind(p),
+        by_kind(a),
+        by_kind(b),
     );
-}
-
-/// p50 / p99 of each kind of change, Tether against the direct push.
-pub fn by_kind(p: &Propagation) -> String {
-    ["readiness flip", "new pod", "deleted pod"]
-        .iter()
-        .enumerate()
-        .map(|(k, name)| {
-            let pick = |v: &[f64], kinds: &[usize]| -> Vec<f64> {
-                v.iter()
-                    .zip(kinds)
-                    .filter(|(_, kind)| **kind == k)
-                    .map(|(x, _)| *x)
-                    .collect()
-            };
-            let (t, d) = (
-                pick(&p.latencies, &p.kinds),
-                pick(&p.direct, &p.direct_kinds),
-            );
-            format!(
-                "{name} {} / {} against {} / {}",
-                ms(percentile(&t, 50.0)),
-                ms(percentile(&t, 99.0)),
-                ms(percentile(&d, 50.0)),
-                ms(percentile(&d, 99.0))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 fn mib(kib: u64) -> String {

@@ -103,8 +103,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Ok("propagation") => {
-            let p = propagation::run(planes).await?;
-            println!("{}", tether_tests::bench::report::by_kind(&p));
+            propagation::run(planes).await?;
             return Ok(());
         }
         _ => {}
