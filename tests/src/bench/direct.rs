@@ -160,11 +160,12 @@ pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> Dir
                         .await
                         .map(|_| written = Some(b.clone()))
                         .is_ok()
-                } else if legacy.load(Ordering::Relaxed)
-                    && written_eps.as_ref() != Some(&endpoints(&b))
+                } else if let Some(e) = legacy
+                    .load(Ordering::Relaxed)
+                    .then(|| endpoints(&b))
+                    .filter(|e| written_eps.as_ref() != Some(e))
                     && !rx.has_changed().unwrap_or(true)
                 {
-                    let e = endpoints(&b);
                     eps.patch(SERVICE, &apply, &Patch::Apply(&e))
                         .await
                         .map(|_| written_eps = Some(e))

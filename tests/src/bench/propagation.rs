@@ -90,8 +90,6 @@ pub struct Footprint {
 }
 
 pub struct Writes {
-    /// API writes of each agent for the changes.
-    pub per_remote: Vec<usize>,
     /// remote-1's writes per change, by kind: readiness flip, new pod, deleted pod.
     pub per_kind: Vec<f64>,
     /// Writes after a hub restart and a restart of every agent, nothing changed.
@@ -205,10 +203,8 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     let churned: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
     let hub_churn = usage(hub);
     let per_kind = churn.writes_per_kind();
-    println!(
-        "  with legacy Endpoints: {}",
-        by_kind(&Comparison::of(&churn))
-    );
+    let with_endpoints = Comparison::of(&churn);
+    println!("  with legacy Endpoints: {}", by_kind(&with_endpoints));
     // The same again with EndpointSlices only, on both sides.
     slices_only(&mesh).await?;
     direct.legacy_endpoints(false);
@@ -222,7 +218,8 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     )
     .await?;
     drop(direct);
-    println!("  slices only: {}", by_kind(&Comparison::of(&slim)));
+    let slices_only = Comparison::of(&slim);
+    println!("  slices only: {}", by_kind(&slices_only));
     let (floor, floor_warm) = floor(&mesh).await?;
     let reconnect = reconnect_writes(&mut mesh).await?;
 
@@ -244,11 +241,14 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         hub_peak_kib: hub_churn.peak_kib,
         hub_churn_cpu: churn.cpu[agents.len()] / churn.secs,
     };
-    for (what, c) in [("with legacy Endpoints", &churn), ("slices only", &slim)] {
+    for (what, c) in [
+        ("with legacy Endpoints", &with_endpoints),
+        ("slices only", &slices_only),
+    ] {
         println!(
             "propagation, {what}: p50/p99 {} / {}; direct push {} / {}; writes {:?}, direct push {:?}",
-            ms(percentile(&c.latencies, 50.0)),
-            ms(percentile(&c.latencies, 99.0)),
+            ms(percentile(&c.tether, 50.0)),
+            ms(percentile(&c.tether, 99.0)),
             ms(percentile(&c.direct, 50.0)),
             ms(percentile(&c.direct, 99.0)),
             c.writes,
@@ -261,13 +261,12 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         ms(percentile(&floor, 99.0)),
     );
     Ok(Propagation {
-        with_endpoints: Comparison::of(&churn),
-        slices_only: Comparison::of(&slim),
+        with_endpoints,
+        slices_only,
         floor,
         floor_warm,
         footprint,
         writes: Writes {
-            per_remote: churn.writes,
             per_kind,
             reconnect,
         },

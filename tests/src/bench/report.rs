@@ -343,8 +343,10 @@ fn footprint(doc: &mut String, p: &Propagation) {
 fn writes(doc: &mut String, p: &Propagation) {
     let w = &p.writes;
     let per = |n: usize| n as f64 / CHANGES as f64;
+    // Section 1's part (a): Tether as installed.
     let cells = |f: &dyn Fn(usize) -> String| {
-        w.per_remote
+        p.with_endpoints
+            .writes
             .iter()
             .map(|n| f(*n))
             .collect::<Vec<_>>()
