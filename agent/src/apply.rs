@@ -4,9 +4,11 @@
 //!
 //! Freshness: the stores lag our own writes by one watch event, so the server's answer to each write is
 //! kept as an overlay until the store catches up. Without it a second pass right after a write would
-//! see stale state and write again.
+//! see stale state and write again. The overlay also tells the echo of our own write (the same
+//! object at the resourceVersion the server answered with) from a change someone else made: a drift
+//! pass for echoes alone would find nothing to do, and is not run.
 
-use crate::live::Live;
+use crate::live::{Events, Live};
 use crate::metrics::{AgentMetrics, ObjectKind};
 use crate::objects::Kind;
 use crate::plan::{self, Plan, View, Write, failure};
@@ -146,10 +148,18 @@ impl Applier {
             });
     }
 
+    /// True when every change the watches showed since the last pass is the echo of one of this
+    /// agent's own applies: a pass would find the cluster as the last one left it. Takes the events.
+    pub fn only_own_writes_seen(&self) -> bool {
+        echoes_only(&self.live.take_events(), &self.overlay)
+    }
+
     /// Makes the remote match `snap`. Failures are per object; everything else is applied. When
     /// `newer` says, after the EndpointSlices, that a newer command waits, the rest is skipped
     /// ([`Outcome::superseded`]).
     pub async fn apply(&mut self, snap: &Snapshot, newer: impl Fn() -> bool) -> Outcome {
+        // This pass reads the stores as they are: it covers every event so far.
+        self.live.take_events();
         self.prune_overlay();
         let plan = plan::snapshot(snap, &self.namespace, &self.field_manager, &self.view());
         if let Some(refused) = plan.failures.iter().find(|f| f.kind == "Snapshot") {
@@ -178,6 +188,7 @@ impl Applier {
 
     /// Removes everything this agent manages: the answer to `Retire`.
     pub async fn retire(&mut self) -> Outcome {
+        self.live.take_events();
         self.prune_overlay();
         let plan = plan::retire(&self.field_manager, &self.view());
         let out = self.execute(plan, || false).await;
@@ -318,6 +329,16 @@ impl Applier {
     }
 }
 
+/// Every change in `events` is an object at the resourceVersion our own apply of it returned, and
+/// nothing else happened.
+fn echoes_only(events: &Events, overlay: &HashMap<(Kind, String), Written>) -> bool {
+    !events.other
+        && events.changed.iter().all(|(kind, name, rv)| {
+            matches!(overlay.get(&(*kind, name.clone())),
+                Some(Written::Applied(mine)) if mine.resource_version().as_deref() == Some(rv.as_str()))
+        })
+}
+
 /// The plan's writes split into the phases [`Applier::execute`] runs in order: EndpointSlices, then
 /// everything else; each phase in plan order.
 fn phases(writes: Vec<Write>) -> (Vec<Write>, Vec<Write>) {
@@ -365,6 +386,60 @@ mod tests {
             body: Value::Null,
             force: true,
         }
+    }
+
+    fn applied(name: &str, rv: &str) -> ((Kind, String), Written) {
+        let mut o = DynamicObject::new(name, &Kind::EndpointSlice.api_resource());
+        o.metadata.resource_version = Some(rv.into());
+        (
+            (Kind::EndpointSlice, name.into()),
+            Written::Applied(Arc::new(o)),
+        )
+    }
+
+    fn changed(name: &str, rv: &str) -> (Kind, String, String) {
+        (Kind::EndpointSlice, name.into(), rv.into())
+    }
+
+    #[test]
+    fn only_the_echoes_of_our_own_applies_skip_a_drift_pass() {
+        let overlay: HashMap<_, _> = [applied("a-v4-0", "10"), applied("b-v4-0", "12")].into();
+        let events = |changed: Vec<(Kind, String, String)>, other| Events { changed, other };
+        assert!(echoes_only(&events(vec![], false), &overlay));
+        assert!(echoes_only(
+            &events(
+                vec![changed("a-v4-0", "10"), changed("b-v4-0", "12")],
+                false
+            ),
+            &overlay
+        ));
+        // Someone changed it after our write, or we never wrote it: a pass must look.
+        assert!(!echoes_only(
+            &events(vec![changed("a-v4-0", "11")], false),
+            &overlay
+        ));
+        assert!(!echoes_only(
+            &events(vec![changed("c-v4-0", "13")], false),
+            &overlay
+        ));
+        // Our own echo, but the same kind under another name, or another kind of the same name.
+        let endpoints = (Kind::Endpoints, "a-v4-0".to_string(), "10".to_string());
+        assert!(!echoes_only(&events(vec![endpoints], false), &overlay));
+        // A deletion or a relist went by: never taken for an echo.
+        assert!(!echoes_only(
+            &events(vec![changed("a-v4-0", "10")], true),
+            &overlay
+        ));
+        // Deleted by us is no echo of an apply.
+        let deleted: HashMap<_, _> = [(
+            (Kind::EndpointSlice, "a-v4-0".to_string()),
+            Written::Deleted("10".into()),
+        )]
+        .into();
+        assert!(!echoes_only(
+            &events(vec![changed("a-v4-0", "10")], false),
+            &deleted
+        ));
     }
 
     #[test]

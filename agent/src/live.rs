@@ -1,16 +1,18 @@
 //! The agent's view of its cluster: reflector stores of the Services, EndpointSlices and Endpoints in
 //! its namespace and of all Namespaces. Every watch event rings the drift bell, so a hand edit or a
-//! deletion is repaired without any periodic re-apply.
+//! deletion is repaired without any periodic re-apply. The events are also kept until the next pass
+//! takes them ([`Live::take_events`]): when they are only the echoes of the agent's own writes, no
+//! pass is needed.
 
 use crate::objects::Kind;
 use futures::StreamExt;
-use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{reflector, watcher};
+use kube::{Client, ResourceExt};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tether_proto::runtime::retry::ApiRetry;
 use tokio::sync::Notify;
 use tracing::warn;
@@ -22,6 +24,32 @@ pub struct Live {
     seen: HashMap<Kind, Arc<AtomicU64>>,
     /// Rung on every change the watches see.
     pub drift: Arc<Notify>,
+    events: Arc<Mutex<Events>>,
+}
+
+/// What the watches delivered since [`Live::take_events`] was last called.
+#[derive(Debug, Default, PartialEq)]
+pub struct Events {
+    /// Each object a watch event showed changed: (kind, name, resourceVersion).
+    pub changed: Vec<(Kind, String, String)>,
+    /// Anything else happened too (a deletion, a relist, more changes than are kept): only a pass
+    /// can tell what it means.
+    pub other: bool,
+}
+
+/// Changes kept between two passes; past this, [`Events::other`] is set instead.
+const EVENTS_KEPT: usize = 64;
+
+impl Events {
+    fn record(&mut self, event: &watcher::Event<DynamicObject>, kind: Kind) {
+        match event {
+            watcher::Event::Apply(o) if self.changed.len() < EVENTS_KEPT => {
+                let rv = o.metadata.resource_version.clone().unwrap_or_default();
+                self.changed.push((kind, o.name_any(), rv));
+            }
+            _ => self.other = true,
+        }
+    }
 }
 
 fn rv_of(o: &DynamicObject) -> u64 {
@@ -36,6 +64,7 @@ impl Live {
     /// Starts the watches; [`Live::ready`] resolves once each delivered its first list.
     pub fn start(client: &Client, namespace: &str) -> Self {
         let drift = Arc::new(Notify::new());
+        let events_kept = Arc::new(Mutex::new(Events::default()));
         let mut stores = HashMap::new();
         let mut seen = HashMap::new();
         for kind in [
@@ -52,6 +81,7 @@ impl Live {
                 watcher(kind.api(client, namespace), watcher::Config::default()),
             );
             let bell = drift.clone();
+            let kept = events_kept.clone();
             let seen_rv = Arc::new(AtomicU64::new(0));
             seen.insert(kind, seen_rv.clone());
             tokio::spawn(tracing::Instrument::in_current_span(async move {
@@ -67,6 +97,7 @@ impl Live {
                             {
                                 seen_rv.fetch_max(rv_of(o), Ordering::AcqRel);
                             }
+                            kept.lock().expect("events lock").record(&event, kind);
                             bell.notify_one()
                         }
                         Err(error) => {
@@ -89,7 +120,13 @@ impl Live {
             stores,
             seen,
             drift,
+            events: events_kept,
         }
+    }
+
+    /// The watch events since the last call (each store already holds what its events showed).
+    pub fn take_events(&self) -> Events {
+        std::mem::take(&mut *self.events.lock().expect("events lock"))
     }
 
     pub async fn ready(&self) {

@@ -3,6 +3,7 @@
 //! being applied short once its EndpointSlices are written) and repairs drift when the watches ring,
 //! with the snapshot it last applied. Results go back to the stream as ACK/NACK; a snapshot cut short
 //! is not answered (the hub takes the newer one's answer for both).
+//! Watch events that are only the echoes of the agent's own writes bring no pass.
 //! A snapshot that did not apply completely is retried with capped exponential backoff, and ACKed
 //! (same version and nonce) once it applies: a NACK never sticks after its cause is gone. The other
 //! way round too: when a later pass (drift, a namespace deleted) finds the snapshot no longer in
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tether_proto::v1::{ObjectFailure, Snapshot};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What the stream asks of the reconciler.
 #[derive(Clone, Debug, PartialEq)]
@@ -125,6 +126,10 @@ pub async fn run(
             }
             _ = sleep_until(drift_at), if drift_at.is_some() => {
                 drift_at = None;
+                if applier.only_own_writes_seen() {
+                    debug!("the watches showed only this agent's own writes; no drift pass");
+                    continue;
+                }
                 false
             }
             _ = sleep_until(retry_at), if retry_at.is_some() => false,
