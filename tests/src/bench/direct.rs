@@ -1,51 +1,28 @@
-//! The prior art's architecture, as a baseline for section 1: one central process that watches the
-//! istiod pods and writes each remote's EndpointSlice itself, with a kubeconfig for every remote API
-//! server (what Tether exists to remove). Same latest-wins pacing as Tether's streams: one state in
-//! flight per remote, and the newest state next. It writes its own objects (`istiod-direct`) and can
-//! be paused, so section 1 measures it and Tether in alternating rounds, each with the machine to
-//! itself. With [`DirectPush::legacy_endpoints`] it also writes the legacy Endpoints after the slice,
-//! as the prior art did and as Tether's agent does by default (and, like the agent, skips that second
+//! The prior art's architecture, as a baseline for section 1: one central process
+//! (`tether-direct-push`, this module's [`run`]) that watches the istiod pods and writes each
+//! remote's EndpointSlice itself, with a kubeconfig for every remote API server (what Tether exists
+//! to remove). A process of its own, as the hub is: in the load generator's process it would share
+//! that process's wake-ups and runtime with the writes it measures. Same latest-wins pacing as
+//! Tether's streams: one state in flight per remote, and the newest state next. It writes its own
+//! objects (`istiod-direct`, in a namespace the agents do not watch); section 1 stops it (SIGSTOP) in Tether's rounds as it stops the hub
+//! in the direct push's, and counts its writes in the remote API servers' audit logs, as it counts
+//! the agents'. With `legacy_endpoints` it also writes the legacy Endpoints after the slice, as the
+//! prior art did and as Tether's agent does by default (and, like the agent, skips that second
 //! write when a newer state is already waiting).
 
+use crate::ControlPlanes;
+use crate::mesh::{Mesh, bin_dir};
+use crate::procs::{Proc, spawn};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 use tether_agent::objects::{MANAGED_BY, SERVICE_NAME, SKIP_MIRROR, SLICE_MANAGED_BY};
 
 pub const SERVICE: &str = "istiod-direct";
-
-/// The running baseline: its writes per remote; stops when dropped.
-pub struct DirectPush {
-    pub writes: Vec<Arc<AtomicUsize>>,
-    paused: tokio::sync::watch::Sender<bool>,
-    legacy: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl DirectPush {
-    /// Paused, it follows the pods but writes nothing; resumed, it writes the newest state at once.
-    pub fn pause(&self, paused: bool) {
-        self.paused.send_replace(paused);
-    }
-
-    /// Whether each state also writes the legacy Endpoints (off at the start).
-    pub fn legacy_endpoints(&self, on: bool) {
-        self.legacy.store(on, Ordering::Relaxed);
-    }
-}
-
-impl Drop for DirectPush {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
 
 /// The EndpointSlice for the istiod pods now, as complete as the one Tether's agent writes for the
 /// same pods, so that both architectures write the same object: the Service's two ports, the three
@@ -103,51 +80,33 @@ fn endpoints(slice: &Value) -> Value {
         "subsets": [subset]})
 }
 
-pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> DirectPush {
+/// Where the direct push writes on each remote for a mesh whose namespace is `ns`: a namespace of
+/// its own, so that Tether's agents (which watch theirs) neither see nor answer its writes.
+pub fn namespace(ns: &str) -> String {
+    format!("{ns}-direct")
+}
+
+/// Follows the pods in `ns` on the central API server and writes every remote's objects in
+/// `remote_ns` until the process ends.
+pub async fn run(
+    central: kube::Client,
+    ns: &str,
+    remotes: Vec<kube::Client>,
+    remote_ns: &str,
+    legacy: bool,
+) {
     let (tx, rx) = tokio::sync::watch::channel(None::<Value>);
-    let mut tasks = Vec::new();
     let pods: Api<Pod> = Api::namespaced(central, ns);
-    tasks.push(tokio::spawn(async move {
-        let mut known: BTreeMap<String, Pod> = BTreeMap::new();
-        let cfg = watcher::Config::default().labels("app=istiod");
-        let mut stream = watcher(pods, cfg).boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
-                    known.insert(p.metadata.name.clone().unwrap_or_default(), p);
-                }
-                Ok(watcher::Event::Delete(p)) => {
-                    known.remove(p.metadata.name.as_deref().unwrap_or_default());
-                }
-                Ok(watcher::Event::Init) => known.clear(),
-                Ok(watcher::Event::InitDone) | Err(_) => {}
-            }
-            let next = slice(&known);
-            tx.send_if_modified(|cur| {
-                let changed = cur.as_ref() != Some(&next);
-                *cur = Some(next);
-                changed
-            });
-        }
-    }));
-    let mut writes = Vec::new();
-    let (paused, paused_rx) = tokio::sync::watch::channel(false);
-    let legacy = Arc::new(AtomicBool::new(false));
     for client in remotes {
-        let count = Arc::new(AtomicUsize::new(0));
-        writes.push(count.clone());
         let mut rx = rx.clone();
-        let mut paused = paused_rx.clone();
-        let legacy = legacy.clone();
-        let eps: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
-        let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client, ns);
-        tasks.push(tokio::spawn(async move {
+        let eps: Api<k8s_openapi::api::core::v1::Endpoints> =
+            Api::namespaced(client.clone(), remote_ns);
+        let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Api::namespaced(client, remote_ns);
+        tokio::spawn(async move {
             let apply = PatchParams::apply("direct-push").force();
             let (mut written, mut written_eps): (Option<Value>, Option<Value>) = (None, None);
             loop {
-                if paused.wait_for(|p| !*p).await.is_err() {
-                    return;
-                }
                 let body = rx.borrow_and_update().clone();
                 let Some(b) = body else {
                     if rx.changed().await.is_err() {
@@ -159,9 +118,7 @@ pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> Dir
                     api.patch(SERVICE, &apply, &Patch::Apply(&b))
                         .await
                         .map(|_| written = Some(b.clone()))
-                        .is_ok()
                 } else if let Some(e) = legacy
-                    .load(Ordering::Relaxed)
                     .then(|| endpoints(&b))
                     .filter(|e| written_eps.as_ref() != Some(e))
                     && !rx.has_changed().unwrap_or(true)
@@ -169,26 +126,99 @@ pub fn start(central: kube::Client, ns: &str, remotes: Vec<kube::Client>) -> Dir
                     eps.patch(SERVICE, &apply, &Patch::Apply(&e))
                         .await
                         .map(|_| written_eps = Some(e))
-                        .is_ok()
                 } else {
-                    tokio::select! {
-                        r = rx.changed() => if r.is_err() { return },
-                        r = paused.changed() => if r.is_err() { return },
+                    if rx.changed().await.is_err() {
+                        return;
                     }
                     continue;
                 };
-                if wrote {
-                    count.fetch_add(1, Ordering::Relaxed);
-                } else {
+                if let Err(e) = wrote {
+                    eprintln!("direct push: write failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
-        }));
+        });
     }
-    DirectPush {
-        writes,
-        paused,
-        legacy,
-        tasks,
+    let mut known: BTreeMap<String, Pod> = BTreeMap::new();
+    let cfg = watcher::Config::default().labels("app=istiod");
+    let mut stream = watcher(pods, cfg).boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                known.insert(p.metadata.name.clone().unwrap_or_default(), p);
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                known.remove(p.metadata.name.as_deref().unwrap_or_default());
+            }
+            Ok(watcher::Event::Init) => known.clear(),
+            Ok(watcher::Event::InitDone) | Err(_) => {}
+        }
+        let next = slice(&known);
+        tx.send_if_modified(|cur| {
+            let changed = cur.as_ref() != Some(&next);
+            *cur = Some(next);
+            changed
+        });
+    }
+}
+
+/// The running `tether-direct-push` process of a mesh: killed when dropped.
+pub struct DirectPush {
+    process: Proc,
+    planes: &'static ControlPlanes,
+    remotes: Vec<String>,
+    ns: String,
+}
+
+impl DirectPush {
+    /// Starts the process against the mesh's central and remote API servers (their admin
+    /// kubeconfigs), logging to `direct-push.log` in the mesh's directory. It writes in
+    /// [`namespace`], which must exist on every remote.
+    pub fn start(mesh: &Mesh, remotes: &[&str], legacy_endpoints: bool) -> anyhow::Result<Self> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(mesh.dir.join("direct-push.log"))?;
+        let mut cmd = Command::new(bin_dir().join("tether-direct-push"));
+        let ns = namespace(&mesh.ns);
+        cmd.args(["--namespace", &mesh.ns])
+            .args(["--remote-namespace", &ns])
+            .arg("--central")
+            .arg(mesh.planes.get("central").kubeconfig());
+        for r in remotes {
+            cmd.arg("--remote").arg(mesh.planes.get(r).kubeconfig());
+        }
+        if legacy_endpoints {
+            cmd.arg("--legacy-endpoints");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(DirectPush {
+            process: spawn(cmd)?,
+            planes: mesh.planes,
+            remotes: remotes.iter().map(|r| r.to_string()).collect(),
+            ns,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id().expect("running")
+    }
+
+    /// Its writes so far on each remote (patches and deletes of `istiod-direct` in its namespace,
+    /// from the audit log).
+    pub fn writes(&self) -> Vec<usize> {
+        self.remotes
+            .iter()
+            .map(|r| {
+                let writes = self.planes.get(r).audit_writes().expect("audit log");
+                writes
+                    .iter()
+                    .filter(|w| w.name == SERVICE && w.namespace == self.ns)
+                    .filter(|w| matches!(w.verb.as_str(), "patch" | "create" | "update" | "delete"))
+                    .count()
+            })
+            .collect()
     }
 }

@@ -6,6 +6,7 @@
 //! with `legacyEndpoints: false`). Part (a) also measures the agents' footprint (section 2) and
 //! their API writes (section 3).
 
+use super::direct::DirectPush;
 use super::{Usage, ms, percentile, usage};
 use crate::ControlPlanes;
 use crate::mesh::Mesh;
@@ -169,20 +170,19 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
         .iter()
         .map(|r| watch_endpoints(mesh.remote(r).clone(), &mesh.ns, "istiod"))
         .collect();
-    let direct = super::direct::start(
-        mesh.central.clone(),
-        &mesh.ns,
-        REMOTES.iter().map(|r| mesh.remote(r).clone()).collect(),
-    );
+    let direct_ns = super::direct::namespace(&mesh.ns);
+    for r in REMOTES {
+        crate::mesh::create_namespace(mesh.remote(r), &direct_ns).await?;
+    }
+    let direct = DirectPush::start(&mesh, REMOTES, true)?;
     let mut direct_watches: Vec<_> = REMOTES
         .iter()
-        .map(|r| watch_endpoints(mesh.remote(r).clone(), &mesh.ns, super::direct::SERVICE))
+        .map(|r| watch_endpoints(mesh.remote(r).clone(), &direct_ns, super::direct::SERVICE))
         .collect();
     let mut want: EndpointSet = [("10.10.0.1".into(), true), ("10.10.0.2".into(), true)].into();
     for w in watches.iter_mut().chain(direct_watches.iter_mut()) {
         wait_set(w, &want).await?;
     }
-    direct.legacy_endpoints(true);
     let agents: Vec<u32> = REMOTES.iter().filter_map(|r| mesh.agent_pid(r)).collect();
     let hub = mesh.hub_pid().expect("hub running");
     // Steady footprint: 10 s with nothing changing.
@@ -203,11 +203,24 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     let churned: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
     let hub_churn = usage(hub);
     let per_kind = churn.writes_per_kind();
+    let per_change = |c: &f64| format!("{:.2} ms", c * 1000.0 / CHANGES as f64);
+    println!(
+        "  CPU per change in Tether's rounds: agents {}; hub {}. Agents' RSS steady {:?} KiB, peak {:?} KiB",
+        churn.cpu[..agents.len()]
+            .iter()
+            .map(per_change)
+            .collect::<Vec<_>>()
+            .join(", "),
+        per_change(&churn.cpu[agents.len()]),
+        steady.iter().map(|u| u.rss_kib).collect::<Vec<_>>(),
+        churned.iter().map(|u| u.peak_kib).collect::<Vec<_>>(),
+    );
     let with_endpoints = Comparison::of(&churn);
     println!("  with legacy Endpoints: {}", by_kind(&with_endpoints));
     // The same again with EndpointSlices only, on both sides.
     slices_only(&mesh).await?;
-    direct.legacy_endpoints(false);
+    drop(direct);
+    let direct = DirectPush::start(&mesh, REMOTES, false)?;
     let slim = self::churn(
         &mesh,
         &direct,
@@ -376,8 +389,8 @@ impl Churn {
     }
 }
 
-/// The hub stopped (SIGSTOP) while the direct push is measured, so it neither competes for the
-/// machine nor writes; continued when dropped, also if the benchmark fails mid-round.
+/// A side stopped (SIGSTOP) while the other is measured, so it neither competes for the machine nor
+/// writes; continued when dropped, also if the benchmark fails mid-round.
 struct Frozen(u32);
 
 impl Frozen {
@@ -439,11 +452,11 @@ fn add_since(total: &mut [usize], now: &[usize], since: &[usize]) {
 /// gone). Tether and the direct push take turns, [`ROUND`] changes each, so each is measured with
 /// the machine and the remote API servers to itself: run side by side, the second writer of each
 /// change queues behind the first's write on the same API server. In Tether's rounds the direct push
-/// is paused; in its rounds the hub is stopped. Each round starts once the side taking over has
+/// is stopped; in its rounds the hub is. Each round starts once the side taking over has
 /// caught up with the pods; what catching up wrote and cost is not counted.
 async fn churn(
     mesh: &Mesh,
-    push: &super::direct::DirectPush,
+    push: &DirectPush,
     watches: &mut [tokio::sync::watch::Receiver<(Instant, EndpointSet)>],
     direct: &mut [tokio::sync::watch::Receiver<(Instant, EndpointSet)>],
     want: &mut EndpointSet,
@@ -463,12 +476,7 @@ async fn churn(
         writes: vec![0; REMOTES.len()],
         direct_writes: vec![0; REMOTES.len()],
     };
-    let direct_count = || -> Vec<usize> {
-        push.writes
-            .iter()
-            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
-            .collect()
-    };
+    let direct_count = || push.writes();
     let agent_count =
         || -> Vec<usize> { REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect() };
     let mut b_ready = want.contains(&("10.10.0.2".to_string(), true));
@@ -482,8 +490,9 @@ async fn churn(
             .and_then(|v| v.parse().ok())
             .unwrap_or(20),
     );
-    push.pause(true);
-    let mut frozen: Option<Frozen> = None;
+    // One side stopped at a time: the direct push in Tether's rounds, the hub in its own.
+    let mut direct_frozen = Some(Frozen::new(push.pid()));
+    let mut hub_frozen: Option<Frozen> = None;
     let mut tether_mark = Some(mark(&pids, agent_count()));
     let mut direct_mark: Vec<usize> = Vec::new();
     let mut written = tether_mark.as_ref().expect("set").writes[0];
@@ -496,8 +505,8 @@ async fn churn(
                     &settled(direct_count).await,
                     &direct_mark,
                 );
-                push.pause(true);
-                frozen = None;
+                direct_frozen = Some(Frozen::new(push.pid()));
+                hub_frozen = None;
                 for w in watches.iter_mut() {
                     wait_set(w, want).await?;
                 }
@@ -513,8 +522,8 @@ async fn churn(
                     *c += usage(*p).cpu_secs - u.cpu_secs;
                 }
                 out.secs += (m.at.elapsed() - WRITES_SETTLE).as_secs_f64();
-                frozen = Some(Frozen::new(hub));
-                push.pause(false);
+                hub_frozen = Some(Frozen::new(hub));
+                direct_frozen = None;
                 for w in direct.iter_mut() {
                     wait_set(w, want).await?;
                 }
@@ -571,8 +580,8 @@ async fn churn(
         &settled(direct_count).await,
         &direct_mark,
     );
-    push.pause(true);
-    drop(frozen);
+    let _direct_frozen = Frozen::new(push.pid());
+    drop((direct_frozen, hub_frozen));
     for w in watches.iter_mut() {
         wait_set(w, want).await?;
     }

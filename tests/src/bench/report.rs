@@ -253,17 +253,18 @@ fn propagation(doc: &mut String, p: &Propagation) {
          Changes to the central istiod pods, one at a time (a readiness flip, a new pod with a new IP, \
          a deleted pod, in turn). Time from just before the central write until a watch on the remote \
          delivers the EndpointSlice that shows it (each change x 3 remotes). Baseline: the prior art's \
-         architecture (`bench::direct`), one central process that watches the same pods and writes each \
-         remote's objects itself with a credential for every remote API server, one state in flight per \
-         remote and the newest state next. Both sides write the same objects, in two parts of the run: \
+         architecture (`bench::direct`, process `tether-direct-push`), one central process that watches the \
+         same pods and writes each remote's objects itself with a credential for every remote API server, \
+         one state in flight per remote and the newest state next; a process of its own, like the hub, \
+         writing in a namespace of its own, which the agents do not watch. Both sides write the same objects, in two parts of the run: \
          **(a)** Tether as installed, the EndpointSlice and then the legacy Endpoints, against a direct push \
          that writes both too (the prior art wrote Endpoints), each side skipping a state's Endpoints when a \
          newer state already waits; **(b)** EndpointSlices only: Tether with `legacyEndpoints: false` \
          against a direct push of the slice alone. The slice is the same object on both sides (the \
          Service's two ports, three conditions, managed-by labels). In each part, {CHANGES} changes on each \
          side ({} and {} samples in (a), {} and {} in (b)), taking turns in rounds of {ROUND} changes on the \
-         same machine and API servers, each with them to itself: in Tether's rounds the direct push is \
-         paused, in its rounds the hub process is stopped (SIGSTOP); each round starts once the side taking \
+         same machine and API servers, each with them to itself: in Tether's rounds the direct push \
+         process is stopped (SIGSTOP), in its rounds the hub process is; each round starts once the side taking \
          over has caught up, and catching up is not counted. Floor: one server-side apply of an \
          EndpointSlice on the remote API servers and its watch event ({} samples; without each remote's \
          first apply, which creates the object: {} samples).\n\n\
