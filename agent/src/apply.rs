@@ -422,7 +422,7 @@ mod tests {
             &events(vec![changed("c-v4-0", "13")], false),
             &overlay
         ));
-        // Our own echo, but the same kind under another name, or another kind of the same name.
+        // Another kind's object of the same name and resourceVersion is not what we applied.
         let endpoints = (Kind::Endpoints, "a-v4-0".to_string(), "10".to_string());
         assert!(!echoes_only(&events(vec![endpoints], false), &overlay));
         // A deletion or a relist went by: never taken for an echo.

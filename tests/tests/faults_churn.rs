@@ -138,7 +138,39 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
         total_writes <= 2 * pushed,
         "{total_writes} writes for {pushed} snapshots pushed"
     );
+
+    // Quiet again, one more change: one pass per agent. The watch events of the agent's own writes
+    // (its slice, its Endpoints) bring no drift pass. (Alone in its test binary: no other test
+    // creates namespaces on these remotes, whose events would.)
+    tokio::time::sleep(QUIET).await;
+    for r in REMOTES {
+        applied_before.insert(*r, applied(&mesh, r).await);
+    }
+    let ip = format!("10.10.1.{}", 1 + PODS - 1);
+    let flipped = !want.contains(&(ip.clone(), true));
+    tether_tests::pods::set_pod_status(&pods, &format!("istiod-{}", PODS - 1), &[&ip], flipped)
+        .await
+        .unwrap();
+    for r in REMOTES {
+        eventually(&format!("{r} to show the last change"), SOON, || async {
+            let got = endpoints(&mesh, r).await?;
+            anyhow::ensure!(got.contains(&(ip.clone(), flipped)), "not yet");
+            mesh.live_synced(r).await.map(|_| ())
+        })
+        .await;
+    }
+    tokio::time::sleep(QUIET).await;
+    for r in REMOTES {
+        let passes = applied(&mesh, r).await - applied_before[r];
+        assert_eq!(
+            passes, 1,
+            "{r}: one pass for one change, none for its own writes' echoes"
+        );
+    }
 }
+
+/// Longer than the agent's drift settle (50 ms) with room: a drift pass due has run by then.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// Apply passes the agent on `cluster` made (from its own metrics).
 async fn applied(mesh: &Mesh, cluster: &str) -> usize {
