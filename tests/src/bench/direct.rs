@@ -6,9 +6,9 @@
 //! Tether's streams: one state in flight per remote, and the newest state next. It writes its own
 //! objects (`istiod-direct`, in a namespace the agents do not watch); section 1 stops it (SIGSTOP)
 //! in Tether's rounds as it stops the hub in the direct push's, and counts its writes in the remote
-//! API servers' audit logs, as it counts the agents'. With `legacy_endpoints` it also writes the legacy Endpoints after the slice, as the
-//! prior art did and as Tether's agent does by default (and, like the agent, skips that second
-//! write when a newer state is already waiting).
+//! API servers' audit logs, as it counts the agents'. With `legacy_endpoints` it also writes the
+//! legacy Endpoints after the slice, as the prior art did and as Tether's agent does by default
+//! (and, like the agent, skips that second write when a newer state is already waiting).
 
 use crate::ControlPlanes;
 use crate::mesh::{Mesh, bin_dir};
