@@ -3,7 +3,11 @@ use tether_agent::cli::Cli;
 use tether_proto::runtime::cli::{init_logging, shutdown_signal};
 use tracing::Instrument;
 
-#[tokio::main]
+// One thread: the agent's work is a few small writes per change and the bytes of the API tunnel,
+// all waiting on I/O. On a multi-thread runtime each hop between its tasks (gRPC stream, planner,
+// HTTP client, watches) can wake another worker; on one thread it is a queue push. Measured in
+// `make bench` section 1: CPU per change 1.9-2.2 ms -> 1.2-1.35 ms, RSS 14.0 -> 13.4 MiB.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()

@@ -250,12 +250,13 @@ mod tests {
             "remote-1"
         );
         // rustls accepts the chain: a server config with this CA verifies it.
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         write(&dir.join("ca.crt"), &ca.cert, false).unwrap();
         let hub = hub_cert(&ca, &["localhost".into()], &[], Duration::from_secs(600)).unwrap();
         write(&dir.join("tls.crt"), &hub.cert, false).unwrap();
         write(&dir.join("tls.key"), &hub.key, true).unwrap();
-        tether_proto::tls::server_config(&tether_proto::tls::TlsFiles::in_dir(&dir)).unwrap();
+        tether_proto::tls::server_config(&tether_proto::tls::TlsFiles::in_dir(dir)).unwrap();
         assert!(agent_cert(&ca, "Not_Valid", "mesh.local", Duration::from_secs(1)).is_err());
     }
 
@@ -283,7 +284,8 @@ mod tests {
     #[test]
     fn init_writes_private_keys_0600_and_refuses_to_replace_a_ca() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
         init(
             &dir,
             &["tether-hub.istio-system.svc".into()],
@@ -304,26 +306,11 @@ mod tests {
         assert!(load_ca(&dir).is_ok());
     }
 
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "tether-certs-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn rand_suffix() -> u64 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        N.fetch_add(1, Ordering::Relaxed)
-    }
-
     fn first_cert_der(pem: &str) -> Vec<u8> {
-        let dir = tempdir();
-        write(&dir.join("c.pem"), pem, false).unwrap();
-        tether_proto::tls::load_certs(&dir.join("c.pem"))
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.pem");
+        write(&path, pem, false).unwrap();
+        tether_proto::tls::load_certs(&path)
             .unwrap()
             .remove(0)
             .to_vec()
