@@ -165,13 +165,16 @@ pub async fn fanout(f: &mut Fleet) -> anyhow::Result<FanoutRow> {
     let cpu = |pids: &[u32]| pids.iter().map(|p| usage(*p).cpu_secs).sum::<f64>();
     // Idle means after the first statuses are written too (10,000 of them take tens of seconds).
     let t = Instant::now();
+    let answered_kib = usage(hub_pid).rss_kib;
     anyhow::ensure!(
         status_settled(&f.mesh, None, f.n).await?.is_some(),
         "statuses did not settle after connecting"
     );
     println!(
-        "  statuses settled {:.1} s after the streams",
-        t.elapsed().as_secs_f64()
+        "  statuses settled {:.1} s after the streams; hub RSS {} KiB before the streams, {answered_kib} KiB once they were answered, {} KiB once the statuses settled",
+        t.elapsed().as_secs_f64(),
+        f.hub_idle_kib,
+        usage(hub_pid).rss_kib,
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let settled = usage(hub_pid);

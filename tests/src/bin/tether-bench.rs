@@ -10,7 +10,7 @@
 //!   settle after a burst with 1 and 3 replicas (9).
 //!
 //! `TETHER_BENCH_STREAMS` (default `100,1000,10000`) sets the fan-out sizes; `TETHER_BENCH_ONLY=api`
-//! (or `propagation`, `replicas`, `settle`) runs section 6 (or 1-3, 7-9, 9) alone and only prints
+//! (or `propagation`, `fanout`, `replicas`, `settle`) runs section 6 (or 1-3, 4, 7-9, 9) alone and only prints
 //! it.
 //! `TETHER_BENCH_CHURN` (default `1000,10000`) sets the sustained-churn sizes and
 //! `TETHER_BENCH_CHURN_SECS` (default 600) its length; `TETHER_BENCH_SETTLE` (default `10000`) the
@@ -100,6 +100,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Ok("replicas") => {
             let _ = replica_sections(planes).await;
+            return Ok(());
+        }
+        Ok("fanout") => {
+            for n in &fanout_sizes {
+                let mut f = fleet::fleet(planes, *n).await?;
+                fleet::fanout(&mut f).await?;
+                f.load.stop();
+            }
             return Ok(());
         }
         Ok("propagation") => {
