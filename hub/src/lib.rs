@@ -25,6 +25,7 @@ pub mod cli;
 pub mod cmd;
 pub mod crd;
 pub mod desired;
+pub mod events;
 #[cfg(test)]
 mod fixtures;
 pub mod grpc;

@@ -14,6 +14,7 @@ use crate::apicreds::{Credentials, RemoteSecrets, SecretProblems};
 use crate::apiproxy::{ApiLimits, ApiProxy};
 use crate::changes::Changes;
 use crate::crd::RemoteCluster;
+use crate::events::{Recorder, Reporter};
 use crate::grpc::SyncService;
 use crate::index::{Discovery, Index};
 use crate::lease::{Holder, Membership};
@@ -29,7 +30,6 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
@@ -194,7 +194,8 @@ pub async fn run(
 
     let reporter = Reporter {
         controller: "tether-hub".into(),
-        instance: std::env::var("POD_NAME").ok(),
+        // kube's Recorder fell back to the controller's name too.
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| "tether-hub".into()),
     };
     let status = StatusWriter {
         api: remotes.clone(),

@@ -2,6 +2,7 @@
 //! reported in status (SpecValid, or the agent's NACK), the remote keeps its last good state, and
 //! the hub goes on serving the other remote, which follows a pod change made meanwhile.
 
+use kube::Api;
 use serde_json::{Value, json};
 use tether_tests::eventually;
 use tether_tests::faults::endpoints;
@@ -103,7 +104,7 @@ async fn bad_specs_are_refused_or_reported_and_other_remotes_are_served() {
             .unwrap();
         let message = wait_spec_valid(&mesh, "False", "Invalid").await;
         assert!(message.contains(needle), "{spec}: {message}");
-        // An Event too. Events of one reason form a series (kube's Recorder, like client-go's,
+        // An Event too. Events of one reason form a series (the hub's recorder, like client-go's,
         // counts repeats on the first Event), so its note names the first problem; the condition
         // always names the current one.
         eventually("a Warning Event naming the problem", SOON, || async {
@@ -134,6 +135,36 @@ async fn bad_specs_are_refused_or_reported_and_other_remotes_are_served() {
         }
         mesh.wait_phase("remote-1", "Synced", SOON).await;
     }
+
+    // The five problems in a row are one Invalid Event whose series counts the repeats.
+    eventually(
+        "the Invalid Event's series to count the repeats",
+        SOON,
+        || async {
+            let events: Api<k8s_openapi::api::events::v1::Event> =
+                Api::namespaced(mesh.central.clone(), &mesh.ns);
+            let invalid: Vec<_> = events
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("Invalid")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("remote-2")
+                })
+                .collect();
+            let counts: Vec<i32> = invalid
+                .iter()
+                .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+                .collect();
+            anyhow::ensure!(
+                invalid.len() == 1 && counts[0] >= 2,
+                "one Event, counted: {counts:?}"
+            );
+            Ok(())
+        },
+    )
+    .await;
 
     // A selector that matches nothing is valid and mirrored as asked (an empty mirror), but named.
     mesh.create_remote_cluster(

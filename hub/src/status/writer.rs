@@ -26,6 +26,7 @@ use super::compute::{
 use crate::apicreds::SecretProblems;
 use crate::changes::Changes;
 use crate::crd::{RemoteCluster, RemoteClusterStatus};
+use crate::events::Recorder;
 use crate::index::Index;
 use crate::lease::Membership;
 use crate::metrics::HubMetrics;
@@ -36,7 +37,6 @@ use crate::tunnels::Tunnels;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::{HashMap, HashSet, VecDeque};
