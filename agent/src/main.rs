@@ -6,7 +6,8 @@ use tracing::Instrument;
 // One thread: the agent's work is a few small writes per change and the bytes of the API tunnel,
 // all waiting on I/O. On a multi-thread runtime each hop between its tasks (gRPC stream, planner,
 // HTTP client, watches) can wake another worker; on one thread it is a queue push. Measured in
-// `make bench` section 1: CPU per change 1.9-2.2 ms -> 1.2-1.35 ms, RSS 14.0 -> 13.4 MiB.
+// `make bench` section 1, runs alternated: CPU per change 1.40-1.60 ms -> 1.15-1.40 ms, RSS
+// 13.7-14.0 -> 13.2-13.4 MiB (docs/benchmarks.md).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()

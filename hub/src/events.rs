@@ -5,7 +5,7 @@
 //! kube's, what this remembers of each event is its key, name, count and time, not the whole Event
 //! object. A hub reports on every remote at once after a restart, and kube's cache kept 1.4 KiB per
 //! remote inline in a table that never shrinks (2.95 MB at 1,000 remotes, measured with
-//! heaptrack). Here it is about 150 bytes each, and the table shrinks once the entries expire.
+//! heaptrack). Here it is about 200 bytes each, and the table shrinks once the entries expire.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
