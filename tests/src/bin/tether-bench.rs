@@ -10,8 +10,8 @@
 //!   settle after a burst with 1 and 3 replicas (9).
 //!
 //! `TETHER_BENCH_STREAMS` (default `100,1000,10000`) sets the fan-out sizes; `TETHER_BENCH_ONLY=api`
-//! (or `propagation`, `fanout`, `replicas`, `settle`) runs section 6 (or 1-3, 4, 7-9, 9) alone and only prints
-//! it.
+//! (or `propagation`, `fanout`, `replicas`, `settle`) runs section 6 (or 1-3, 4, 7-9, 9) alone and
+//! only prints it.
 //! `TETHER_BENCH_CHURN` (default `1000,10000`) sets the sustained-churn sizes and
 //! `TETHER_BENCH_CHURN_SECS` (default 600) its length; `TETHER_BENCH_SETTLE` (default `10000`) the
 //! settle sizes, and with `TETHER_BENCH_ONLY=settle`, `TETHER_BENCH_SETTLE_REPLICAS` (default `1,3`)
