@@ -112,8 +112,9 @@ impl Recorder {
         let ns = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), ns);
         if let Some(s) = repeat {
+            let count = s.count + 1;
             let series = EventSeries {
-                count: s.count + 1,
+                count,
                 last_observed_time: MicroTime(now),
             };
             let patch = serde_json::json!({ "series": series });
@@ -123,7 +124,7 @@ impl Recorder {
             {
                 Ok(_) => {
                     let next = Series {
-                        count: s.count + 1,
+                        count,
                         last: now,
                         ..s
                     };

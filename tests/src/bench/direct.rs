@@ -15,11 +15,12 @@ use crate::mesh::{Mesh, bin_dir};
 use crate::procs::{Proc, spawn};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use tether_agent::objects::{MANAGED_BY, SERVICE_NAME, SKIP_MIRROR, SLICE_MANAGED_BY};
 
 pub const SERVICE: &str = "istiod-direct";
@@ -28,9 +29,9 @@ pub const SERVICE: &str = "istiod-direct";
 /// same pods, so that both architectures write the same object: the Service's two ports, the three
 /// conditions, the managed-by labels. An endpoint per running pod with an IP; while a pod
 /// terminates, serving as its readiness says but neither ready nor gone.
-fn slice(pods: &BTreeMap<String, Pod>) -> Value {
+fn slice(pods: &[Arc<Pod>]) -> Value {
     let endpoints: Vec<Value> = pods
-        .values()
+        .iter()
         .filter_map(|p| {
             let ip = p.status.as_ref()?.pod_ip.clone()?;
             let serving = p
@@ -139,21 +140,20 @@ pub async fn run(
             }
         });
     }
-    let mut known: BTreeMap<String, Pod> = BTreeMap::new();
+    // kube's store swaps a relist in whole once it is done, so no partial list is ever pushed.
+    let (known, writer) = reflector::store();
     let cfg = watcher::Config::default().labels("app=istiod");
-    let mut stream = watcher(pods, cfg).boxed();
+    let mut stream = reflector(writer, watcher(pods, cfg)).boxed();
     while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
-                known.insert(p.metadata.name.clone().unwrap_or_default(), p);
-            }
-            Ok(watcher::Event::Delete(p)) => {
-                known.remove(p.metadata.name.as_deref().unwrap_or_default());
-            }
-            Ok(watcher::Event::Init) => known.clear(),
-            Ok(watcher::Event::InitDone) | Err(_) => {}
+        if !matches!(
+            ev,
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
+        ) {
+            continue;
         }
-        let next = slice(&known);
+        let mut pods = known.state();
+        pods.sort_by_key(|p| p.name_any());
+        let next = slice(&pods);
         tx.send_if_modified(|cur| {
             let changed = cur.as_ref() != Some(&next);
             *cur = Some(next);

@@ -15,9 +15,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 pub const REMOTES: &[&str] = &["remote-1", "remote-2", "remote-3"];
@@ -109,22 +109,20 @@ pub fn watch_endpoints(
     let api: Api<EndpointSlice> = Api::namespaced(client, ns);
     let cfg = watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
     tokio::spawn(async move {
-        let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
-        let mut stream = watcher(api, cfg).boxed();
+        // kube's store swaps a relist in whole once it is done: no partial set is ever shown.
+        let (slices, writer) = reflector::store();
+        let mut stream = reflector(writer, watcher(api, cfg)).boxed();
         while let Some(ev) = stream.next().await {
             let at = Instant::now();
-            match ev {
-                Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => {
-                    slices.insert(s.metadata.name.clone().unwrap_or_default(), s);
-                }
-                Ok(watcher::Event::Delete(s)) => {
-                    slices.remove(s.metadata.name.as_deref().unwrap_or_default());
-                }
-                Ok(watcher::Event::Init) => slices.clear(),
-                Ok(watcher::Event::InitDone) | Err(_) => {}
+            if !matches!(
+                ev,
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
+            ) {
+                continue;
             }
             let set = slices
-                .values()
+                .state()
+                .iter()
                 .flat_map(|s| s.endpoints.iter())
                 .map(|e| {
                     let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
