@@ -16,7 +16,7 @@
 
 use crate::certs::Pem;
 use crate::lease::Membership;
-use crate::tunnels::STREAM_WINDOW;
+use crate::tunnels::{STREAM_WINDOW, connection_window};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -147,9 +147,7 @@ impl Peers {
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
             .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(
-                (self.max_streams.max(1) as u32).saturating_mul(STREAM_WINDOW),
-            )
+            .initial_connection_window_size(connection_window(self.max_streams))
             .handshake(TokioIo::new(tls))
             .await?;
         info!(peer = %url, %cluster, "API access: connected to a peer replica");

@@ -21,8 +21,30 @@ use tracing::{info, warn};
 pub type Sender = SendRequest<Full<Bytes>>;
 
 /// What the hub takes in of one answer (a watch, say) before its reader (istiod) reads it: HTTP/2
-/// flow control holds the rest back at the agent, which holds back its API server.
-pub const STREAM_WINDOW: u32 = 256 << 10;
+/// flow control holds the rest back at the agent, which holds back its API server. Large enough
+/// that a big answer (a LIST of thousands of pods) flows while the window updates make their way
+/// back through two busy processes. A LIST of 5,000 pods through the agent took 1.30-1.36x the
+/// direct time with 256 KiB (3 runs), 1.15-1.33x with 2 MiB (11 runs, median 1.26x).
+/// (`TETHER_BENCH_ONLY=api`, section 6 of docs/benchmarks.md.)
+pub const STREAM_WINDOW: u32 = 2 << 20;
+
+/// The connection window per request allowed in flight: with many allowed (256 by default), the
+/// bound on what one remote's answers can hold in the hub is this times their number (64 MiB).
+const PER_REQUEST: u32 = 256 << 10;
+
+/// Answers that may each fill their whole [`STREAM_WINDOW`] without holding up the remote's other
+/// requests (all of them when fewer are allowed in flight).
+const FULL_ANSWERS: u32 = 32;
+
+/// The HTTP/2 connection window for `max_streams` requests in flight: what all of a remote's
+/// answers can hold in the hub at once. Never less than the stream windows of
+/// `min(max_streams, FULL_ANSWERS)` answers, so one stalled answer (a watch nobody reads) can never
+/// take the whole window and stall the rest.
+pub fn connection_window(max_streams: usize) -> u32 {
+    let n = u32::try_from(max_streams.max(1)).unwrap_or(u32::MAX);
+    n.saturating_mul(PER_REQUEST)
+        .max(n.min(FULL_ANSWERS) * STREAM_WINDOW)
+}
 type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
 struct Tunnel {
@@ -94,9 +116,7 @@ impl Tunnels {
             .keep_alive_timeout(self.keepalive)
             .keep_alive_while_idle(true)
             .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(
-                (self.max_streams.max(1) as u32).saturating_mul(STREAM_WINDOW),
-            )
+            .initial_connection_window_size(connection_window(self.max_streams))
             .handshake(TokioIo::new(stream))
             .await;
         let (sender, connection) = match handshake {
@@ -167,5 +187,27 @@ impl Tunnels {
             .collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_answer_never_takes_the_whole_connection_window() {
+        // The default: the per-remote bound stays 64 MiB.
+        assert_eq!(connection_window(256), 64 << 20);
+        for n in [0, 1, 2, 8, 31, 32, 33, 100, 256, 1000] {
+            let window = u64::from(connection_window(n));
+            // Every allowed answer but one filled: the last still has its whole stream window,
+            // up to FULL_ANSWERS - 1 stalled ones.
+            let stalled = n.saturating_sub(1).min(FULL_ANSWERS as usize - 1) as u64;
+            assert!(
+                window >= (stalled + 1) * u64::from(STREAM_WINDOW),
+                "{n} in flight: window {window}"
+            );
+        }
+        assert_eq!(connection_window(8), 8 * STREAM_WINDOW);
     }
 }
