@@ -148,6 +148,11 @@ impl Applier {
             });
     }
 
+    /// Counts a snapshot applied completely but left unanswered: a newer one waited.
+    pub fn answered_by_newer(&self) {
+        self.metrics.snapshots_answered_by_newer.inc();
+    }
+
     /// True when every change the watches showed since the last pass is the echo of one of this
     /// agent's own applies: a pass would find the cluster as the last one left it. Takes the events.
     pub fn only_own_writes_seen(&self) -> bool {

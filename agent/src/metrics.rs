@@ -45,6 +45,9 @@ pub struct AgentMetrics {
     pub snapshots_applied: Counter,
     /// Snapshots cut short after their EndpointSlices because a newer one waited.
     pub snapshots_superseded: Counter,
+    /// Snapshots applied completely while a newer one already waited: the newer one's answer
+    /// answers for them.
+    pub snapshots_answered_by_newer: Counter,
     pub apply_errors: Family<ObjectKind, Counter>,
     /// API writes by kind and verb; a failed write counts too (it reached the API server).
     pub api_writes: Family<Write, Counter>,
@@ -57,6 +60,7 @@ impl AgentMetrics {
             reconnects: Family::default(),
             snapshots_applied: Counter::default(),
             snapshots_superseded: Counter::default(),
+            snapshots_answered_by_newer: Counter::default(),
             apply_errors: Family::default(),
             api_writes: Family::default(),
         };
@@ -73,13 +77,18 @@ impl AgentMetrics {
         );
         r.register(
             "snapshots_applied",
-            "Snapshots applied (ACKed or NACKed)",
+            "Snapshots applied completely (ACKed or NACKed, unless a newer one waited)",
             m.snapshots_applied.clone(),
         );
         r.register(
             "snapshots_superseded",
             "Snapshots cut short after their EndpointSlices for a newer one (not answered; the newer is)",
             m.snapshots_superseded.clone(),
+        );
+        r.register(
+            "snapshots_answered_by_newer",
+            "Snapshots applied while a newer one already waited (not answered; the newer is)",
+            m.snapshots_answered_by_newer.clone(),
         );
         r.register(
             "apply_errors",

@@ -1,8 +1,9 @@
 //! The reconciler owns the applier. It applies the newest command (latest wins: a snapshot that
 //! arrives while another is being applied replaces any older one still waiting, and cuts the one
 //! being applied short once its EndpointSlices are written) and repairs drift when the watches ring,
-//! with the snapshot it last applied. Results go back to the stream as ACK/NACK; a snapshot cut short
-//! is not answered (the hub takes the newer one's answer for both).
+//! with the snapshot it last applied. Results go back to the stream as ACK/NACK; a snapshot cut short,
+//! or applied while a newer one already waits, is not answered (the hub takes the newer one's answer
+//! for both).
 //! Watch events that are only the echoes of the agent's own writes bring no pass.
 //! A snapshot that did not apply completely is retried with capped exponential backoff, and ACKed
 //! (same version and nonce) once it applies: a NACK never sticks after its cause is gone. The other
@@ -172,6 +173,16 @@ pub async fn run(
                 s.applied_version = snap.version.clone();
             }
         });
+        // A newer snapshot already waits (a pod's deletion is two states in a row): its answer
+        // frees this one too, so this one goes unanswered and the newer one's writes do not wait
+        // behind sending it. What it would have said is stale by then anyway.
+        let newer_waits = commands.has_changed().unwrap_or(false)
+            && matches!(*commands.borrow(), Some(Command::Apply(_)));
+        if from_hub && newer_waits {
+            applier.answered_by_newer();
+            debug!(version = %snap.version, "applied; a newer snapshot waits, which answers for it");
+            continue;
+        }
         // Answer every snapshot from the hub; answer again whenever the snapshot's state changes
         // (a failing one finally applied, or an applied one no longer in effect).
         if from_hub || ok != reported_ok {

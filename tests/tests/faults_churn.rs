@@ -1,7 +1,8 @@
 //! 1,000 pod changes in 10 s across 52 control-plane pods. The hub keeps at most two states in flight
 //! per agent and sends only the newest once the agent answers, so the changes coalesce; an agent
 //! that holds a newer state once an older one's EndpointSlices are written skips the rest of the
-//! older. Every remote ends exactly on the final state, slices and legacy Endpoints, and the agents
+//! older, and leaves a state it applied while a newer one waited to the newer one's answer. Every
+//! remote ends exactly on the final state, slices and legacy Endpoints, and the agents
 //! write at most the two objects a change touches per state applied, and only the slice of a state
 //! they skipped.
 
@@ -30,22 +31,27 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
         .await;
         mesh.wait_phase(r, "Synced", SOON).await;
     }
-    let hub_metrics = || async {
+    let hub_metric = |name: &'static str| async move {
         let (_, text) = Mesh::admin_get(mesh.hub_admin_port, "/metrics")
             .await
             .unwrap();
-        metric(&text, "tether_hub_snapshots_pushed_total")
+        metric(&text, name)
     };
+    let hub_metrics = || hub_metric("tether_hub_snapshots_pushed_total");
+    let acks = || hub_metric("tether_hub_acks_total");
     let pushed_before = hub_metrics().await;
+    let acks_before = acks().await;
     let writes_before: BTreeMap<&str, usize> = REMOTES
         .iter()
         .map(|r| (*r, mesh.agent_writes(r).len()))
         .collect();
     let mut applied_before = BTreeMap::new();
     let mut superseded_before = BTreeMap::new();
+    let mut by_newer_before = BTreeMap::new();
     for r in REMOTES {
         applied_before.insert(*r, applied(&mesh, r).await);
         superseded_before.insert(*r, superseded(&mesh, r).await);
+        by_newer_before.insert(*r, answered_by_newer(&mesh, r).await);
     }
 
     // Each worker owns PODS / WORKERS pods and flips their readiness at 10 changes/s.
@@ -102,21 +108,25 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
         mesh.wait_phase(r, "Synced", SOON).await;
     }
     let pushed = (hub_metrics().await - pushed_before) as usize;
+    let acked = (acks().await - acks_before) as usize;
     println!(
         "{CHANGES} changes written in {took:?}; hub pushed {pushed} snapshots to {} remotes",
         REMOTES.len()
     );
     let mut total_writes = 0;
     let mut total_skipped = 0;
+    let mut total_by_newer = 0;
     for r in REMOTES {
         let writes = mesh.agent_writes(r).len() - writes_before[r];
         total_writes += writes;
         let applied = applied(&mesh, r).await - applied_before[r];
         let skipped = superseded(&mesh, r).await - superseded_before[r];
         total_skipped += skipped;
+        let by_newer = answered_by_newer(&mesh, r).await - by_newer_before[r];
+        total_by_newer += by_newer;
         println!(
-            "{r}: {applied} snapshots applied and {skipped} cut short after their slice, \
-             {writes} API writes for {CHANGES} changes"
+            "{r}: {applied} snapshots applied ({by_newer} of them while a newer one waited) and \
+             {skipped} cut short after their slice, {writes} API writes for {CHANGES} changes"
         );
         assert!(
             applied + skipped < CHANGES,
@@ -132,6 +142,14 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
     assert!(
         total_skipped > 0,
         "under 100 changes/s an agent holds a newer state after some slice phase"
+    );
+    // A state applied while a newer one already waited goes unanswered too: the newer one's answer
+    // frees it at the hub (a hub that waited for it would keep its window full, and the remotes
+    // would not have reached the final state above).
+    println!("hub: {acked} ACKs for {pushed} snapshots pushed");
+    assert!(
+        total_by_newer > 0,
+        "under 100 changes/s a newer state arrives while some Endpoints are written"
     );
     // Exactly the objects a change touches: one EndpointSlice and one Endpoints per state pushed.
     assert!(
@@ -175,6 +193,16 @@ const QUIET: Duration = Duration::from_millis(500);
 /// Apply passes the agent on `cluster` made (from its own metrics).
 async fn applied(mesh: &Mesh, cluster: &str) -> usize {
     agent_metric(mesh, cluster, "tether_agent_snapshots_applied_total").await
+}
+
+/// Snapshots the agent on `cluster` applied completely but left for a newer one to answer.
+async fn answered_by_newer(mesh: &Mesh, cluster: &str) -> usize {
+    agent_metric(
+        mesh,
+        cluster,
+        "tether_agent_snapshots_answered_by_newer_total",
+    )
+    .await
 }
 
 /// Snapshots the agent on `cluster` cut short for a newer one.
