@@ -39,11 +39,13 @@ const FULL_ANSWERS: u32 = 32;
 /// The HTTP/2 connection window for `max_streams` requests in flight: what all of a remote's
 /// answers can hold in the hub at once. Never less than the stream windows of
 /// `min(max_streams, FULL_ANSWERS)` answers, so one stalled answer (a watch nobody reads) can never
-/// take the whole window and stall the rest.
+/// take the whole window and stall the rest. At most HTTP/2's largest window (h2 panics above it).
 pub fn connection_window(max_streams: usize) -> u32 {
+    const HTTP2_MAX_WINDOW: u32 = (1 << 31) - 1;
     let n = u32::try_from(max_streams.max(1)).unwrap_or(u32::MAX);
     n.saturating_mul(PER_REQUEST)
         .max(n.min(FULL_ANSWERS) * STREAM_WINDOW)
+        .min(HTTP2_MAX_WINDOW)
 }
 type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
@@ -209,5 +211,8 @@ mod tests {
             );
         }
         assert_eq!(connection_window(8), 8 * STREAM_WINDOW);
+        // A huge --api-max-in-flight stays within what HTTP/2 allows.
+        assert_eq!(connection_window(usize::MAX), (1 << 31) - 1);
+        assert_eq!(connection_window(100_000), (1 << 31) - 1);
     }
 }
