@@ -144,8 +144,7 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
         "under 100 changes/s an agent holds a newer state after some slice phase"
     );
     // A state applied while a newer one already waited goes unanswered too: the newer one's answer
-    // frees it at the hub (a hub that waited for it would keep its window full, and the remotes
-    // would not have reached the final state above).
+    // frees it at the hub (`Outbox::answer` frees every older message; its unit test).
     println!("hub: {acked} ACKs for {pushed} snapshots pushed");
     assert!(
         total_by_newer > 0,
