@@ -34,6 +34,7 @@ pub struct Cluster {
     kubeconfig: PathBuf,
     etcd: Mutex<Option<Proc>>,
     apiserver: Mutex<Option<Proc>>,
+    audit: AuditLog,
 }
 
 /// One write recorded by the API server's audit log.
@@ -86,6 +87,7 @@ impl Cluster {
         let cluster = Cluster {
             name: name.to_string(),
             server,
+            audit: AuditLog::new(dir.join("audit.log")),
             dir,
             ca,
             apiserver_port,
@@ -225,7 +227,14 @@ impl Cluster {
 
     /// Writes recorded by the audit log so far, oldest first.
     pub fn audit_writes(&self) -> anyhow::Result<Vec<AuditWrite>> {
-        read_audit(&self.dir.join("audit.log"))
+        Ok(self.audit.with(|w| w.to_vec()))
+    }
+
+    /// How many writes recorded so far match `pred`; cheaper than [`Cluster::audit_writes`] (only
+    /// what the log gained since the last call is parsed, nothing is copied), so a benchmark can
+    /// count between changes without loading the machine it measures.
+    pub fn audit_count(&self, pred: impl Fn(&AuditWrite) -> bool) -> usize {
+        self.audit.with(|w| w.iter().filter(|w| pred(w)).count())
     }
 
     /// PIDs of the processes this cluster runs (for leak checks).
@@ -252,32 +261,70 @@ impl Drop for Cluster {
 /// The writes in an API server's audit log (JSON lines), oldest first.
 pub fn read_audit(path: &Path) -> anyhow::Result<Vec<AuditWrite>> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let s = |p: &str| {
-            v.pointer(p)
-                .and_then(|x| x.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        out.push(AuditWrite {
-            user: s("/user/username"),
-            verb: s("/verb"),
-            resource: s("/objectRef/resource"),
-            subresource: s("/objectRef/subresource"),
-            namespace: s("/objectRef/namespace"),
-            name: s("/objectRef/name"),
-            code: v
-                .pointer("/responseStatus/code")
-                .and_then(|c| c.as_i64())
-                .unwrap_or(0),
-            credential: s("/user/extra/authentication.kubernetes.io~1credential-id/0"),
-        });
+    Ok(text.lines().filter_map(parse_audit_line).collect())
+}
+
+fn parse_audit_line(line: &str) -> Option<AuditWrite> {
+    let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Some(AuditWrite {
+        user: s("/user/username"),
+        verb: s("/verb"),
+        resource: s("/objectRef/resource"),
+        subresource: s("/objectRef/subresource"),
+        namespace: s("/objectRef/namespace"),
+        name: s("/objectRef/name"),
+        code: v
+            .pointer("/responseStatus/code")
+            .and_then(|c| c.as_i64())
+            .unwrap_or(0),
+        credential: s("/user/extra/authentication.kubernetes.io~1credential-id/0"),
+    })
+}
+
+/// An API server's audit log, read as it grows: each call parses only the complete lines added
+/// since the last one. A log that shrank (the cluster's directory made anew) is read from the start.
+struct AuditLog {
+    path: PathBuf,
+    /// Bytes consumed so far, and the writes they held.
+    read: Mutex<(u64, Vec<AuditWrite>)>,
+}
+
+impl AuditLog {
+    fn new(path: PathBuf) -> Self {
+        AuditLog {
+            path,
+            read: Mutex::new((0, Vec::new())),
+        }
     }
-    Ok(out)
+
+    /// Reads what the log gained, then calls `f` on every write recorded so far.
+    fn with<R>(&self, f: impl FnOnce(&[AuditWrite]) -> R) -> R {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut read = self.read.lock().unwrap();
+        let (offset, writes) = &mut *read;
+        if let Ok(mut file) = std::fs::File::open(&self.path) {
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < *offset {
+                *offset = 0;
+                writes.clear();
+            }
+            let mut new = Vec::new();
+            if file.seek(SeekFrom::Start(*offset)).is_ok() && file.read_to_end(&mut new).is_ok() {
+                // Only whole lines: the API server may be half-way through one.
+                let whole = new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                let text = String::from_utf8_lossy(&new[..whole]);
+                writes.extend(text.lines().filter_map(parse_audit_line));
+                *offset += whole as u64;
+            }
+        }
+        f(writes)
+    }
 }
 
 /// A client from a kubeconfig file.

@@ -62,8 +62,32 @@ pub fn run_dir() -> &'static Path {
     })
 }
 
-/// A TCP port free on 127.0.0.1 at the time of the call.
+/// A TCP port free on 127.0.0.1 at the time of the call, for a child process to listen on. Taken
+/// from below the kernel's ephemeral range (`ip_local_port_range`), where no outgoing connection's
+/// local port can land on it between this call and the child's bind (with dozens of clients
+/// connecting, a port from `bind(:0)` was taken that way: the hub failed with "Address already in
+/// use"), and never the same one twice in this process; each process starts at its own offset.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static HIGH: OnceLock<u32> = OnceLock::new();
+    let high = *HIGH.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768)
+    });
+    if high > LOW + 1_000 {
+        let span = high - LOW;
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

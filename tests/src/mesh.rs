@@ -606,6 +606,12 @@ impl Mesh {
             .collect()
     }
 
+    /// How many writes `cluster`'s agent made so far: [`Mesh::agent_writes`]' length, without the copy.
+    pub fn agent_write_count(&self, cluster: &str) -> usize {
+        let user = self.agent_user(cluster);
+        self.planes.get(cluster).audit_count(|w| w.user == user)
+    }
+
     /// Writes the agent on `cluster` made (API calls that change state), from the audit log.
     pub fn agent_writes(&self, cluster: &str) -> Vec<crate::AuditWrite> {
         let user = self.agent_user(cluster);

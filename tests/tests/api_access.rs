@@ -574,16 +574,21 @@ async fn the_api_access_condition_says_what_is_missing_and_metrics_count_request
     mesh.agent_args(&["--api-access", "--api-reader", &reader]);
     mesh.start_agent("remote-1").unwrap();
     wait_api(&mesh, "remote-1", ("True", "Ready")).await;
-    let reasons: Vec<String> = mesh
-        .events_for("remote-1")
-        .await
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
-    assert!(
-        reasons.iter().any(|r| r == "NoTunnel") && reasons.iter().any(|r| r == "Ready"),
-        "{reasons:?}"
-    );
+    // The hub records the Events after the status write that carries the transition.
+    eventually("Events for NoTunnel and Ready", SOON, || async {
+        let reasons: Vec<String> = mesh
+            .events_for("remote-1")
+            .await
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        anyhow::ensure!(
+            reasons.iter().any(|r| r == "NoTunnel") && reasons.iter().any(|r| r == "Ready"),
+            "{reasons:?}"
+        );
+        Ok(())
+    })
+    .await;
 
     // A remote secret of that name that the hub did not make: kept, and named in the condition.
     let secrets: Api<Secret> = Api::namespaced(mesh.central.clone(), &mesh.ns);

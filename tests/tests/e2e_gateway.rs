@@ -184,7 +184,7 @@ async fn a_mixed_fleet_follows_pods_and_a_gateway_and_the_gateway_address_throug
         .resource_version;
 
     // A pod rollout reaches remote-1; remote-2's agent writes nothing.
-    let before = mesh.agent_writes("remote-2").len();
+    let before = mesh.agent_write_count("remote-2");
     mesh.create_istiod_pod("istiod-c", "10.10.0.3", 15010, true)
         .await
         .unwrap();
@@ -200,19 +200,19 @@ async fn a_mixed_fleet_follows_pods_and_a_gateway_and_the_gateway_address_throug
     .await;
     mesh.wait_phase("remote-2", "Synced", SOON).await;
     assert_eq!(
-        mesh.agent_writes("remote-2").len(),
+        mesh.agent_write_count("remote-2"),
         before,
         "remote-2 disturbed"
     );
 
     // A gateway address change reaches remote-2; remote-1's agent writes nothing.
-    let before = mesh.agent_writes("remote-1").len();
+    let before = mesh.agent_write_count("remote-1");
     set_ingress(&mesh, &["192.0.2.20"]).await;
     let second = through("192.0.2.20");
     wait_remote2(&mesh, ("ClusterIP", "", &[&second], true)).await;
     mesh.wait_phase("remote-1", "Synced", SOON).await;
     assert_eq!(
-        mesh.agent_writes("remote-1").len(),
+        mesh.agent_write_count("remote-1"),
         before,
         "remote-1 disturbed"
     );
@@ -228,7 +228,7 @@ async fn a_mixed_fleet_follows_pods_and_a_gateway_and_the_gateway_address_throug
     mesh.wait_phase("remote-2", "Synced", SOON).await;
 
     // The gateway deleted: remote-2 keeps its endpoints, and says why.
-    let before = mesh.agent_writes("remote-2").len();
+    let before = mesh.agent_write_count("remote-2");
     Api::<Service>::namespaced(mesh.central.clone(), &mesh.ns)
         .delete(GATEWAY, &DeleteParams::default())
         .await
@@ -247,29 +247,36 @@ async fn a_mixed_fleet_follows_pods_and_a_gateway_and_the_gateway_address_throug
         waiting["message"].as_str().unwrap().contains("not found"),
         "{waiting}"
     );
-    assert!(
-        mesh.events_for("remote-2")
-            .await
-            .iter()
-            .any(|(reason, note)| reason == "GatewayNotReady" && note.contains(GATEWAY)),
-        "an Event says why"
-    );
+    // The hub records an Event after the status write that carries the transition.
+    eventually("an Event saying why", SOON, || async {
+        let events = mesh.events_for("remote-2").await;
+        anyhow::ensure!(
+            events
+                .iter()
+                .any(|(reason, note)| reason == "GatewayNotReady" && note.contains(GATEWAY)),
+            "{events:?}"
+        );
+        Ok(())
+    })
+    .await;
     // Restored (same address): recovered, and the remote never saw a write.
     create_gateway(&mesh).await;
     set_ingress(&mesh, &["192.0.2.30"]).await;
     mesh.wait_phase("remote-2", "Synced", SOON).await;
     let st = mesh.status("remote-2").await.unwrap();
     assert_eq!(condition(&st, "SpecValid")["status"], "True", "{st}");
-    assert!(
-        mesh.events_for("remote-2")
-            .await
-            .iter()
-            .any(|(reason, _)| reason == "Valid"),
-        "an Event says it recovered"
-    );
+    eventually("an Event saying it recovered", SOON, || async {
+        let events = mesh.events_for("remote-2").await;
+        anyhow::ensure!(
+            events.iter().any(|(reason, _)| reason == "Valid"),
+            "{events:?}"
+        );
+        Ok(())
+    })
+    .await;
     wait_remote2(&mesh, ("ClusterIP", "", &[&third], true)).await;
     assert_eq!(
-        mesh.agent_writes("remote-2").len(),
+        mesh.agent_write_count("remote-2"),
         before,
         "kept, not rewritten"
     );

@@ -14,7 +14,7 @@ use tether_tests::mesh::{Mesh, condition};
 async fn settled_writes(mesh: &Mesh, cluster: &str) -> usize {
     let mut last = usize::MAX;
     eventually(&format!("{cluster}'s agent to stop writing"), SOON, || {
-        let now = mesh.agent_writes(cluster).len();
+        let now = mesh.agent_write_count(cluster);
         let changed = now != last;
         last = now;
         async move {
@@ -27,7 +27,7 @@ async fn settled_writes(mesh: &Mesh, cluster: &str) -> usize {
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
-            mesh.agent_writes(cluster).len(),
+            mesh.agent_write_count(cluster),
             last,
             "{cluster}'s agent wrote while settling"
         );
@@ -329,7 +329,7 @@ async fn a_second_agent_with_the_same_identity_is_reported_and_only_one_writes()
 
     // The state changes: the serving agent deletes a slice; the standby must neither write nor
     // bring it back from its older snapshot.
-    let standby_writes = mesh.agent_writes(r).len();
+    let standby_writes = mesh.agent_write_count(r);
     mesh.central_pods()
         .delete("istiod-b", &DeleteParams::default().grace_period(0))
         .await
@@ -367,7 +367,7 @@ async fn a_second_agent_with_the_same_identity_is_reported_and_only_one_writes()
         );
     }
     assert_eq!(
-        mesh.agent_writes(r).len(),
+        mesh.agent_write_count(r),
         standby_writes,
         "the standby agent wrote"
     );

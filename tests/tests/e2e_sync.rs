@@ -574,7 +574,7 @@ async fn legacy_endpoints_turned_off_are_removed_and_changes_then_write_only_sli
     .await;
 
     // A readiness flip: remote-1 writes its slice and nothing else; remote-2 both.
-    let before = mesh.agent_writes(r).len();
+    let before = mesh.agent_write_count(r);
     set_pod_status(&mesh.central_pods(), "istiod-b", &["10.10.0.2"], false)
         .await
         .unwrap();

@@ -43,7 +43,7 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
     let acks_before = acks().await;
     let writes_before: BTreeMap<&str, usize> = REMOTES
         .iter()
-        .map(|r| (*r, mesh.agent_writes(r).len()))
+        .map(|r| (*r, mesh.agent_write_count(r)))
         .collect();
     let mut applied_before = BTreeMap::new();
     let mut superseded_before = BTreeMap::new();
@@ -117,7 +117,7 @@ async fn a_thousand_pod_changes_in_ten_seconds_coalesce_and_end_right() {
     let mut total_skipped = 0;
     let mut total_by_newer = 0;
     for r in REMOTES {
-        let writes = mesh.agent_writes(r).len() - writes_before[r];
+        let writes = mesh.agent_write_count(r) - writes_before[r];
         total_writes += writes;
         let applied = applied(&mesh, r).await - applied_before[r];
         let skipped = superseded(&mesh, r).await - superseded_before[r];

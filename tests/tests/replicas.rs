@@ -364,7 +364,7 @@ async fn replicas_fail_over_under_churn_and_no_two_write_one_status() {
     );
 
     // 3. A failover with nothing changed: the real agents move replica and write nothing.
-    let before: Vec<usize> = REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect();
+    let before: Vec<usize> = REMOTES.iter().map(|r| mesh.agent_write_count(r)).collect();
     let on: &'static str = IDS.iter().find(|id| **id == hubs["remote-1"]).unwrap();
     mesh.kill_replica(on);
     replicas.start(&mut mesh, busiest);
@@ -374,7 +374,7 @@ async fn replicas_fail_over_under_churn_and_no_two_write_one_status() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after: Vec<usize> = REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect();
+    let after: Vec<usize> = REMOTES.iter().map(|r| mesh.agent_write_count(r)).collect();
     assert_eq!(before, after, "writes on the remotes when nothing changed");
     load.stop();
 }

@@ -212,12 +212,11 @@ impl DirectPush {
         self.remotes
             .iter()
             .map(|r| {
-                let writes = self.planes.get(r).audit_writes().expect("audit log");
-                writes
-                    .iter()
-                    .filter(|w| w.name == SERVICE && w.namespace == self.ns)
-                    .filter(|w| matches!(w.verb.as_str(), "patch" | "create" | "update" | "delete"))
-                    .count()
+                self.planes.get(r).audit_count(|w| {
+                    w.name == SERVICE
+                        && w.namespace == self.ns
+                        && matches!(w.verb.as_str(), "patch" | "create" | "update" | "delete")
+                })
             })
             .collect()
     }
