@@ -11,7 +11,7 @@
 use crate::live::{Events, Live};
 use crate::metrics::{AgentMetrics, ObjectKind};
 use crate::objects::Kind;
-use crate::plan::{self, Plan, View, Write, failure};
+use crate::plan::{self, InEffect, Plan, View, Write, failure};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
@@ -46,6 +46,8 @@ pub struct Applier {
     field_manager: String,
     live: Live,
     overlay: HashMap<(Kind, String), Written>,
+    /// What the last plan found in effect, for the next one.
+    in_effect: HashMap<(Kind, String), InEffect>,
     metrics: AgentMetrics,
 }
 
@@ -69,9 +71,14 @@ fn reason(e: &kube::Error) -> String {
 struct Current<'a> {
     live: &'a Live,
     overlay: &'a HashMap<(Kind, String), Written>,
+    in_effect: &'a HashMap<(Kind, String), InEffect>,
 }
 
 impl View for Current<'_> {
+    fn in_effect_before(&self, kind: Kind, name: &str) -> Option<&InEffect> {
+        self.in_effect.get(&(kind, name.to_string()))
+    }
+
     fn get(&self, kind: Kind, name: &str) -> Option<Arc<DynamicObject>> {
         let stored = self.live.get(kind, name);
         match (self.overlay.get(&(kind, name.to_string())), stored) {
@@ -119,6 +126,7 @@ impl Applier {
             field_manager,
             live,
             overlay: HashMap::new(),
+            in_effect: HashMap::new(),
             metrics,
         }
     }
@@ -131,6 +139,7 @@ impl Applier {
         Current {
             live: &self.live,
             overlay: &self.overlay,
+            in_effect: &self.in_effect,
         }
     }
 
@@ -166,7 +175,8 @@ impl Applier {
         // This pass reads the stores as they are: it covers every event so far.
         self.live.take_events();
         self.prune_overlay();
-        let plan = plan::snapshot(snap, &self.namespace, &self.field_manager, &self.view());
+        let mut plan = plan::snapshot(snap, &self.namespace, &self.field_manager, &self.view());
+        self.in_effect = std::mem::take(&mut plan.in_effect).into_iter().collect();
         if let Some(refused) = plan.failures.iter().find(|f| f.kind == "Snapshot") {
             warn!(version = %snap.version, message = %refused.message);
         }
@@ -195,7 +205,8 @@ impl Applier {
     pub async fn retire(&mut self) -> Outcome {
         self.live.take_events();
         self.prune_overlay();
-        let plan = plan::retire(&self.field_manager, &self.view());
+        let mut plan = plan::retire(&self.field_manager, &self.view());
+        self.in_effect = std::mem::take(&mut plan.in_effect).into_iter().collect();
         let out = self.execute(plan, || false).await;
         info!(
             writes = out.writes,

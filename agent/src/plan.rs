@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  Snapshot ─► objects::objects_for ─► desired objects ─┐
-//!  View (watch stores + our own newer writes) ──────────┼─► Plan { writes, failures }
+//!  View (watch stores + our own newer writes) ──────────┼─► Plan { writes, failures, in_effect }
 //!  field manager (which fields are ours) ───────────────┘
 //! ```
 //! Rules, each in one place below:
@@ -30,6 +30,21 @@ use tether_proto::v1::{Injection, ObjectFailure, Snapshot};
 pub trait View {
     fn get(&self, kind: Kind, name: &str) -> Option<Arc<DynamicObject>>;
     fn all(&self, kind: Kind) -> Vec<Arc<DynamicObject>>;
+    /// What the last plan found in effect for this object (its [`Plan::in_effect`]), if anything.
+    fn in_effect_before(&self, _kind: Kind, _name: &str) -> Option<&InEffect> {
+        None
+    }
+}
+
+/// An object an apply would leave as it is: the live object's resourceVersion and the body
+/// checked against it. The same object at the same resourceVersion and the same body give the same
+/// answer, so the next plan need not check again: serialising the live object and walking its
+/// fields is most of a plan's time, and most objects (the Service, the namespaces) stay the same
+/// from one snapshot to the next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InEffect {
+    pub resource_version: String,
+    pub body: Value,
 }
 
 /// One API call.
@@ -78,6 +93,8 @@ pub struct Plan {
     pub writes: Vec<Write>,
     /// Objects not made to match, and why. Everything else is in `writes` or already matches.
     pub failures: Vec<ObjectFailure>,
+    /// The objects that already match, for the next plan's [`View::in_effect_before`].
+    pub in_effect: Vec<((Kind, String), InEffect)>,
 }
 
 /// Why an object of a desired name is left alone.
@@ -106,6 +123,37 @@ fn managed(o: &DynamicObject) -> bool {
 
 fn json_of(o: &DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or_default()
+}
+
+/// `body` back when applying it as `manager` would change `live`; None when it would leave it as
+/// it is ([`in_effect`]). Answered from the last plan when that saw the same resourceVersion and
+/// body; an object in effect is recorded (with `body`) for the next plan.
+fn changed(
+    kind: Kind,
+    live: &DynamicObject,
+    body: Value,
+    manager: &str,
+    view: &impl View,
+    plan: &mut Plan,
+) -> Option<Value> {
+    let name = live.name_any();
+    let rv = live.resource_version();
+    let known = view
+        .in_effect_before(kind, &name)
+        .is_some_and(|k| rv.as_ref() == Some(&k.resource_version) && k.body == body);
+    if !known && !in_effect(&json_of(live), &body, manager) {
+        return Some(body);
+    }
+    if let Some(resource_version) = rv {
+        plan.in_effect.push((
+            (kind, name),
+            InEffect {
+                resource_version,
+                body,
+            },
+        ));
+    }
+    None
 }
 
 /// The plan that makes the cluster match `snap`, for an agent managing `namespace` as `manager`.
@@ -176,51 +224,54 @@ fn services(snap: &Snapshot, namespace: &str, manager: &str, view: &impl View, p
             continue;
         }
         for obj in objects {
-            object(&obj, namespace, manager, view, plan);
+            object(obj, namespace, manager, view, plan);
         }
     }
     collect_garbage(&keep, view, plan);
 }
 
-fn object(obj: &DesiredObject, namespace: &str, manager: &str, view: &impl View, plan: &mut Plan) {
-    let apply = Write::Apply {
-        kind: obj.kind,
-        name: obj.name.clone(),
-        body: obj.body.clone(),
-        force: true,
-    };
-    let Some(live) = view.get(obj.kind, &obj.name) else {
-        plan.writes.push(apply);
+fn object(obj: DesiredObject, namespace: &str, manager: &str, view: &impl View, plan: &mut Plan) {
+    let DesiredObject {
+        kind, name, body, ..
+    } = obj;
+    let Some(live) = view.get(kind, &name) else {
+        plan.writes.push(Write::Apply {
+            kind,
+            name,
+            body,
+            force: true,
+        });
         return;
     };
     if !managed(&live) {
-        plan.failures.push(failure(
-            obj.kind,
-            namespace,
-            &obj.name,
-            FOREIGN.into(),
-            true,
-        ));
+        plan.failures
+            .push(failure(kind, namespace, &name, FOREIGN.into(), true));
         return;
     }
-    let live_json = json_of(&live);
-    if in_effect(&live_json, &obj.body, manager) {
+    let Some(body) = changed(kind, &live, body, manager, view, plan) else {
         return;
-    }
+    };
     // clusterIP is immutable: switching between headless and ClusterIP needs a new Service, and so
     // does switching to or from ExternalName (which has none).
-    if obj.kind == Kind::Service
-        && (is_headless(&live_json) != is_headless(&obj.body)
-            || is_external_name(&live_json) != is_external_name(&obj.body))
-    {
-        plan.writes.push(Write::Recreate {
-            kind: obj.kind,
-            object: live,
-            body: obj.body.clone(),
-        });
-        return;
+    if kind == Kind::Service {
+        let live_json = json_of(&live);
+        if is_headless(&live_json) != is_headless(&body)
+            || is_external_name(&live_json) != is_external_name(&body)
+        {
+            plan.writes.push(Write::Recreate {
+                kind,
+                object: live,
+                body,
+            });
+            return;
+        }
     }
-    plan.writes.push(apply);
+    plan.writes.push(Write::Apply {
+        kind,
+        name,
+        body,
+        force: true,
+    });
 }
 
 /// Deletes every managed object of the owned kinds whose (kind, name) is not in `keep`.
@@ -273,7 +324,7 @@ fn injection(injection: Option<&Injection>, manager: &str, view: &impl View, pla
         } else {
             continue;
         };
-        if !in_effect(&json_of(&ns), &body, manager) {
+        if let Some(body) = changed(Kind::Namespace, &ns, body, manager, view, plan) {
             plan.writes.push(Write::Apply {
                 kind: Kind::Namespace,
                 name,
@@ -303,9 +354,15 @@ mod tests {
 
     /// A cluster as the agent sees it.
     #[derive(Default)]
-    struct Cluster(HashMap<(Kind, String), Arc<DynamicObject>>);
+    struct Cluster(
+        HashMap<(Kind, String), Arc<DynamicObject>>,
+        HashMap<(Kind, String), InEffect>,
+    );
 
     impl View for Cluster {
+        fn in_effect_before(&self, kind: Kind, name: &str) -> Option<&InEffect> {
+            self.1.get(&(kind, name.to_string()))
+        }
         fn get(&self, kind: Kind, name: &str) -> Option<Arc<DynamicObject>> {
             self.0.get(&(kind, name.to_string())).cloned()
         }
@@ -460,6 +517,71 @@ mod tests {
         let s = snap(&[("10.0.0.1", true)], &[]);
         let plan = snapshot(&s, NS, ME, &applied_cluster(&s));
         assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn an_object_found_in_effect_is_checked_again_only_when_it_or_its_body_changes() {
+        let s = snap(&[("10.0.0.1", true)], &["apps"]);
+        let mut c = applied_cluster(&s);
+        c.put(
+            Kind::Namespace,
+            json!({"metadata": {"name": "apps", "labels": {"istio-injection": "enabled", INJECTION_MARKER: "true"},
+                "managedFields": [{"manager": ME, "operation": "Apply", "fieldsV1": {"f:metadata": {"f:labels": {
+                    "f:istio-injection": {}, format!("f:{INJECTION_MARKER}"): {}}}}}]}}),
+        );
+        let set_rv = |c: &mut Cluster, rv: &str| {
+            for o in c.0.values_mut() {
+                Arc::make_mut(o).metadata.resource_version = Some(rv.into());
+            }
+        };
+        set_rv(&mut c, "7");
+        let first = snapshot(&s, NS, ME, &c);
+        assert!(first.writes.is_empty(), "{first:?}");
+        let mut found: Vec<(Kind, String)> =
+            first.in_effect.iter().map(|(k, _)| k.clone()).collect();
+        found.sort();
+        let mut all: Vec<(Kind, String)> = all_objects(&s)
+            .iter()
+            .map(|o| (o.kind, o.name.clone()))
+            .collect();
+        all.push((Kind::Namespace, "apps".into()));
+        all.sort();
+        assert_eq!(found, all, "every matching object is recorded");
+        assert!(
+            first
+                .in_effect
+                .iter()
+                .all(|(_, k)| k.resource_version == "7")
+        );
+
+        // The live objects change behind the record's back, at the same resourceVersion (which the
+        // API server never does): the record answers, so nothing is checked again.
+        c.1 = first.in_effect.iter().cloned().collect();
+        let stripped = |c: &mut Cluster| {
+            for o in c.0.values_mut() {
+                Arc::make_mut(o).metadata.managed_fields = None;
+            }
+        };
+        stripped(&mut c);
+        let again = snapshot(&s, NS, ME, &c);
+        assert!(again.writes.is_empty(), "{again:?}");
+        assert_eq!(again.in_effect.len(), first.in_effect.len());
+
+        // A new resourceVersion is checked again: nothing is ours any more, so all is written.
+        set_rv(&mut c, "8");
+        assert_eq!(snapshot(&s, NS, ME, &c).writes.len(), all.len());
+
+        // So is a new body at the same resourceVersion: the new address is written.
+        set_rv(&mut c, "7");
+        let next = snap(&[("10.0.0.2", true)], &["apps"]);
+        let plan = snapshot(&next, NS, ME, &c);
+        assert_eq!(
+            applies(&plan),
+            [
+                (Kind::EndpointSlice, "istiod-v4-0".to_string()),
+                (Kind::Endpoints, "istiod".to_string()),
+            ]
+        );
     }
 
     #[test]

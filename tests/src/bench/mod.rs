@@ -5,6 +5,7 @@
 pub mod apiaccess;
 pub mod direct;
 pub mod fleet;
+pub mod plan;
 pub mod propagation;
 pub mod replicas;
 pub mod report;

@@ -38,6 +38,33 @@ pub struct Comparison {
     /// Each agent's writes for Tether's changes, and the direct push's for its changes, per remote.
     pub writes: Vec<usize>,
     pub direct_writes: Vec<usize>,
+    /// CPU per change, milliseconds: the hub and agents in Tether's rounds, the direct push in its
+    /// own; the central API server and etcd, and the remotes', in Tether's rounds and in the
+    /// direct push's.
+    pub cpu_ms: CpuPerChange,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuPerChange {
+    pub tether: f64,
+    pub direct: f64,
+    pub central: [f64; 2],
+    pub remotes: [f64; 2],
+}
+
+impl std::fmt::Display for CpuPerChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "hub and agents {:.2} ms, direct push {:.2} ms; the central API server and etcd {:.2} ms in Tether's rounds, {:.2} ms in the direct push's; the remotes' {:.2} ms and {:.2} ms",
+            self.tether,
+            self.direct,
+            self.central[0],
+            self.central[1],
+            self.remotes[0],
+            self.remotes[1]
+        )
+    }
 }
 
 impl Comparison {
@@ -55,6 +82,7 @@ impl Comparison {
             direct_kinds: per_sample(&churn.direct_kinds),
             writes: churn.writes.clone(),
             direct_writes: churn.direct_writes.clone(),
+            cpu_ms: churn.cpu_per_change(),
         }
     }
 }
@@ -215,6 +243,7 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     );
     let with_endpoints = Comparison::of(&churn);
     println!("  with legacy Endpoints: {}", by_kind(&with_endpoints));
+    println!("  CPU per change: {}", with_endpoints.cpu_ms);
     // The same again with EndpointSlices only, on both sides.
     slices_only(&mesh).await?;
     drop(direct);
@@ -231,6 +260,7 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     drop(direct);
     let slices_only = Comparison::of(&slim);
     println!("  slices only: {}", by_kind(&slices_only));
+    println!("  CPU per change: {}", slices_only.cpu_ms);
     let (floor, floor_warm) = floor(&mesh).await?;
     let reconnect = reconnect_writes(&mut mesh).await?;
 
@@ -365,6 +395,11 @@ struct Churn {
     secs: f64,
     /// CPU seconds in Tether's rounds: each agent, then the hub.
     cpu: Vec<f64>,
+    /// CPU seconds of the direct push process in its rounds.
+    direct_cpu: f64,
+    /// CPU seconds of the central API server and etcd, and of the remotes', in Tether's rounds
+    /// (`[0]`) and in the direct push's (`[1]`).
+    planes_cpu: [[f64; 2]; 2],
     /// The kind of each change (0 readiness flip, 1 new pod, 2 deleted pod), in order, per side.
     kinds: Vec<usize>,
     direct_kinds: Vec<usize>,
@@ -376,6 +411,17 @@ struct Churn {
 }
 
 impl Churn {
+    /// CPU per change on each side: its own processes, and the API servers with their etcds.
+    fn cpu_per_change(&self) -> CpuPerChange {
+        let per = |secs: f64| secs * 1000.0 / CHANGES as f64;
+        CpuPerChange {
+            tether: per(self.cpu.iter().sum()),
+            direct: per(self.direct_cpu),
+            central: [per(self.planes_cpu[0][0]), per(self.planes_cpu[1][0])],
+            remotes: [per(self.planes_cpu[0][1]), per(self.planes_cpu[1][1])],
+        }
+    }
+
     /// remote-1's writes per change of each kind.
     fn writes_per_kind(&self) -> Vec<f64> {
         (0..3)
@@ -468,6 +514,8 @@ async fn churn(
         direct: Vec::new(),
         secs: 0.0,
         cpu: vec![0.0; pids.len()],
+        direct_cpu: 0.0,
+        planes_cpu: [[0.0; 2]; 2],
         kinds: Vec::new(),
         direct_kinds: Vec::new(),
         by_kind: [0; 3],
@@ -476,7 +524,7 @@ async fn churn(
     };
     let direct_count = || push.writes();
     let agent_count =
-        || -> Vec<usize> { REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect() };
+        || -> Vec<usize> { REMOTES.iter().map(|r| mesh.agent_write_count(r)).collect() };
     let mut b_ready = want.contains(&("10.10.0.2".to_string(), true));
     let mut extra: Option<(String, String)> = None;
     let mut k = 0usize;
@@ -494,6 +542,21 @@ async fn churn(
     let mut tether_mark = Some(mark(&pids, agent_count()));
     let mut direct_mark: Vec<usize> = Vec::new();
     let mut written = tether_mark.as_ref().expect("set").writes[0];
+    // The API servers' and etcds' CPU, and the direct push's, since the current round began.
+    let central = mesh.planes.get("central").pids();
+    let remotes: Vec<u32> = REMOTES
+        .iter()
+        .flat_map(|c| mesh.planes.get(c).pids())
+        .collect();
+    let sum = |pids: &[u32]| -> f64 { pids.iter().map(|p| usage(*p).cpu_secs).sum() };
+    let cpu_of = || [sum(&central), sum(&remotes)];
+    let add = |total: &mut [f64; 2], since: [f64; 2]| {
+        let now = cpu_of();
+        total[0] += now[0] - since[0];
+        total[1] += now[1] - since[1];
+    };
+    let mut planes_mark = cpu_of();
+    let mut direct_cpu_mark = 0.0;
     for i in 0..2 * CHANGES {
         let tether = (i / ROUND).is_multiple_of(2);
         if i > 0 && i % ROUND == 0 {
@@ -503,6 +566,8 @@ async fn churn(
                     &settled(direct_count).await,
                     &direct_mark,
                 );
+                out.direct_cpu += usage(push.pid()).cpu_secs - direct_cpu_mark;
+                add(&mut out.planes_cpu[1], planes_mark);
                 direct_frozen = Some(Frozen::new(push.pid()));
                 hub_frozen = None;
                 for w in watches.iter_mut() {
@@ -511,6 +576,7 @@ async fn churn(
                 let m = mark(&pids, settled(agent_count).await);
                 written = m.writes[0];
                 tether_mark = Some(m);
+                planes_mark = cpu_of();
             } else {
                 let now = settled(agent_count).await;
                 let m = tether_mark.take().expect("in a Tether round");
@@ -520,15 +586,18 @@ async fn churn(
                     *c += usage(*p).cpu_secs - u.cpu_secs;
                 }
                 out.secs += (m.at.elapsed() - WRITES_SETTLE).as_secs_f64();
+                add(&mut out.planes_cpu[0], planes_mark);
                 hub_frozen = Some(Frozen::new(hub));
                 direct_frozen = None;
                 for w in direct.iter_mut() {
                     wait_set(w, want).await?;
                 }
                 direct_mark = settled(direct_count).await;
+                direct_cpu_mark = usage(push.pid()).cpu_secs;
+                planes_mark = cpu_of();
             }
         } else if tether && i > 0 {
-            let now = mesh.agent_writes("remote-1").len();
+            let now = mesh.agent_write_count("remote-1");
             out.by_kind[(i - 1) % 3] += now - written;
             written = now;
         }
@@ -578,6 +647,8 @@ async fn churn(
         &settled(direct_count).await,
         &direct_mark,
     );
+    out.direct_cpu += usage(push.pid()).cpu_secs - direct_cpu_mark;
+    add(&mut out.planes_cpu[1], planes_mark);
     let _direct_frozen = Frozen::new(push.pid());
     drop((direct_frozen, hub_frozen));
     for w in watches.iter_mut() {
@@ -617,7 +688,7 @@ async fn floor(mesh: &Mesh) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
 
 /// Writes when nothing changed: the hub restarted, then each agent restarted.
 async fn reconnect_writes(mesh: &mut Mesh) -> anyhow::Result<usize> {
-    let w0: Vec<usize> = REMOTES.iter().map(|r| mesh.agent_writes(r).len()).collect();
+    let w0: Vec<usize> = REMOTES.iter().map(|r| mesh.agent_write_count(r)).collect();
     mesh.kill_hub();
     mesh.start_hub()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -632,6 +703,6 @@ async fn reconnect_writes(mesh: &mut Mesh) -> anyhow::Result<usize> {
     Ok(REMOTES
         .iter()
         .zip(&w0)
-        .map(|(r, b)| mesh.agent_writes(r).len() - b)
+        .map(|(r, b)| mesh.agent_write_count(r) - b)
         .sum())
 }

@@ -22,7 +22,7 @@
 use std::time::Instant;
 use tether_tests::ControlPlanes;
 use tether_tests::bench::report::{MARKER, Results, render};
-use tether_tests::bench::{apiaccess, fleet, propagation, replicas};
+use tether_tests::bench::{apiaccess, fleet, plan, propagation, replicas};
 
 type ReplicaSections = (
     Result<replicas::Failover, String>,
@@ -114,11 +114,19 @@ async fn main() -> anyhow::Result<()> {
             propagation::run(planes).await?;
             return Ok(());
         }
+        Ok("plan") => {
+            plan::run(planes).await?;
+            return Ok(());
+        }
         _ => {}
     }
     let propagation = propagation::run(planes).await?;
     let api_access = apiaccess::run(planes).await.map_err(|e| {
         println!("  API access failed: {e:#}");
+        format!("{e:#}")
+    });
+    let plan = plan::run(planes).await.map_err(|e| {
+        println!("  the plan section failed: {e:#}");
         format!("{e:#}")
     });
     let mut rows = Vec::new();
@@ -152,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
         failover,
         sustained,
         settle,
+        plan,
         took_secs: started.elapsed().as_secs_f64(),
     };
     let date = std::process::Command::new("date")
