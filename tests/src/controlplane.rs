@@ -67,9 +67,11 @@ pub fn run_dir() -> &'static Path {
 /// local port can land on it between this call and the child's bind (with dozens of clients
 /// connecting, a port from `bind(:0)` was taken that way: the hub failed with "Address already in
 /// use"), and never the same one twice in this process; each process starts at its own offset.
+/// Below 30000 too: the real nodes' NodePorts (30000-32767) are never in the way.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
+    const NODE_PORTS: u32 = 30_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
     static HIGH: OnceLock<u32> = OnceLock::new();
     let high = *HIGH.get_or_init(|| {
@@ -77,6 +79,7 @@ pub fn free_port() -> u16 {
             .ok()
             .and_then(|r| r.split_whitespace().next()?.parse().ok())
             .unwrap_or(32_768)
+            .min(NODE_PORTS)
     });
     if high > LOW + 1_000 {
         let span = high - LOW;
