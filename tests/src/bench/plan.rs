@@ -1,4 +1,4 @@
-//! Section 9 of `make bench`: the agent's plan for one snapshot of a remote with many Services,
+//! Section 10 of `make bench`: the agent's plan for one snapshot of a remote with many Services,
 //! against the objects as a real API server keeps them (applied with server-side apply, read back
 //! with their managedFields). Every object already matches, as after most of a pod's changes, where
 //! only the changed Service's slice and Endpoints differ. Two ways in the same run: with nothing
