@@ -467,9 +467,12 @@ pub fn significant(old: &RemoteClusterStatus, new: &RemoteClusterStatus) -> bool
         || nack(old) != nack(new)
 }
 
-/// Equal as the API server would store them.
+/// Equal as the API server would store them. Field by field first: times are whole seconds on both
+/// sides ([`time`]), so a status that did not change compares equal without being serialised (the
+/// status writer asks this of every remote after every central change). Only statuses that differ
+/// as values are compared as the JSON the API server would keep (an empty list and none, say).
 pub fn same_status(a: &RemoteClusterStatus, b: &RemoteClusterStatus) -> bool {
-    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+    a == b || serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
 #[cfg(test)]
@@ -662,6 +665,24 @@ mod tests {
             DEADLINE,
         );
         assert!(same_status(&first, &second));
+    }
+
+    #[test]
+    fn same_status_is_equality_as_stored() {
+        let stored = fresh(&desired("v1"), &connected("v1"));
+        // Equal field by field: the common case, answered without serialising.
+        assert!(same_status(&stored, &stored.clone()));
+        // Times the API server would keep at whole seconds: equal as stored, not as values.
+        let mut precise = stored.clone();
+        let t = &mut precise.conditions[0].last_transition_time.0;
+        *t = t
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_millis(250))
+            .unwrap();
+        assert_ne!(precise, stored);
+        assert!(same_status(&precise, &stored));
+        let mut other = stored.clone();
+        other.conditions[0].message.push_str(" (changed)");
+        assert!(!same_status(&other, &stored));
     }
 
     #[test]
