@@ -258,7 +258,17 @@ impl Mesh {
         kubeconfig: &Path,
         log_name: &str,
     ) -> anyhow::Result<Command> {
-        let log = std::fs::File::create(self.dir.join(log_name))?;
+        let path = self.dir.join(log_name);
+        // A restarted hub starts a fresh log (tests read what the running hub said); the earlier
+        // run's log stays beside it as `<name>.1`, `<name>.2`, ... in the order they ran.
+        if path.exists() {
+            let kept = (1..)
+                .map(|n| self.dir.join(format!("{log_name}.{n}")))
+                .find(|p| !p.exists())
+                .expect("a free name");
+            std::fs::rename(&path, kept)?;
+        }
+        let log = std::fs::File::create(&path)?;
         let mut cmd = Command::new(bin_dir().join("tether-hub"));
         cmd.arg("serve")
             .args(["--namespace", &self.ns])

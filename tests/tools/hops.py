@@ -15,8 +15,14 @@ followed it, by side (Tether's agent or the direct push), p50 / p90 in ms:
 and for Tether, the hop split at the agent's "snapshot" log line:
   to agent       central response -> the agent has the snapshot (hub and gRPC)
   agent->write   the agent has it -> the remote API server received the write (plan, HTTP)
+
+With the hub's stream at debug level too (TETHER_BENCH_LOG adds `tether_hub::grpc=debug`), the hub's
+part: for each state the hub sent to all three remotes within 50 ms of a central write, the central
+response -> the hub's "sending snapshot" line for the first, second and third remote it sent to, and
+the hub's line -> the agent's line for each remote. Every log the hub wrote counts (`hub.log` and the
+`hub.log.N` of its earlier runs).
 """
-import bisect, datetime, glob, json, sys
+import bisect, datetime, glob, json, re, sys
 
 run = sys.argv[1]
 REMOTES = ["remote-1", "remote-2", "remote-3"]
@@ -43,11 +49,15 @@ central = sorted(
 )
 starts = [c[0] for c in central]
 out = {}
+agent_has = {}  # (remote, version) -> when the agent logged it
 for r in REMOTES:
     logs = glob.glob(f"{run}/e2e-*/agent-{r}.log")
-    recv = sorted(
-        ts(l.split()[0]) for l in (open(logs[0]) if logs else []) if "tether_agent::client: snapshot" in l
-    )
+    lines = [l for l in (open(logs[0]) if logs else []) if "tether_agent::client: snapshot" in l]
+    recv = sorted(ts(l.split()[0]) for l in lines)
+    for l in lines:
+        m = re.search(r"snapshot version=(\S+)", l)
+        if m:
+            agent_has[(r, m.group(1))] = ts(l.split()[0])
     first = {}
     for v in audit(r):
         o = v.get("objectRef", {})
@@ -73,3 +83,30 @@ for r in REMOTES:
 for (side, verb), d in sorted(out.items()):
     parts = "  ".join(f"{n} {pct(v, .5):.2f}/{pct(v, .9):.2f}" for n, v in d.items() if v)
     print(f"{side:12} central {verb:6} n={len(d['hop']):4}  {parts}")
+
+# The hub's part, from its "sending snapshot" lines.
+sent = {}  # version -> {remote: when}
+for f in glob.glob(f"{run}/e2e-*/hub.log*"):
+    for l in open(f):
+        m = re.search(r"^(\S+) DEBUG stream\{cluster=(\S+) .*sending snapshot version=(\S+)", l)
+        if m:
+            sent.setdefault(m.group(3), {})[m.group(2)] = ts(m.group(1))
+answered = [c[1] for c in central]
+order = {"first": [], "second": [], "third": []}
+to_agent = []
+for version, by_remote in sent.items():
+    if len(by_remote) < len(REMOTES):
+        continue
+    times = sorted(by_remote.values())
+    k = bisect.bisect(answered, times[0]) - 1
+    if k < 0 or times[0] - answered[k] > 0.05:
+        continue
+    for name, t in zip(order, times):
+        order[name].append((t - answered[k]) * 1000)
+    for r, t in by_remote.items():
+        if (r, version) in agent_has:
+            to_agent.append((agent_has[(r, version)] - t) * 1000)
+if to_agent:
+    parts = "  ".join(f"{n} remote {pct(v, .5):.2f}/{pct(v, .9):.2f}" for n, v in order.items())
+    print(f"hub          central response -> sending snapshot: {parts}  (n={len(order['first'])})")
+    print(f"hub          sending snapshot -> the agent has it: {pct(to_agent, .5):.2f}/{pct(to_agent, .9):.2f}  (n={len(to_agent)})")
