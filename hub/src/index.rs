@@ -36,6 +36,9 @@ pub trait Watched<K> {
 
 struct Remote {
     spec: RemoteClusterSpec,
+    /// `spec` as JSON: the key under which remotes with the same spec share one computation (kept
+    /// with the spec, so a central change does not serialise every remote's spec again).
+    spec_key: String,
     generation: i64,
     deleting: bool,
     /// The last spec that computed without errors.
@@ -52,6 +55,10 @@ struct Retired {
 
 /// Computed snapshots by spec (JSON) within one recompute pass.
 type Memo = HashMap<String, Result<Arc<Snapshot>, Vec<String>>>;
+
+fn spec_key(spec: &RemoteClusterSpec) -> String {
+    serde_json::to_string(spec).expect("spec serializes")
+}
 
 /// Which watches delivered their first list.
 #[derive(Default)]
@@ -143,21 +150,21 @@ impl Index {
         let Some(remote) = self.remotes.get(name) else {
             return;
         };
-        let mut compute = |spec: &RemoteClusterSpec| {
-            let key = serde_json::to_string(spec).expect("spec serializes");
-            memo.entry(key)
-                .or_insert_with(|| {
-                    build(spec, &self.defaults, &self.services, &self.pods).map(Arc::new)
-                })
-                .clone()
+        let mut compute = |key: &str, spec: &RemoteClusterSpec| {
+            if let Some(known) = memo.get(key) {
+                return known.clone();
+            }
+            let computed = build(spec, &self.defaults, &self.services, &self.pods).map(Arc::new);
+            memo.insert(key.to_string(), computed.clone());
+            computed
         };
-        let (snapshot, errors, good) = match compute(&remote.spec) {
+        let (snapshot, errors, good) = match compute(&remote.spec_key, &remote.spec) {
             Ok(snap) => (Some(snap), Vec::new(), Some(remote.spec.clone())),
             Err(errors) => {
                 let fallback = remote
                     .last_good
                     .as_ref()
-                    .and_then(|spec| compute(spec).ok());
+                    .and_then(|spec| compute(&spec_key(spec), spec).ok());
                 (fallback, errors, None)
             }
         };
@@ -274,14 +281,17 @@ impl Watched<RemoteCluster> for Index {
         let name = rc.name_any();
         let generation = rc.metadata.generation.unwrap_or_default();
         let deleting = rc.metadata.deletion_timestamp.is_some();
+        let key = spec_key(&rc.spec);
         let remote = self.remotes.entry(name.clone()).or_insert_with(|| Remote {
             spec: rc.spec.clone(),
+            spec_key: key.clone(),
             generation,
             deleting,
             last_good: None,
             tx: watch::Sender::new(Arc::new(Desired::default())),
         });
         remote.spec = rc.spec.clone();
+        remote.spec_key = key;
         remote.generation = generation;
         remote.deleting = deleting;
         self.recompute(&name);
@@ -450,6 +460,40 @@ mod tests {
             rx2.borrow().version(),
             d.version(),
             "same spec, same state, same version"
+        );
+    }
+
+    #[test]
+    fn remotes_share_a_computation_only_while_their_specs_are_the_same() {
+        let mut index = ready_index();
+        index.apply(&mk_remote("r1", Default::default()));
+        index.apply(&mk_remote("r2", Default::default()));
+        let legacy = |index: &Index, name: &str| {
+            let d = index.desired(name).unwrap();
+            !d.snapshot.as_ref().unwrap().skip_legacy_endpoints
+        };
+        assert!(legacy(&index, "r1") && legacy(&index, "r2"));
+        // r2's spec changes; a pod change then recomputes both in one pass.
+        let spec = RemoteClusterSpec {
+            legacy_endpoints: Some(false),
+            ..Default::default()
+        };
+        index.apply(&mk_remote("r2", spec));
+        index.apply(&mk_pod(
+            "istiod-b",
+            "istiod",
+            &["10.0.0.2"],
+            true,
+            &[("grpc-xds", 15010)],
+        ));
+        assert!(legacy(&index, "r1"), "r1 keeps its own spec's state");
+        assert!(!legacy(&index, "r2"), "r2 has its new spec's state");
+        // And back: the same spec shares the same state again.
+        index.apply(&mk_remote("r2", Default::default()));
+        assert!(legacy(&index, "r2"));
+        assert_eq!(
+            index.desired("r1").unwrap().version(),
+            index.desired("r2").unwrap().version()
         );
     }
 
