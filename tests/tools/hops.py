@@ -17,9 +17,10 @@ and for Tether, the hop split at the agent's "snapshot" log line:
   agent->write   the agent has it -> the remote API server received the write (plan, HTTP)
 
 With the hub's stream at debug level too (TETHER_BENCH_LOG adds `tether_hub::grpc=debug`), the hub's
-part: for each state the hub sent to all three remotes within 50 ms of a central write, the central
-response -> the hub's "sending snapshot" line for the first, second and third remote it sent to, and
-the hub's line -> the agent's line for each remote. Every log the hub wrote counts (`hub.log` and the
+part: for each central write of a readiness flip or a new pod that the hub sent to all three remotes
+within 50 ms, the central response -> the hub's first "sending snapshot" line after it for the
+first, second and third remote it sent to, and the hub's line -> the agent's next line for each
+remote (matched by time: a flip back brings an earlier version again). Every log the hub wrote counts (`hub.log` and the
 `hub.log.N` of its earlier runs).
 """
 import bisect, datetime, glob, json, re, sys
@@ -49,15 +50,13 @@ central = sorted(
 )
 starts = [c[0] for c in central]
 out = {}
-agent_has = {}  # (remote, version) -> when the agent logged it
+agent_recv = {}  # remote -> when its agent logged each snapshot, in order
 for r in REMOTES:
     logs = glob.glob(f"{run}/e2e-*/agent-{r}.log")
-    lines = [l for l in (open(logs[0]) if logs else []) if "tether_agent::client: snapshot" in l]
-    recv = sorted(ts(l.split()[0]) for l in lines)
-    for l in lines:
-        m = re.search(r"snapshot version=(\S+)", l)
-        if m:
-            agent_has[(r, m.group(1))] = ts(l.split()[0])
+    recv = sorted(
+        ts(l.split()[0]) for l in (open(logs[0]) if logs else []) if "tether_agent::client: snapshot" in l
+    )
+    agent_recv[r] = recv
     first = {}
     for v in audit(r):
         o = v.get("objectRef", {})
@@ -84,28 +83,39 @@ for (side, verb), d in sorted(out.items()):
     parts = "  ".join(f"{n} {pct(v, .5):.2f}/{pct(v, .9):.2f}" for n, v in d.items() if v)
     print(f"{side:12} central {verb:6} n={len(d['hop']):4}  {parts}")
 
-# The hub's part, from its "sending snapshot" lines.
-sent = {}  # version -> {remote: when}
+# The hub's part, from its "sending snapshot" lines. Matched by time, not by version: a readiness
+# flip back brings an earlier state (and its version) again.
+sends = {r: [] for r in REMOTES}
 for f in glob.glob(f"{run}/e2e-*/hub.log*"):
     for l in open(f):
-        m = re.search(r"^(\S+) DEBUG stream\{cluster=(\S+) .*sending snapshot version=(\S+)", l)
-        if m:
-            sent.setdefault(m.group(3), {})[m.group(2)] = ts(m.group(1))
-answered = [c[1] for c in central]
+        m = re.search(r"^(\S+) DEBUG stream\{cluster=(\S+) .*sending snapshot", l)
+        if m and m.group(2) in sends:
+            sends[m.group(2)].append(ts(m.group(1)))
+for r in REMOTES:
+    sends[r].sort()
+
+
+def first_after(times, t, before):
+    i = bisect.bisect(times, t)
+    return times[i] if i < len(times) and times[i] < before else None
+
+
 order = {"first": [], "second": [], "third": []}
 to_agent = []
-for version, by_remote in sent.items():
-    if len(by_remote) < len(REMOTES):
+for k, (got, answered, verb) in enumerate(central):
+    # A deleted pod's second state follows its write by tens of ms: readiness flips and new pods only.
+    if verb == "delete":
         continue
-    times = sorted(by_remote.values())
-    k = bisect.bisect(answered, times[0]) - 1
-    if k < 0 or times[0] - answered[k] > 0.05:
+    until = central[k + 1][0] if k + 1 < len(central) else float("inf")
+    times = [first_after(sends[r], got, min(until, got + 0.05)) for r in REMOTES]
+    if None in times:
         continue
-    for name, t in zip(order, times):
-        order[name].append((t - answered[k]) * 1000)
-    for r, t in by_remote.items():
-        if (r, version) in agent_has:
-            to_agent.append((agent_has[(r, version)] - t) * 1000)
+    for name, t in zip(order, sorted(times)):
+        order[name].append((t - answered) * 1000)
+    for r, t in zip(REMOTES, times):
+        a = first_after(agent_recv[r], t, until)
+        if a is not None:
+            to_agent.append((a - t) * 1000)
 if to_agent:
     parts = "  ".join(f"{n} remote {pct(v, .5):.2f}/{pct(v, .9):.2f}" for n, v in order.items())
     print(f"hub          central response -> sending snapshot: {parts}  (n={len(order['first'])})")
