@@ -364,6 +364,11 @@ mod tests {
     use crate::crd::ServiceMirror;
     use crate::fixtures::{defaults, mk_pod, mk_remote, mk_service};
 
+    /// A ready istiod pod at `ip`, serving grpc-xds.
+    fn ready_pod(name: &str, ip: &str) -> Pod {
+        mk_pod(name, "istiod", &[ip], true, &[("grpc-xds", 15010)])
+    }
+
     fn ready_index() -> Index {
         let mut index = Index::new(defaults(), Default::default(), Default::default());
         index.apply(&mk_service(
@@ -371,13 +376,7 @@ mod tests {
             &[("app", "istiod")],
             &[("grpc-xds", 15010, "grpc-xds")],
         ));
-        index.apply(&mk_pod(
-            "istiod-a",
-            "istiod",
-            &["10.0.0.1"],
-            true,
-            &[("grpc-xds", 15010)],
-        ));
+        index.apply(&ready_pod("istiod-a", "10.0.0.1"));
         index
     }
 
@@ -436,22 +435,10 @@ mod tests {
         let v1 = rx1.borrow().version().to_string();
 
         // Same pod again: nothing to send.
-        index.apply(&mk_pod(
-            "istiod-a",
-            "istiod",
-            &["10.0.0.1"],
-            true,
-            &[("grpc-xds", 15010)],
-        ));
+        index.apply(&ready_pod("istiod-a", "10.0.0.1"));
         assert!(!rx1.has_changed().unwrap());
 
-        index.apply(&mk_pod(
-            "istiod-b",
-            "istiod",
-            &["10.0.0.2"],
-            true,
-            &[("grpc-xds", 15010)],
-        ));
+        index.apply(&ready_pod("istiod-b", "10.0.0.2"));
         assert!(rx1.has_changed().unwrap() && rx2.has_changed().unwrap());
         let d = rx1.borrow_and_update().clone();
         assert_ne!(d.version(), v1);
@@ -479,13 +466,7 @@ mod tests {
             ..Default::default()
         };
         index.apply(&mk_remote("r2", spec));
-        index.apply(&mk_pod(
-            "istiod-b",
-            "istiod",
-            &["10.0.0.2"],
-            true,
-            &[("grpc-xds", 15010)],
-        ));
+        index.apply(&ready_pod("istiod-b", "10.0.0.2"));
         assert!(legacy(&index, "r1"), "r1 keeps its own spec's state");
         assert!(!legacy(&index, "r2"), "r2 has its new spec's state");
         // And back: the same spec shares the same state again.
@@ -510,9 +491,7 @@ mod tests {
             &[("app", "istiod")],
             &[("grpc-xds", 15010, "grpc-xds")],
         ));
-        let pod =
-            |name: &str, ip: &str| mk_pod(name, "istiod", &[ip], true, &[("grpc-xds", 15010)]);
-        index.apply(&pod("istiod-a", "10.0.0.1"));
+        index.apply(&ready_pod("istiod-a", "10.0.0.1"));
         index.apply(&mk_remote("r1", Default::default()));
         let v1 = index.desired("r1").unwrap().version().to_string();
         let hour_ago = Timestamp::now() - jiff_hours(1);
@@ -521,7 +500,7 @@ mod tests {
         let deadline = std::time::Duration::from_secs(10);
 
         let before = Timestamp::now();
-        index.apply(&pod("istiod-b", "10.0.0.2"));
+        index.apply(&ready_pod("istiod-b", "10.0.0.2"));
         let d2 = index.desired("r1").unwrap();
         assert_ne!(d2.version(), v1);
         let s = streams.get("r1");
@@ -533,7 +512,7 @@ mod tests {
 
         // A second change: the agent still holds v1, which it held only until the first.
         let held = s.caught_up_at;
-        index.apply(&pod("istiod-c", "10.0.0.3"));
+        index.apply(&ready_pod("istiod-c", "10.0.0.3"));
         assert_eq!(streams.get("r1").caught_up_at, held);
         // Once v1 is held past the deadline after its replacement, no longer Synced.
         let d3 = index.desired("r1").unwrap();
@@ -543,7 +522,7 @@ mod tests {
         // A disconnected agent is not known to hold anything.
         streams.acked("r1", d3.version(), Some(hour_ago));
         streams.disconnected("r1");
-        index.apply(&pod("istiod-d", "10.0.0.4"));
+        index.apply(&ready_pod("istiod-d", "10.0.0.4"));
         assert_eq!(streams.get("r1").caught_up_at, held);
     }
 
@@ -571,13 +550,7 @@ mod tests {
         assert!(d.errors[0].contains("nope"), "{:?}", d.errors);
 
         // The kept state still follows pods.
-        index.apply(&mk_pod(
-            "istiod-b",
-            "istiod",
-            &["10.0.0.2"],
-            true,
-            &[("grpc-xds", 15010)],
-        ));
+        index.apply(&ready_pod("istiod-b", "10.0.0.2"));
         assert_eq!(index.desired("r1").unwrap().endpoints(), 2);
     }
 
