@@ -247,6 +247,7 @@ impl Applier {
         for d in done {
             out.writes += d.calls;
             self.overlay.extend(d.written);
+            self.in_effect.extend(d.in_effect);
             if let Some(f) = d.failure {
                 out.failures.push(f);
             }
@@ -312,6 +313,16 @@ impl Applier {
         self.metrics.write(kind.as_str(), "apply");
         let obj = obj?;
         debug!(kind = kind.as_str(), name, "applied");
+        // What an apply returns has the body in effect: the next plan need not check it again.
+        if let Some(resource_version) = obj.resource_version() {
+            done.in_effect.push((
+                (kind, name.to_string()),
+                InEffect {
+                    resource_version,
+                    body: body.clone(),
+                },
+            ));
+        }
         done.written
             .push(((kind, name.to_string()), Written::Applied(Arc::new(obj))));
         Ok(())
@@ -366,11 +377,13 @@ fn phases(writes: Vec<Write>) -> (Vec<Write>, Vec<Write>) {
 /// Writes of one plan in flight at once.
 const WRITES_AT_ONCE: usize = 8;
 
-/// What one write of a plan did: API calls made, what it leaves in the overlay, its failure.
+/// What one write of a plan did: API calls made, what it leaves in the overlay and in the record of
+/// what is in effect, its failure.
 #[derive(Default)]
 struct Done {
     calls: u32,
     written: Vec<((Kind, String), Written)>,
+    in_effect: Vec<((Kind, String), InEffect)>,
     failure: Option<ObjectFailure>,
 }
 
