@@ -2,9 +2,112 @@
 //! snapshot is built from. Built from the watched objects, stored by the index.
 
 use crate::crd::MirrorPort;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ContainerPort, PodIP, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
 use std::collections::BTreeMap;
+
+/// A central Pod as the hub decodes it from its watch: the fields [`PodInfo`] reads and the
+/// metadata a watch needs, nothing else. A Pod is mostly what the hub never reads (containers'
+/// images, env, probes, volumes; managedFields; most of its status); the decoder skips those
+/// without building them, which is most of the cost of a pod event between the central API server
+/// and the hub's send (measured in docs/benchmarks.md, section 1).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CentralPod {
+    #[serde(deserialize_with = "lean_metadata")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<LeanPodSpec>,
+    #[serde(default)]
+    pub status: Option<LeanPodStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct LeanPodSpec {
+    #[serde(default)]
+    pub containers: Vec<LeanContainer>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct LeanContainer {
+    #[serde(default)]
+    pub ports: Option<Vec<ContainerPort>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeanPodStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Option<Vec<PodIP>>,
+    #[serde(default)]
+    pub conditions: Option<Vec<LeanCondition>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct LeanCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+}
+
+/// The metadata a watch and the index use; managedFields, annotations and owner references are
+/// skipped.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    deletion_timestamp: Option<Time>,
+}
+
+fn lean_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = LeanMeta::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        labels: m.labels,
+        deletion_timestamp: m.deletion_timestamp,
+        ..ObjectMeta::default()
+    })
+}
+
+impl k8s_openapi::Resource for CentralPod {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for CentralPod {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A full Pod as the hub would decode it (test fixtures are built as Pods).
+#[cfg(test)]
+impl From<&k8s_openapi::api::core::v1::Pod> for CentralPod {
+    fn from(pod: &k8s_openapi::api::core::v1::Pod) -> Self {
+        serde_json::from_value(serde_json::to_value(pod).expect("a Pod serialises"))
+            .expect("a Pod decodes as a CentralPod")
+    }
+}
 
 /// What the index keeps of a pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +124,7 @@ pub struct PodInfo {
 }
 
 impl PodInfo {
-    pub fn from_pod(pod: &Pod) -> Self {
+    pub fn from_pod(pod: &CentralPod) -> Self {
         let status = pod.status.as_ref();
         let mut ips: Vec<String> = status
             .and_then(|s| s.pod_ips.as_ref())
@@ -124,5 +227,109 @@ impl CentralService {
             ingress_ips,
             ingress_hostnames,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::ResourceExt;
+    use serde_json::json;
+
+    /// An istiod pod as the API server sends it in a watch event, trimmed but with each kind of
+    /// field the decoder skips: managedFields, annotations, owner references, env, volumes,
+    /// container statuses.
+    fn istiod_pod(deleting: bool, phase: &str) -> serde_json::Value {
+        let mut pod = json!({
+            "kind": "Pod", "apiVersion": "v1",
+            "metadata": {
+                "name": "istiod-7d4b9c-x2x8q", "namespace": "istio-system",
+                "uid": "0b7c3f3e-1111-4c2e-9a53-2f0a7e0f9d11", "resourceVersion": "48213",
+                "labels": {"app": "istiod", "istio.io/rev": "default"},
+                "annotations": {"prometheus.io/scrape": "true", "sidecar.istio.io/inject": "false"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "istiod-7d4b9c",
+                    "uid": "9f0e", "controller": true, "blockOwnerDeletion": true}],
+                "managedFields": [{"manager": "kube-controller-manager", "operation": "Update",
+                    "apiVersion": "v1", "time": "2026-11-27T10:00:00Z", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}}}]
+            },
+            "spec": {
+                "containers": [{
+                    "name": "discovery", "image": "docker.io/istio/pilot:1.28.0",
+                    "args": ["discovery", "--monitoringAddr=:15014"],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "ports": [{"name": "grpc-xds", "containerPort": 15010, "protocol": "TCP"},
+                              {"name": "https-dns", "containerPort": 15012, "protocol": "TCP"},
+                              {"containerPort": 15014, "protocol": "TCP"}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
+                    "volumeMounts": [{"name": "istio-token", "mountPath": "/var/run/secrets/tokens"}]
+                }],
+                "volumes": [{"name": "istio-token", "projected": {"sources": [{"serviceAccountToken":
+                    {"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}}],
+                "nodeName": "node-1"
+            },
+            "status": {
+                "phase": phase,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-27T10:00:00Z"},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-27T10:00:05Z"}
+                ],
+                "podIP": "10.244.0.7",
+                "podIPs": [{"ip": "10.244.0.7"}, {"ip": "fd00::7"}],
+                "containerStatuses": [{"name": "discovery", "ready": true, "restartCount": 0,
+                    "image": "docker.io/istio/pilot:1.28.0", "imageID": "sha256:ab",
+                    "state": {"running": {"startedAt": "2026-11-27T10:00:02Z"}}}]
+            }
+        });
+        if deleting {
+            pod["metadata"]["deletionTimestamp"] = "2026-11-27T11:00:00Z".into();
+        }
+        pod
+    }
+
+    #[test]
+    fn a_central_pod_keeps_what_the_index_reads_and_skips_the_rest() {
+        let pod: CentralPod = serde_json::from_value(istiod_pod(false, "Running")).unwrap();
+        assert_eq!(pod.name_any(), "istiod-7d4b9c-x2x8q");
+        assert_eq!(pod.namespace().as_deref(), Some("istio-system"));
+        assert_eq!(pod.resource_version().as_deref(), Some("48213"));
+        assert_eq!(
+            pod.uid().as_deref(),
+            Some("0b7c3f3e-1111-4c2e-9a53-2f0a7e0f9d11")
+        );
+        assert!(pod.metadata.managed_fields.is_none());
+        assert!(pod.metadata.annotations.is_none());
+        assert!(pod.metadata.owner_references.is_none());
+        assert_eq!(
+            PodInfo::from_pod(&pod),
+            PodInfo {
+                labels: [("app", "istiod"), ("istio.io/rev", "default")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+                ips: vec!["10.244.0.7".into(), "fd00::7".into()],
+                ready: true,
+                terminating: false,
+                finished: false,
+                ports: vec![
+                    ("grpc-xds".into(), "TCP".into(), 15010),
+                    ("https-dns".into(), "TCP".into(), 15012),
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn a_deleting_or_finished_central_pod_says_so() {
+        let deleting: CentralPod = serde_json::from_value(istiod_pod(true, "Running")).unwrap();
+        assert!(PodInfo::from_pod(&deleting).terminating);
+        let failed: CentralPod = serde_json::from_value(istiod_pod(false, "Failed")).unwrap();
+        assert!(PodInfo::from_pod(&failed).finished);
+        // A pod just created: no status, no spec ports.
+        let bare: CentralPod = serde_json::from_value(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}),
+        )
+        .unwrap();
+        let info = PodInfo::from_pod(&bare);
+        assert!(info.ips.is_empty() && !info.ready && info.ports.is_empty());
     }
 }

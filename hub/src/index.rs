@@ -11,13 +11,13 @@
 //! A spec that cannot be computed (unknown service, bad selector...) keeps the remote on its last good
 //! spec, still following pod changes, and carries the errors for the `SpecValid` condition.
 
-use crate::central::{CentralService, PodInfo};
+use crate::central::{CentralPod, CentralService, PodInfo};
 use crate::changes::Changes;
 use crate::crd::{RemoteCluster, RemoteClusterSpec};
 use crate::desired::Desired;
 use crate::snapshot::{Defaults, build};
 use crate::streams::Streams;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::collections::{HashMap, HashSet};
@@ -227,7 +227,7 @@ trait Central: ResourceExt {
     fn listed(synced: &mut Synced) -> &mut bool;
 }
 
-impl Central for Pod {
+impl Central for CentralPod {
     type Info = PodInfo;
     fn info(&self) -> PodInfo {
         PodInfo::from_pod(self)
@@ -365,8 +365,8 @@ mod tests {
     use crate::fixtures::{defaults, mk_pod, mk_remote, mk_service};
 
     /// A ready istiod pod at `ip`, serving grpc-xds.
-    fn ready_pod(name: &str, ip: &str) -> Pod {
-        mk_pod(name, "istiod", &[ip], true, &[("grpc-xds", 15010)])
+    fn ready_pod(name: &str, ip: &str) -> CentralPod {
+        (&mk_pod(name, "istiod", &[ip], true, &[("grpc-xds", 15010)])).into()
     }
 
     fn ready_index() -> Index {
@@ -384,7 +384,7 @@ mod tests {
     fn synced_only_after_every_watch_listed() {
         let mut index = Index::new(defaults(), Default::default(), Default::default());
         Watched::<RemoteCluster>::reset(&mut index, &[]);
-        Watched::<Pod>::reset(&mut index, &[]);
+        Watched::<CentralPod>::reset(&mut index, &[]);
         Watched::<Service>::reset(&mut index, &[]);
         assert!(!index.is_synced());
         Watched::<ConfigMap>::reset(&mut index, &[]);

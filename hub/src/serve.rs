@@ -12,6 +12,7 @@
 use crate::accept::accept;
 use crate::apicreds::{Credentials, RemoteSecrets, SecretProblems};
 use crate::apiproxy::{ApiLimits, ApiProxy};
+use crate::central::CentralPod;
 use crate::changes::Changes;
 use crate::crd::RemoteCluster;
 use crate::events::{Recorder, Reporter};
@@ -29,7 +30,7 @@ use crate::watch::{feed, strip_managed_fields};
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::reflector;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
@@ -92,7 +93,7 @@ pub async fn run(
         watcher(remotes.clone(), cfg()).map(|e| e.map(strip_managed_fields)),
     );
     tokio::spawn(feed(rc_events, index.clone()));
-    let pods = Api::<Pod>::namespaced(client.clone(), &s.namespace);
+    let pods = Api::<CentralPod>::namespaced(client.clone(), &s.namespace);
     tokio::spawn(feed(watcher(pods, cfg()), index.clone()));
     let services = Api::<Service>::namespaced(client.clone(), &s.namespace);
     tokio::spawn(feed(watcher(services, cfg()), index.clone()));

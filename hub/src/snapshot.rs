@@ -387,7 +387,12 @@ mod tests {
         let services = [("istiod".to_string(), CentralService::from_service(&svc))].into();
         let pods = pods
             .iter()
-            .map(|p| (p.metadata.name.clone().unwrap(), PodInfo::from_pod(p)))
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap(),
+                    PodInfo::from_pod(&p.into()),
+                )
+            })
             .collect();
         (services, pods)
     }
@@ -728,7 +733,12 @@ mod tests {
         .into();
         let pods = [mk_pod("a", "istiod", &["10.0.0.1"], true, &[])]
             .iter()
-            .map(|p| (p.metadata.name.clone().unwrap(), PodInfo::from_pod(p)))
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap(),
+                    PodInfo::from_pod(&p.into()),
+                )
+            })
             .collect();
         let spec = RemoteClusterSpec {
             services: vec![ServiceMirror {
