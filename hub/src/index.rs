@@ -41,8 +41,9 @@ struct Remote {
     spec_key: String,
     generation: i64,
     deleting: bool,
-    /// The last spec that computed without errors.
-    last_good: Option<RemoteClusterSpec>,
+    /// The last spec that computed without errors, with its key. Replaced only when the good spec
+    /// changes: a central change does not copy every remote's spec.
+    last_good: Option<(String, RemoteClusterSpec)>,
     tx: watch::Sender<Arc<Desired>>,
 }
 
@@ -159,13 +160,13 @@ impl Index {
             computed
         };
         let (snapshot, errors, good) = match compute(&remote.spec_key, &remote.spec) {
-            Ok(snap) => (Some(snap), Vec::new(), Some(remote.spec.clone())),
+            Ok(snap) => (Some(snap), Vec::new(), true),
             Err(errors) => {
                 let fallback = remote
                     .last_good
                     .as_ref()
-                    .and_then(|spec| compute(&spec_key(spec), spec).ok());
-                (fallback, errors, None)
+                    .and_then(|(key, spec)| compute(key, spec).ok());
+                (fallback, errors, false)
             }
         };
         let desired = Desired {
@@ -177,8 +178,8 @@ impl Index {
             changed_at: Some(std::time::Instant::now()),
         };
         let remote = self.remotes.get_mut(name).expect("present above");
-        if good.is_some() {
-            remote.last_good = good;
+        if good && remote.last_good.as_ref().map(|(key, _)| key) != Some(&remote.spec_key) {
+            remote.last_good = Some((remote.spec_key.clone(), remote.spec.clone()));
         }
         let mut replaced = None;
         let changed = remote.tx.send_if_modified(|current| {
@@ -544,10 +545,25 @@ mod tests {
             }],
             ..Default::default()
         };
-        index.apply(&mk_remote("r1", bad));
+        index.apply(&mk_remote("r1", bad.clone()));
         let d = index.desired("r1").unwrap();
         assert_eq!(d.version(), good.version(), "previous state kept");
         assert!(d.errors[0].contains("nope"), "{:?}", d.errors);
+
+        // Another good spec is the one kept from then on.
+        let labelled = RemoteClusterSpec {
+            injection: crate::crd::InjectionSpec {
+                namespaces: vec!["apps".into()],
+                labels: None,
+            },
+            ..Default::default()
+        };
+        index.apply(&mk_remote("r1", labelled));
+        let second = index.desired("r1").unwrap();
+        assert!(second.errors.is_empty());
+        assert_ne!(second.version(), good.version());
+        index.apply(&mk_remote("r1", bad));
+        assert_eq!(index.desired("r1").unwrap().version(), second.version());
 
         // The kept state still follows pods.
         index.apply(&ready_pod("istiod-b", "10.0.0.2"));
