@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 /// A central Pod as the hub decodes it from its watch: the fields [`PodInfo`] reads and the
 /// metadata a watch needs, nothing else. A Pod is mostly what the hub never reads (containers'
 /// images, env, probes, volumes; managedFields; most of its status); the decoder skips those
-/// without building them, which is most of the cost of a pod event between the central API server
-/// and the hub's send (measured in docs/benchmarks.md, section 1).
+/// without building them. Decoding the whole Pod was a fifth of the hub's CPU between reading a pod
+/// event and its first send (docs/benchmarks.md, the analysis of section 1).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct CentralPod {
     #[serde(deserialize_with = "lean_metadata")]
