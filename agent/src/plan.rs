@@ -404,6 +404,23 @@ mod tests {
                 json!([{"manager": ME, "operation": "Apply", "fieldsV1": owned}]);
             self.put(obj.kind, body);
         }
+
+        /// Namespace `apps` with the injection label and the marker, both applied by us.
+        fn labelled_apps(&mut self) {
+            self.put(
+                Kind::Namespace,
+                json!({"metadata": {"name": "apps", "labels": {"istio-injection": "enabled", INJECTION_MARKER: "true"},
+                    "managedFields": [{"manager": ME, "operation": "Apply", "fieldsV1": {"f:metadata": {"f:labels": {
+                        "f:istio-injection": {}, format!("f:{INJECTION_MARKER}"): {}}}}}]}}),
+            );
+        }
+
+        /// Every object at resourceVersion `rv`.
+        fn set_rv(&mut self, rv: &str) {
+            for o in self.0.values_mut() {
+                Arc::make_mut(o).metadata.resource_version = Some(rv.into());
+            }
+        }
     }
 
     fn snap(endpoints: &[(&str, bool)], namespaces: &[&str]) -> Snapshot {
@@ -532,18 +549,8 @@ mod tests {
     fn an_object_found_in_effect_is_checked_again_only_when_it_or_its_body_changes() {
         let s = snap(&[("10.0.0.1", true)], &["apps"]);
         let mut c = applied_cluster(&s);
-        c.put(
-            Kind::Namespace,
-            json!({"metadata": {"name": "apps", "labels": {"istio-injection": "enabled", INJECTION_MARKER: "true"},
-                "managedFields": [{"manager": ME, "operation": "Apply", "fieldsV1": {"f:metadata": {"f:labels": {
-                    "f:istio-injection": {}, format!("f:{INJECTION_MARKER}"): {}}}}}]}}),
-        );
-        let set_rv = |c: &mut Cluster, rv: &str| {
-            for o in c.0.values_mut() {
-                Arc::make_mut(o).metadata.resource_version = Some(rv.into());
-            }
-        };
-        set_rv(&mut c, "7");
+        c.labelled_apps();
+        c.set_rv("7");
         let first = snapshot(&s, NS, ME, &c);
         assert!(first.writes.is_empty(), "{first:?}");
         let mut found: Vec<(Kind, String)> =
@@ -577,11 +584,11 @@ mod tests {
         assert_eq!(again.in_effect.len(), first.in_effect.len());
 
         // A new resourceVersion is checked again: nothing is ours any more, so all is written.
-        set_rv(&mut c, "8");
+        c.set_rv("8");
         assert_eq!(snapshot(&s, NS, ME, &c).writes.len(), all.len());
 
         // So is a new body at the same resourceVersion: the new address is written.
-        set_rv(&mut c, "7");
+        c.set_rv("7");
         let next = snap(&[("10.0.0.2", true)], &["apps"]);
         let plan = snapshot(&next, NS, ME, &c);
         assert_eq!(
@@ -603,15 +610,8 @@ mod tests {
         // resourceVersion 7; the record says that at 7 the objects hold `s` (and the namespace
         // another label). The API server never does this; it shows which answers the record gives.
         let mut c = applied_cluster(&next);
-        c.put(
-            Kind::Namespace,
-            json!({"metadata": {"name": "apps", "labels": {"istio-injection": "enabled", INJECTION_MARKER: "true"},
-                "managedFields": [{"manager": ME, "operation": "Apply", "fieldsV1": {"f:metadata": {"f:labels": {
-                    "f:istio-injection": {}, format!("f:{INJECTION_MARKER}"): {}}}}}]}}),
-        );
-        for o in c.0.values_mut() {
-            Arc::make_mut(o).metadata.resource_version = Some("7".into());
-        }
+        c.labelled_apps();
+        c.set_rv("7");
         let record = |kind, name: &str, body: Value| {
             let rv = "7".to_string();
             (

@@ -13,42 +13,37 @@ use std::collections::BTreeMap;
 /// images, env, probes, volumes; managedFields; most of its status); the decoder skips those
 /// without building them. Decoding the whole Pod was a fifth of the hub's CPU between reading a pod
 /// event and its first send (docs/benchmarks.md, the analysis of section 1).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct CentralPod {
     #[serde(deserialize_with = "lean_metadata")]
     pub metadata: ObjectMeta,
-    #[serde(default)]
     pub spec: Option<LeanPodSpec>,
-    #[serde(default)]
     pub status: Option<LeanPodStatus>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct LeanPodSpec {
     #[serde(default)]
     pub containers: Vec<LeanContainer>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct LeanContainer {
-    #[serde(default)]
     pub ports: Option<Vec<ContainerPort>>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeanPodStatus {
-    #[serde(default)]
     pub phase: Option<String>,
-    #[serde(default, rename = "podIP")]
+    #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
-    #[serde(default, rename = "podIPs")]
+    #[serde(rename = "podIPs")]
     pub pod_ips: Option<Vec<PodIP>>,
-    #[serde(default)]
     pub conditions: Option<Vec<LeanCondition>>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct LeanCondition {
     #[serde(rename = "type")]
     pub type_: String,
