@@ -3,7 +3,7 @@
 //! mTLS. Prints figures and rewrites docs/benchmarks.md (`tether_tests::bench::report`). Not a test:
 //! nothing here passes or fails.
 //!
-//! - `bench::propagation`: central + 3 remotes, 200 pod changes (sections 1-3);
+//! - `bench::propagation`: central + 3 remotes, 600 pod changes (sections 1-3);
 //! - `bench::fleet`: N load-generator streams, then a reconnect storm under 1,000 (sections 4-5);
 //! - `bench::apiaccess`: istiod's reads through the agent against direct reads (section 6);
 //! - `bench::replicas`: failover of 1,000 streams between replicas (7), sustained churn (8), status
