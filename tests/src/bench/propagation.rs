@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 pub const REMOTES: &[&str] = &["remote-1", "remote-2", "remote-3"];
 /// Changes measured on each side. 200 left the p50 ratio moving by 0.05x from run to run (the
-/// median of a few hundred samples of two clusters, near 12 and 21 ms); three times as many narrow
-/// the ratio's interval (`Comparison::interval`) to about what the 1.05x target needs.
+/// median of a few hundred samples of two clusters, near 12 and 21 ms); with three times as many the
+/// p50 ratio's interval (`Comparison::interval`) is about +-0.05x, the target's own size, and p99's
+/// still about +-0.15x (measured in docs/benchmarks.md).
 pub const CHANGES: usize = 600;
 
 /// Tether against the prior art's direct push (`bench::direct`), both writing the same objects, in
@@ -377,7 +378,7 @@ async fn slices_only(mesh: &Mesh) -> anyhow::Result<()> {
 
 /// Percentile-bootstrap 95% interval of `percentile(a, p) / percentile(b, p)`, resampling blocks of
 /// `block` samples, the i-th block of `a` with the i-th of `b`. Seeded: a rerun on the same samples
-/// gives the same interval.
+/// gives the same interval. (0, 0) when either side has less than one block.
 pub fn ratio_interval(a: &[f64], b: &[f64], block: usize, p: f64) -> (f64, f64) {
     const RESAMPLES: usize = 2000;
     let blocks = a.len().min(b.len()) / block.max(1);
