@@ -2,12 +2,15 @@
 //! run: directly (the remote's admin client, as a remote secret's token would) and as istiod reads it
 //! through the hub's endpoint and the agent's tunnel (the kubeconfig of the remote secret the hub
 //! wrote). A watch event's latency (both watches open at once, the same writes) and a LIST of 5,000
-//! pods (protobuf, as istiod asks; rounds alternated).
+//! pods (rounds alternated): protobuf with `Accept-Encoding: gzip`, as istiod asks (every request
+//! of the real istiod through the agent carried it: the debug log of the agent's forwarding in the
+//! API-access test, 27 of 27), then uncompressed.
 
 use super::{ms, percentile};
 use crate::ControlPlanes;
 use crate::mesh::Mesh;
 use futures::{StreamExt, TryStreamExt};
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
@@ -16,15 +19,44 @@ use std::time::{Duration, Instant};
 const R: &str = "remote-1";
 pub const WATCH_CHANGES: usize = 300;
 pub const PODS: usize = 5000;
-pub const LIST_ROUNDS: usize = 20;
+/// Rounds of each LIST (direct, then through the agent): enough that the p99 is not just the
+/// slowest one, and that a bootstrap over the rounds gives its ratio an interval.
+pub const LIST_ROUNDS: usize = 100;
 
 pub struct ApiAccess {
     /// Write -> watch event, seconds: (direct, through the agent), per change.
     pub watch: Vec<(f64, f64)>,
-    /// LIST of all pods, seconds.
-    pub list_direct: Vec<f64>,
-    pub list_agent: Vec<f64>,
-    pub list_bytes: usize,
+    /// The LIST of all pods as istiod asks (protobuf, gzip), then without compression.
+    pub lists: Vec<List>,
+}
+
+/// One LIST's times, seconds from the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Fetch {
+    pub first_byte: f64,
+    pub total: f64,
+}
+
+/// LIST rounds of one encoding: `direct[i]` and `agent[i]` one after the other.
+pub struct List {
+    /// Asked with `Accept-Encoding: gzip`, as istiod's client does (Go's HTTP transport adds it).
+    pub gzip: bool,
+    pub direct: Vec<Fetch>,
+    pub agent: Vec<Fetch>,
+    /// The answer's size on the wire.
+    pub bytes: usize,
+}
+
+impl List {
+    pub fn totals(&self) -> (Vec<f64>, Vec<f64>) {
+        let t = |v: &[Fetch]| v.iter().map(|f| f.total).collect();
+        (t(&self.direct), t(&self.agent))
+    }
+
+    pub fn first_bytes(&self) -> (Vec<f64>, Vec<f64>) {
+        let t = |v: &[Fetch]| v.iter().map(|f| f.first_byte).collect();
+        (t(&self.direct), t(&self.agent))
+    }
 }
 
 async fn istiod_client(mesh: &Mesh) -> anyhow::Result<kube::Client> {
@@ -72,27 +104,33 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<ApiAccess> {
     }
 
     let watch = watch_latency(&mesh, &direct, &via).await?;
-    let (list_direct, list_agent, list_bytes) = list_pods(&mesh, &direct, &via).await?;
+    let lists = list_pods(&mesh, &direct, &via).await?;
     let direct_watch: Vec<f64> = watch.iter().map(|w| w.0).collect();
     let agent_watch: Vec<f64> = watch.iter().map(|w| w.1).collect();
     let added: Vec<f64> = watch.iter().map(|(d, a)| a - d).collect();
     let p = |v: &[f64], q| ms(percentile(v, q));
     println!(
-        "watch p50/p99 direct {} / {}, through the agent {} / {} (added p99 {}); LIST of {PODS} pods p50 direct {} agent {}",
+        "watch p50/p99 direct {} / {}, through the agent {} / {} (added p99 {})",
         p(&direct_watch, 50.0),
         p(&direct_watch, 99.0),
         p(&agent_watch, 50.0),
         p(&agent_watch, 99.0),
         p(&added, 99.0),
-        p(&list_direct, 50.0),
-        p(&list_agent, 50.0),
     );
-    Ok(ApiAccess {
-        watch,
-        list_direct,
-        list_agent,
-        list_bytes,
-    })
+    for l in &lists {
+        let (d, a) = l.totals();
+        println!(
+            "LIST of {PODS} pods ({}): p50 direct {} agent {} ({:.2}x), p99 direct {} agent {} ({:.2}x)",
+            if l.gzip { "gzip" } else { "uncompressed" },
+            p(&d, 50.0),
+            p(&a, 50.0),
+            percentile(&a, 50.0) / percentile(&d, 50.0),
+            p(&d, 99.0),
+            p(&a, 99.0),
+            percentile(&a, 99.0) / percentile(&d, 99.0),
+        );
+    }
+    Ok(ApiAccess { watch, lists })
 }
 
 /// The `n` of the marker in a watched ConfigMap.
@@ -155,7 +193,7 @@ async fn list_pods(
     mesh: &Mesh,
     direct: &kube::Client,
     via: &kube::Client,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
+) -> anyhow::Result<Vec<List>> {
     let ns = format!("{}-pods", mesh.ns);
     crate::mesh::create_namespace(direct, &ns).await?;
     let pods: Api<Pod> = Api::namespaced(direct.clone(), &ns);
@@ -176,33 +214,63 @@ async fn list_pods(
         .try_collect::<Vec<_>>()
         .await?;
     let path = format!("/api/v1/namespaces/{ns}/pods");
-    let list = |client: kube::Client| {
+    let list = |client: kube::Client, gzip: bool| {
         let path = path.clone();
         async move {
-            let req = http::Request::get(path.as_str())
-                .header(
-                    "accept",
-                    "application/vnd.kubernetes.protobuf,application/json",
-                )
-                .body(kube::client::Body::empty())?;
+            let mut req = http::Request::get(path.as_str()).header(
+                "accept",
+                "application/vnd.kubernetes.protobuf,application/json",
+            );
+            if gzip {
+                req = req.header("accept-encoding", "gzip");
+            }
+            let req = req.body(kube::client::Body::empty())?;
             let at = Instant::now();
             let res = client.send(req).await?;
             anyhow::ensure!(res.status().is_success(), "LIST: {}", res.status());
-            let body = res.into_body().collect_bytes().await?;
-            Ok::<_, anyhow::Error>((at.elapsed().as_secs_f64(), body.len()))
+            let encoding = res.headers().get("content-encoding").cloned();
+            anyhow::ensure!(
+                gzip == (encoding.as_ref().is_some_and(|e| e == "gzip")),
+                "LIST asked {} gzip answered with content-encoding {encoding:?}",
+                if gzip { "with" } else { "without" }
+            );
+            let mut body = res.into_body();
+            let (mut first, mut bytes) = (None, 0);
+            while let Some(frame) = body.frame().await {
+                if let Some(data) = frame?.data_ref() {
+                    first.get_or_insert_with(|| at.elapsed().as_secs_f64());
+                    bytes += data.len();
+                }
+            }
+            let sample = Fetch {
+                first_byte: first.unwrap_or_default(),
+                total: at.elapsed().as_secs_f64(),
+            };
+            Ok::<_, anyhow::Error>((sample, bytes))
         }
     };
-    // One of each to warm caches, then alternating rounds.
-    list(direct.clone()).await?;
-    list(via.clone()).await?;
-    let (mut d, mut a, mut bytes) = (Vec::new(), Vec::new(), 0);
-    for _ in 0..LIST_ROUNDS {
-        let (t, n) = list(direct.clone()).await?;
-        d.push(t);
-        let (t, m) = list(via.clone()).await?;
-        anyhow::ensure!(n == m, "the two LISTs differ in size: {n} vs {m}");
-        a.push(t);
-        bytes = n;
+    let mut lists = Vec::new();
+    for gzip in [true, false] {
+        // One of each to warm caches, then alternating rounds.
+        list(direct.clone(), gzip).await?;
+        list(via.clone(), gzip).await?;
+        let mut l = List {
+            gzip,
+            direct: Vec::new(),
+            agent: Vec::new(),
+            bytes: 0,
+        };
+        for _ in 0..LIST_ROUNDS {
+            let (d, n) = list(direct.clone(), gzip).await?;
+            let (a, m) = list(via.clone(), gzip).await?;
+            // Uncompressed, the two answers are the same pods byte for byte (the list's
+            // resourceVersion aside); gzip's length may move by a few bytes with that.
+            anyhow::ensure!(gzip || n == m, "the two LISTs differ in size: {n} vs {m}");
+            l.direct.push(d);
+            l.agent.push(a);
+            l.bytes = n;
+        }
+        lists.push(l);
     }
-    Ok((d, a, bytes))
+    Ok(lists)
 }

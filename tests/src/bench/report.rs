@@ -235,14 +235,6 @@ fn api_access(doc: &mut String, r: &Result<ApiAccess, String>) {
     let direct: Vec<f64> = a.watch.iter().map(|w| w.0).collect();
     let agent: Vec<f64> = a.watch.iter().map(|w| w.1).collect();
     let added: Vec<f64> = a.watch.iter().map(|w| w.1 - w.0).collect();
-    let (l50d, l50a) = (
-        percentile(&a.list_direct, 50.0),
-        percentile(&a.list_agent, 50.0),
-    );
-    let (l99d, l99a) = (
-        percentile(&a.list_direct, 99.0),
-        percentile(&a.list_agent, 99.0),
-    );
     let _ = writeln!(
         doc,
         "## 6. API access: through the agent vs direct\n\n\
@@ -253,25 +245,58 @@ fn api_access(doc: &mut String, r: &Result<ApiAccess, String>) {
          to the event on each.\n\n\
          | | p50 | p90 | p99 | max |\n| --- | --- | --- | --- | --- |\n\
          | direct | {}\n| through the agent | {}\n| added (per event) | {}\n\n\
-         LIST of {} pods ({:.1} MiB, protobuf as istiod asks), {} rounds alternating direct / through the agent:\n\n\
-         | | p50 | p99 |\n| --- | --- | --- |\n| direct | {} | {} |\n| through the agent | {} | {} |\n\
-         | ratio | {:.2}x | {:.2}x |\n\n\
-         Targets: under 2 ms added at p99 for watch events ({}); LIST within 1.5x of direct ({}).\n",
+         LIST of {PODS} pods, protobuf, {} rounds of each, alternating direct / through the agent: as \
+         istiod asks (client-go's HTTP transport adds `Accept-Encoding: gzip`, and the API server \
+         compresses answers over 128 KiB), then without compression (a client that does not ask; every \
+         byte through both hops). Time to the whole answer; the first byte's p50 in brackets; the \
+         ratios' 95% intervals (a bootstrap over the rounds) after them.\n\n\
+         | | size | direct p50 | through the agent p50 | direct p99 | through the agent p99 | ratio p50 | ratio p99 |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |",
         a.watch.len(),
         &summary(&direct)[2..],
         &summary(&agent)[2..],
         &summary(&added)[2..],
-        PODS,
-        a.list_bytes as f64 / (1 << 20) as f64,
-        a.list_direct.len(),
-        ms(l50d),
-        ms(l99d),
-        ms(l50a),
-        ms(l99a),
-        l50a / l50d,
-        l99a / l99d,
+        a.lists.first().map_or(0, |l| l.direct.len()),
+    );
+    let mut list_met = true;
+    for l in &a.lists {
+        let (d, g) = l.totals();
+        let (fd, fg) = l.first_bytes();
+        let ratio = |p| percentile(&g, p) / percentile(&d, p);
+        let interval = |p| {
+            let (lo, hi) = super::propagation::ratio_interval(&g, &d, 1, p);
+            format!("{lo:.2}-{hi:.2}")
+        };
+        if l.gzip {
+            list_met = ratio(50.0) <= 1.5 && ratio(99.0) <= 1.5;
+        }
+        let _ = writeln!(
+            doc,
+            "| {} | {:.2} MiB | {} ({}) | {} ({}) | {} | {} | {:.2}x ({}) | {:.2}x ({}) |",
+            if l.gzip {
+                "as istiod asks (gzip)"
+            } else {
+                "uncompressed"
+            },
+            l.bytes as f64 / (1 << 20) as f64,
+            ms(percentile(&d, 50.0)),
+            ms(percentile(&fd, 50.0)),
+            ms(percentile(&g, 50.0)),
+            ms(percentile(&fg, 50.0)),
+            ms(percentile(&d, 99.0)),
+            ms(percentile(&g, 99.0)),
+            ratio(50.0),
+            interval(50.0),
+            ratio(99.0),
+            interval(99.0),
+        );
+    }
+    let _ = writeln!(
+        doc,
+        "\nTargets: under 2 ms added at p99 for watch events ({}); LIST as istiod asks within 1.5x of \
+         direct at p50 and p99 ({}).\n",
         met(percentile(&added, 99.0) < 0.002),
-        met(l50a / l50d <= 1.5 && l99a / l99d <= 1.5),
+        met(list_met),
     );
 }
 
@@ -515,4 +540,50 @@ fn machine() -> String {
         "{cores} cores ({cpu}), {:.0} GiB RAM, Linux; kube-apiserver v1.34.4 and etcd v3.6.4 on loopback",
         mem as f64 / 1024.0 / 1024.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::apiaccess::{Fetch, List};
+
+    fn lists(gzip_agent: f64, plain_agent: f64) -> ApiAccess {
+        let list = |gzip, agent: f64| List {
+            gzip,
+            direct: (0..20)
+                .map(|i| Fetch {
+                    first_byte: 0.01,
+                    total: 0.05 + f64::from(i) * 1e-4,
+                })
+                .collect(),
+            agent: (0..20)
+                .map(|i| Fetch {
+                    first_byte: 0.01,
+                    total: agent + f64::from(i) * 1e-4,
+                })
+                .collect(),
+            bytes: 1 << 20,
+        };
+        ApiAccess {
+            watch: vec![(0.002, 0.0025); 10],
+            lists: vec![list(true, gzip_agent), list(false, plain_agent)],
+        }
+    }
+
+    #[test]
+    fn the_list_target_is_judged_on_the_list_istiod_asks_for() {
+        let target = "LIST as istiod asks within 1.5x of direct at p50 and p99";
+        let mut doc = String::new();
+        // Through the agent 1.2x as istiod asks, 2x uncompressed: met, and both rows shown.
+        api_access(&mut doc, &Ok(lists(0.06, 0.1)));
+        assert!(doc.contains(&format!("{target} (met)")), "{doc}");
+        assert!(
+            doc.contains("| as istiod asks (gzip) | 1.00 MiB |"),
+            "{doc}"
+        );
+        assert!(doc.contains("| uncompressed | 1.00 MiB |"), "{doc}");
+        let mut doc = String::new();
+        api_access(&mut doc, &Ok(lists(0.08, 0.06)));
+        assert!(doc.contains(&format!("{target} (not met)")), "{doc}");
+    }
 }
