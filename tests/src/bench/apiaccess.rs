@@ -2,9 +2,9 @@
 //! run: directly (the remote's admin client, as a remote secret's token would) and as istiod reads it
 //! through the hub's endpoint and the agent's tunnel (the kubeconfig of the remote secret the hub
 //! wrote). A watch event's latency (both watches open at once, the same writes) and a LIST of 5,000
-//! pods (rounds alternated): protobuf with `Accept-Encoding: gzip`, as istiod asks (every request
-//! of the real istiod through the agent carried it: the debug log of the agent's forwarding in the
-//! API-access test, 27 of 27), then uncompressed.
+//! pods (rounds alternated): protobuf with `Accept-Encoding: gzip`, as istiod asks (27 of 27 of the
+//! real istiod's requests carried it in one run of the API-access test, with the agent's forwarding
+//! log extended by that header for the run; docs/benchmarks.md), then uncompressed.
 
 use super::{ms, percentile};
 use crate::ControlPlanes;
