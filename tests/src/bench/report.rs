@@ -246,7 +246,7 @@ fn api_access(doc: &mut String, r: &Result<ApiAccess, String>) {
          | | p50 | p90 | p99 | max |\n| --- | --- | --- | --- | --- |\n\
          | direct | {}\n| through the agent | {}\n| added (per event) | {}\n\n\
          LIST of {PODS} pods, protobuf, {} rounds of each, alternating direct / through the agent: as \
-         istiod asks (client-go's HTTP transport adds `Accept-Encoding: gzip`, and the API server \
+         istiod asks (Go's HTTP transport, under client-go, adds `Accept-Encoding: gzip`, and the API server \
          compresses answers over 128 KiB), then without compression (a client that does not ask; every \
          byte through both hops). Time to the whole answer; the first byte's p50 in brackets; the \
          ratios' 95% intervals (a bootstrap over the rounds) after them.\n\n\
