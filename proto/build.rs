@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // BTreeMap keeps map encoding deterministic, which the content-hash version relies on.
         .btree_map(".")
+        // prost's codec with smaller buffers (src/codec.rs).
+        .codec_path("crate::codec::SyncCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -6,11 +6,13 @@
 //!  sync.proto ──protox + tonic-prost-build──► v1::{Snapshot, Ack, Nack, ..}, v1::sync_{client,server}
 //!  identity   cluster name  ◄── URI SAN spiffe://<trust-domain>/cluster/<name> of the peer certificate
 //!  check      is a Snapshot well formed (the agent refuses one that is not, whole)
+//!  codec      prost's gRPC codec with 1 KiB buffers (a hub holds one stream per remote)
 //!  version    Snapshot content ──sha256──► version string (same state, same version, on any replica)
 //!  tls        cert/key/CA files ──► rustls configs (TLS 1.3, client cert required), reloaded on change
 //! ```
 
 pub mod check;
+pub mod codec;
 pub mod identity;
 #[cfg(feature = "runtime")]
 pub mod runtime;

@@ -245,3 +245,58 @@ async fn an_unknown_cluster_is_refused_and_the_agent_keeps_asking() {
     hub.set_version("nobody", "v1");
     assert_eq!(agent.next_snapshot(SOON).await.version, "v1");
 }
+
+#[tokio::test]
+async fn a_snapshot_far_larger_than_the_stream_buffers_crosses_whole_and_the_stream_goes_on() {
+    use tether_proto::v1::{Endpoint, Port, Service};
+    // The codec starts each stream with 1 KiB buffers (tether_proto::codec). This state is over a
+    // hundred times that (about 190 KiB, many HTTP/2 frames); a small one follows on the same stream.
+    let hub = FakeHub::start().await.unwrap();
+    let mut big = tether_tests::fakes::snapshot("big");
+    big.services = vec![Service {
+        name: "istiod".into(),
+        ports: vec![Port {
+            name: "grpc-xds".into(),
+            protocol: "TCP".into(),
+            port: 15010,
+            ..Default::default()
+        }],
+        endpoints: (0..5_000)
+            .map(|i| Endpoint {
+                ip: format!("10.{}.{}.{}", i / 65_536, (i / 256) % 256, i % 256),
+                ready: i % 3 != 0,
+                serving: true,
+                pod_name: format!("istiod-{i:05}"),
+                zone: "zone-a".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }];
+    let size = prost::Message::encoded_len(&big);
+    assert!(
+        size > 100 * tether_proto::codec::BUFFER_BYTES,
+        "{size} bytes"
+    );
+    hub.set(
+        "r1",
+        Desired {
+            snapshot: Some(std::sync::Arc::new(big.clone())),
+            ..Default::default()
+        },
+    );
+    let mut agent = FakeAgent::start(hub.agent_config("r1").unwrap(), false);
+    let got = agent.next_snapshot(SOON).await;
+    assert_eq!(got.services, big.services, "every endpoint, in order");
+    agent.ack(&got).await;
+    hub.set_version("r1", "small");
+    let small = agent.next_snapshot(SOON).await;
+    assert_eq!(small.version, "small");
+    assert!(small.services.is_empty());
+    agent.ack(&small).await;
+    eventually("the hub to record the ACK", SOON, || async {
+        anyhow::ensure!(hub.stream_state("r1").acked_version == "small");
+        Ok(())
+    })
+    .await;
+}
