@@ -31,6 +31,7 @@ mod fixtures;
 pub mod grpc;
 pub mod index;
 pub mod lease;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod peers;

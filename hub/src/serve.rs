@@ -223,6 +223,7 @@ pub async fn run(
         first_seen: Default::default(),
     };
     tokio::spawn(status.run());
+    tokio::spawn(crate::memory::release_freed(crate::memory::INTERVAL));
 
     let ready_index = index.clone();
     let ready: tether_proto::runtime::admin::Ready = Arc::new(move || ready_index.ready());
