@@ -16,8 +16,11 @@ use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use tether_proto::v1::{ObjectFailure, Snapshot};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 /// What one pass did.
@@ -26,9 +29,52 @@ pub struct Outcome {
     pub failures: Vec<ObjectFailure>,
     /// API writes (patch, delete) this pass made.
     pub writes: u32,
-    /// A newer command was waiting once the EndpointSlices were written, so the rest of the plan
-    /// was skipped: the snapshot is not applied, and the newer one's plan covers what was skipped.
+    /// A newer command was waiting once the EndpointSlices were written, or came while the writes
+    /// after them were out, so the rest of the plan was skipped or left to go on: the snapshot is
+    /// not applied, and the newer one's plan covers what it did not finish.
     pub superseded: bool,
+    /// Superseded while its writes after the slices were out ([`Applier::behind`]).
+    overtaken: bool,
+    /// Writes of an older snapshot landed after this plan was made: plan again before the rest.
+    replan: bool,
+}
+
+/// A newer command for the applier: whether one waits, and a way to wait for one.
+pub trait Newer {
+    /// A newer command waits now.
+    fn waits(&self) -> bool;
+    /// Resolves once a newer command waits (at once if one does); never, if none can come.
+    fn arrives(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The reconciler's command channel: anything sent after what it last took is newer.
+impl<T: Send + Sync> Newer for watch::Receiver<T> {
+    fn waits(&self) -> bool {
+        self.has_changed().unwrap_or(false)
+    }
+
+    fn arrives(&self) -> impl Future<Output = ()> + Send {
+        // A clone starts at the same version: it sees what this one has not taken yet.
+        let mut commands = self.clone();
+        async move {
+            if commands.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Nothing newer can come: the plan runs to its end (a retire).
+pub struct Never;
+
+impl Newer for Never {
+    fn waits(&self) -> bool {
+        false
+    }
+
+    fn arrives(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 #[derive(Clone)]
@@ -40,14 +86,24 @@ enum Written {
 }
 
 pub struct Applier {
-    client: Client,
-    namespace: String,
-    /// Server-side apply field manager; also decides which fields (and namespace labels) are ours.
-    field_manager: String,
+    writer: Writer,
     live: Live,
     overlay: HashMap<(Kind, String), Written>,
     /// What the last plan found in effect, for the next one.
     in_effect: HashMap<(Kind, String), InEffect>,
+    /// The writes after the EndpointSlices of a snapshot that a newer one cut short while they
+    /// were out. They go on while the newer one's slices are written (never the same objects:
+    /// those writes are all of other kinds) and land before any of its other writes.
+    behind: Option<JoinHandle<Vec<Done>>>,
+}
+
+/// What a write needs; a copy goes with the writes that go on in the background.
+#[derive(Clone)]
+struct Writer {
+    client: Client,
+    namespace: String,
+    /// Server-side apply field manager; also decides which fields (and namespace labels) are ours.
+    field_manager: String,
     metrics: AgentMetrics,
 }
 
@@ -121,13 +177,16 @@ impl Applier {
         metrics: AgentMetrics,
     ) -> Self {
         Self {
-            client,
-            namespace,
-            field_manager,
+            writer: Writer {
+                client,
+                namespace,
+                field_manager,
+                metrics,
+            },
             live,
             overlay: HashMap::new(),
             in_effect: HashMap::new(),
-            metrics,
+            behind: None,
         }
     }
 
@@ -159,7 +218,7 @@ impl Applier {
 
     /// Counts a snapshot applied completely but left unanswered: a newer one waited.
     pub fn answered_by_newer(&self) {
-        self.metrics.snapshots_answered_by_newer.inc();
+        self.writer.metrics.snapshots_answered_by_newer.inc();
     }
 
     /// True when every change the watches showed since the last pass is the echo of one of this
@@ -168,27 +227,53 @@ impl Applier {
         echoes_only(&self.live.take_events(), &self.overlay)
     }
 
-    /// Makes the remote match `snap`. Failures are per object; everything else is applied. When
-    /// `newer` says, after the EndpointSlices, that a newer command waits, the rest is skipped
-    /// ([`Outcome::superseded`]).
-    pub async fn apply(&mut self, snap: &Snapshot, newer: impl Fn() -> bool) -> Outcome {
+    /// The plan for `snap` against what the agent sees now; what it finds in effect is kept for
+    /// the next plan.
+    fn plan(&mut self, snap: &Snapshot) -> Plan {
         // This pass reads the stores as they are: it covers every event so far.
         self.live.take_events();
         self.prune_overlay();
-        let mut plan = plan::snapshot(snap, &self.namespace, &self.field_manager, &self.view());
+        let w = &self.writer;
+        let mut plan = plan::snapshot(snap, &w.namespace, &w.field_manager, &self.view());
         self.in_effect = std::mem::take(&mut plan.in_effect).into_iter().collect();
+        plan
+    }
+
+    /// Makes the remote match `snap`. Failures are per object; everything else is applied. When
+    /// `newer` says, after the EndpointSlices or while the writes after them are out, that a newer
+    /// command waits, the rest is skipped or left to finish on its own ([`Outcome::superseded`]).
+    pub async fn apply(&mut self, snap: &Snapshot, newer: &impl Newer) -> Outcome {
+        let plan = self.plan(snap);
         if let Some(refused) = plan.failures.iter().find(|f| f.kind == "Snapshot") {
             warn!(version = %snap.version, message = %refused.message);
         }
-        let out = self.execute(plan, newer).await;
+        let mut out = self.execute(plan, newer).await;
+        if out.replan {
+            // The older snapshot's writes landed after the plan was made: what it planned beyond
+            // the slices may be stale (an object the older one just changed, that the plan found
+            // as this snapshot wants it). Plan again, with them.
+            debug!(version = %snap.version, "the older snapshot's writes landed; planning the rest again");
+            let plan = self.plan(snap);
+            let rest = self.execute(plan, newer).await;
+            out = Outcome {
+                writes: out.writes + rest.writes,
+                ..rest
+            };
+        }
+        let metrics = &self.writer.metrics;
         if out.superseded {
-            self.metrics.snapshots_superseded.inc();
-            debug!(version = %snap.version, writes = out.writes, "superseded after its EndpointSlices");
+            metrics.snapshots_superseded.inc();
+            if out.overtaken {
+                metrics.snapshots_overtaken.inc();
+                debug!(version = %snap.version, writes = out.writes, "superseded while its writes after the slices are out; they go on");
+            } else {
+                debug!(version = %snap.version, writes = out.writes, "superseded after its EndpointSlices");
+            }
             return out;
         }
-        self.metrics.snapshots_applied.inc();
+        metrics.snapshots_applied.inc();
         for f in &out.failures {
-            self.metrics
+            metrics
                 .apply_errors
                 .get_or_create(&ObjectKind {
                     kind: f.kind.clone(),
@@ -203,11 +288,17 @@ impl Applier {
 
     /// Removes everything this agent manages: the answer to `Retire`.
     pub async fn retire(&mut self) -> Outcome {
+        let mut out = Outcome::default();
+        if let Some(behind) = self.behind.take() {
+            self.land(behind, &mut out).await;
+        }
         self.live.take_events();
         self.prune_overlay();
-        let mut plan = plan::retire(&self.field_manager, &self.view());
+        let mut plan = plan::retire(&self.writer.field_manager, &self.view());
         self.in_effect = std::mem::take(&mut plan.in_effect).into_iter().collect();
-        let out = self.execute(plan, || false).await;
+        let landed = out.writes;
+        let mut out = self.execute(plan, &Never).await;
+        out.writes += landed;
         info!(
             writes = out.writes,
             failures = out.failures.len(),
@@ -222,28 +313,56 @@ impl Applier {
     /// (measured in docs/benchmarks.md, section 1). Within a phase each write is to a different
     /// object, so up to [`WRITES_AT_ONCE`] go to the API server together: a large plan (a retire,
     /// many Services) takes the time of its slowest writes, not their sum, and does not become a
-    /// burst of hundreds of requests. Between the phases, `newer` may cut the plan short: the hub
-    /// has sent a newer state, whose slices should not wait for this one's Endpoints.
-    async fn execute(&mut self, plan: Plan, newer: impl Fn() -> bool) -> Outcome {
-        use futures::StreamExt;
+    /// burst of hundreds of requests.
+    ///
+    /// A newer state does not wait for this one's second phase: when `newer` has one before it
+    /// starts, it is skipped; when one comes while it is out, it goes on as [`Applier::behind`] and
+    /// the newer state's slices are written at once. (A pod's deletion is two states close together:
+    /// its endpoint turns terminating, then goes.) Their writes land before the newer state's
+    /// second phase, which is planned again with them.
+    async fn execute(&mut self, plan: Plan, newer: &impl Newer) -> Outcome {
         let mut out = Outcome {
             failures: plan.failures,
             ..Outcome::default()
         };
         let (slices, rest) = phases(plan.writes);
-        let mut done: Vec<Done> = Vec::new();
-        for (i, phase) in [slices, rest].into_iter().enumerate() {
-            if i > 0 && !phase.is_empty() && newer() {
+        let done = batch(&self.writer, slices).await;
+        self.record(done, &mut out);
+        if let Some(behind) = self.behind.take() {
+            if newer.waits() {
+                // Newer still: it plans after these land.
+                self.behind = Some(behind);
                 out.superseded = true;
-                break;
+                return out;
             }
-            let d: Vec<Done> = futures::stream::iter(phase)
-                .map(|w| self.run(w))
-                .buffer_unordered(WRITES_AT_ONCE)
-                .collect()
-                .await;
-            done.extend(d);
+            self.land(behind, &mut out).await;
+            out.replan = true;
+            return out;
         }
+        if rest.is_empty() {
+            return out;
+        }
+        if newer.waits() {
+            out.superseded = true;
+            return out;
+        }
+        let writer = self.writer.clone();
+        let mut writes = tokio::spawn(async move { batch(&writer, rest).await });
+        tokio::select! {
+            biased;
+            done = &mut writes => self.record(joined(done), &mut out),
+            () = newer.arrives() => {
+                self.behind = Some(writes);
+                out.superseded = true;
+                out.overtaken = true;
+            }
+        }
+        out
+    }
+
+    /// Keeps what writes did: their answers in the overlay and the record of what is in effect,
+    /// their calls and failures in `out`.
+    fn record(&mut self, done: Vec<Done>, out: &mut Outcome) {
         for d in done {
             out.writes += d.calls;
             self.overlay.extend(d.written);
@@ -252,9 +371,40 @@ impl Applier {
                 out.failures.push(f);
             }
         }
-        out
     }
 
+    /// Waits for an older snapshot's writes and keeps what they did. Their failures were the older
+    /// snapshot's, which goes unanswered: the newer one's plan tries those objects again.
+    async fn land(&mut self, behind: JoinHandle<Vec<Done>>, out: &mut Outcome) {
+        let mut done = joined(behind.await);
+        for d in &mut done {
+            d.failure = None;
+        }
+        self.record(done, out);
+    }
+}
+
+/// A phase's writes, up to [`WRITES_AT_ONCE`] at a time.
+async fn batch(writer: &Writer, writes: Vec<Write>) -> Vec<Done> {
+    use futures::StreamExt;
+    futures::stream::iter(writes)
+        .map(|w| writer.run(w))
+        .buffer_unordered(WRITES_AT_ONCE)
+        .collect()
+        .await
+}
+
+/// The writes a task made; a panic in one goes on as the reconciler's own.
+fn joined(result: Result<Vec<Done>, tokio::task::JoinError>) -> Vec<Done> {
+    match result {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels it.
+        Err(_) => Vec::new(),
+    }
+}
+
+impl Writer {
     /// One write of a plan (a recreate is two calls, in order).
     async fn run(&self, write: Write) -> Done {
         let (kind, name) = (write.kind(), write.name());

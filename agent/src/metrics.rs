@@ -45,6 +45,9 @@ pub struct AgentMetrics {
     pub snapshots_applied: Counter,
     /// Snapshots cut short after their EndpointSlices because a newer one waited.
     pub snapshots_superseded: Counter,
+    /// Of those, the ones cut short while their writes after the slices were out: the newer
+    /// snapshot's slices went ahead of them.
+    pub snapshots_overtaken: Counter,
     /// Snapshots applied completely while a newer one already waited: the newer one's answer
     /// answers for them.
     pub snapshots_answered_by_newer: Counter,
@@ -60,6 +63,7 @@ impl AgentMetrics {
             reconnects: Family::default(),
             snapshots_applied: Counter::default(),
             snapshots_superseded: Counter::default(),
+            snapshots_overtaken: Counter::default(),
             snapshots_answered_by_newer: Counter::default(),
             apply_errors: Family::default(),
             api_writes: Family::default(),
@@ -84,6 +88,11 @@ impl AgentMetrics {
             "snapshots_superseded",
             "Snapshots cut short after their EndpointSlices for a newer one (not answered; the newer is)",
             m.snapshots_superseded.clone(),
+        );
+        r.register(
+            "snapshots_overtaken",
+            "Snapshots cut short while their writes after the EndpointSlices were out: a newer one's slices went ahead (counted as superseded too)",
+            m.snapshots_overtaken.clone(),
         );
         r.register(
             "snapshots_answered_by_newer",

@@ -1,6 +1,7 @@
 //! The reconciler owns the applier. It applies the newest command (latest wins: a snapshot that
 //! arrives while another is being applied replaces any older one still waiting, and cuts the one
-//! being applied short once its EndpointSlices are written) and repairs drift when the watches ring,
+//! being applied short once its EndpointSlices are written; writes of it already out go on beside
+//! the newer one's slices) and repairs drift when the watches ring,
 //! with the snapshot it last applied. Results go back to the stream as ACK/NACK; a snapshot cut short,
 //! or applied while a newer one already waits, is not answered (the hub takes the newer one's answer
 //! for both).
@@ -140,9 +141,7 @@ pub async fn run(
         };
         // This pass reads the live state afresh: it covers any drift noticed so far.
         drift_at = None;
-        let outcome = applier
-            .apply(&snap, || commands.has_changed().unwrap_or(false))
-            .await;
+        let outcome = applier.apply(&snap, &commands).await;
         if outcome.superseded {
             // The newer command is taken on the next turn, at once.
             continue;

@@ -231,6 +231,7 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     tokio::time::sleep(Duration::from_secs(10)).await;
     let steady: Vec<Usage> = agents.iter().map(|p| usage(*p)).collect();
     let hub_before = usage(hub);
+    let cut_before = cut_short(&mesh).await;
 
     let churn = churn(
         &mesh,
@@ -258,6 +259,16 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
     );
     let with_endpoints = Comparison::of(&churn);
     println!("  with legacy Endpoints: {}", by_kind(&with_endpoints));
+    let cut: Vec<f64> = cut_short(&mesh)
+        .await
+        .iter()
+        .zip(cut_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    println!(
+        "  the agents in those rounds: {} states cut short after their slices, {} of them while their Endpoints write was out; {} applied while a newer one waited",
+        cut[0], cut[1], cut[2]
+    );
     println!("  CPU per change: {}", with_endpoints.cpu_ms);
     // The same again with EndpointSlices only, on both sides.
     slices_only(&mesh).await?;
@@ -334,6 +345,26 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<Propagation> 
             reconnect,
         },
     })
+}
+
+/// The agents' states cut short, overtaken while their Endpoints write was out, and applied while
+/// a newer one waited, summed over the remotes (from their metrics).
+async fn cut_short(mesh: &Mesh) -> [f64; 3] {
+    let mut sum = [0.0; 3];
+    for r in REMOTES {
+        let port = mesh.agent_admin_ports[*r];
+        for (i, name) in [
+            "tether_agent_snapshots_superseded_total",
+            "tether_agent_snapshots_overtaken_total",
+            "tether_agent_snapshots_answered_by_newer_total",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            sum[i] += Mesh::admin_metric(port, name).await;
+        }
+    }
+    sum
 }
 
 /// The hub (production defaults) and an agent per remote, every remote Synced.
