@@ -2,7 +2,8 @@
 //! writes after its EndpointSlices (here the legacy Endpoints) are out. The newer snapshot's slice
 //! is written at once, beside that write, and the newer snapshot still ends exactly as it wants:
 //! including when it wants back what the older one's write in flight is changing, which a plan made
-//! before that write landed would have found already in place.
+//! before that write landed would have found already in place. A retire that comes then removes
+//! everything, the object that write was changing included.
 
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -93,8 +94,8 @@ async fn on_the_server(client: &kube::Client, ns: &str) -> anyhow::Result<[(usiz
     Ok([slice, legacy])
 }
 
-#[tokio::test]
-async fn a_newer_snapshot_overtakes_the_older_ones_endpoints_write_and_ends_right() {
+/// A fresh namespace on remote-1 and an applier for it, with its metrics.
+async fn applier() -> (kube::Client, String, Applier, AgentMetrics) {
     let planes = ControlPlanes::shared(&["remote-1"]).await;
     let client = planes.get("remote-1").client().await.unwrap();
     let ns = fresh_namespace(&client, "overtake").await.unwrap();
@@ -102,13 +103,19 @@ async fn a_newer_snapshot_overtakes_the_older_ones_endpoints_write_and_ends_righ
     let metrics = AgentMetrics::register(&mut registry);
     let live = Live::start(&client, &ns);
     live.ready().await;
-    let mut applier = Applier::new(
+    let applier = Applier::new(
         client.clone(),
         ns.clone(),
         MANAGER.into(),
         live,
         metrics.clone(),
     );
+    (client, ns, applier, metrics)
+}
+
+#[tokio::test]
+async fn a_newer_snapshot_overtakes_the_older_ones_endpoints_write_and_ends_right() {
+    let (client, ns, mut applier, metrics) = applier().await;
 
     // Ready: Service, slice and Endpoints created, and in effect.
     let ready = snapshot(&ns, "ready", true);
@@ -147,4 +154,44 @@ async fn a_newer_snapshot_overtakes_the_older_ones_endpoints_write_and_ends_righ
     // Nothing left to do: another pass writes nothing, whether or not the watches caught up.
     let out = applier.apply(&ready, &Never).await;
     assert_eq!(out.writes, 0, "{out:?}");
+}
+
+#[tokio::test]
+async fn a_retire_behind_an_overtaken_write_removes_what_that_write_changes() {
+    let (client, ns, mut applier, metrics) = applier().await;
+    let out = applier.apply(&snapshot(&ns, "ready", true), &Never).await;
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    let out = applier
+        .apply(&snapshot(&ns, "not-ready", false), &ComesDuringTheRest)
+        .await;
+    assert!(out.superseded);
+    assert_eq!(metrics.snapshots_overtaken.get(), 1);
+
+    // The Endpoints write is still out: the retire lets it land first, then deletes the Endpoints
+    // with the rest. Deleted first, the landing apply would create it again, and nothing would
+    // remove it.
+    let out = applier.retire().await;
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    assert_eq!(
+        out.writes, 4,
+        "the landing Endpoints write, then the Service, the slice and the Endpoints deleted: {out:?}"
+    );
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let left = slices
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    let endpoints = Api::<Endpoints>::namespaced(client.clone(), &ns)
+        .get_opt("istiod")
+        .await
+        .unwrap();
+    let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client, &ns)
+        .get_opt("istiod")
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no EndpointSlice left");
+    assert!(endpoints.is_none(), "no Endpoints left");
+    assert!(service.is_none(), "no Service left");
 }
