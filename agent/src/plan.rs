@@ -312,10 +312,14 @@ fn injection(injection: Option<&Injection>, manager: &str, view: &impl View, pla
     };
     let mut wanted = labels;
     wanted.insert(INJECTION_MARKER.into(), "true".into());
+    // A remote may have thousands of namespaces and this runs on every plan: each one that is
+    // neither listed nor labelled costs a look at its name and labels, nothing more.
     let mut existing: Vec<Arc<DynamicObject>> = view.all(Kind::Namespace);
-    existing.sort_by_key(|n| n.name_any());
-    let names: BTreeSet<String> = existing.iter().map(|n| n.name_any()).collect();
-    for name in listed.iter().filter(|n| !names.contains(**n)) {
+    existing.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for name in listed
+        .iter()
+        .filter(|n| view.get(Kind::Namespace, n).is_none())
+    {
         // The namespace watch brings a new pass (and the ACK) when it is created.
         let msg = format!(
             "namespace {name:?} is listed for injection but does not exist on this cluster; it is labelled once it is created"
@@ -324,8 +328,10 @@ fn injection(injection: Option<&Injection>, manager: &str, view: &impl View, pla
             .push(failure(Kind::Namespace, "", name, msg, false));
     }
     for ns in existing {
-        let name = ns.name_any();
-        let body = if listed.contains(name.as_str()) {
+        let Some(name) = ns.metadata.name.as_deref() else {
+            continue;
+        };
+        let body = if listed.contains(name) {
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": wanted}})
         } else if ns.labels().contains_key(INJECTION_MARKER) {
             // An apply without the labels releases them; the server removes what only we owned.
@@ -336,7 +342,7 @@ fn injection(injection: Option<&Injection>, manager: &str, view: &impl View, pla
         if let Some(body) = changed(Kind::Namespace, &ns, body, manager, view, plan) {
             plan.writes.push(Write::Apply {
                 kind: Kind::Namespace,
-                name,
+                name: name.to_string(),
                 body,
                 force: false,
             });

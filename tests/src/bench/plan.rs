@@ -19,6 +19,8 @@ use tether_proto::v1::{Endpoint, Port, Service, Snapshot};
 pub const SERVICES: usize = 100;
 /// Plans timed each way.
 pub const PLANS: usize = 200;
+/// Other namespaces on the remote in the third way: none listed for injection, none labelled.
+pub const NAMESPACES: usize = 2000;
 const NS: &str = "plan-bench";
 const MANAGER: &str = "tether-agent-bench";
 
@@ -28,6 +30,9 @@ pub struct PlanCost {
     /// Seconds per plan: nothing recorded, and with the previous plan's record.
     pub unrecorded: Vec<f64>,
     pub recorded: Vec<f64>,
+    /// With the record, on a remote with [`NAMESPACES`] other namespaces (each plan looks at every
+    /// namespace for injection labels to release).
+    pub many_namespaces: Vec<f64>,
 }
 
 /// The cluster as read back from the API server, and what a previous plan recorded.
@@ -41,11 +46,15 @@ impl View for Listed {
         self.objects.get(&(kind, name.to_string())).cloned()
     }
     fn all(&self, kind: Kind) -> Vec<Arc<DynamicObject>> {
-        self.objects
+        // In name order, as the agent's own view gives them.
+        let mut all: Vec<_> = self
+            .objects
             .iter()
             .filter(|((k, _), _)| *k == kind)
             .map(|(_, o)| o.clone())
-            .collect()
+            .collect();
+        all.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        all
     }
     fn in_effect_before(&self, kind: Kind, name: &str) -> Option<&InEffect> {
         self.record.get(&(kind, name.to_string()))
@@ -116,10 +125,10 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<PlanCost> {
         objects,
         record: HashMap::new(),
     };
-    let time = |view: &Listed| -> anyhow::Result<(Vec<f64>, plan::Plan)> {
-        let mut samples = Vec::with_capacity(PLANS);
+    let time = |view: &Listed, plans: usize| -> anyhow::Result<(Vec<f64>, plan::Plan)> {
+        let mut samples = Vec::with_capacity(plans);
         let mut last = plan::Plan::default();
-        for _ in 0..PLANS {
+        for _ in 0..plans {
             let t = Instant::now();
             last = plan::snapshot(&snap, NS, MANAGER, view);
             samples.push(t.elapsed().as_secs_f64());
@@ -132,7 +141,7 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<PlanCost> {
         );
         Ok((samples, last))
     };
-    let (unrecorded, first) = time(&view)?;
+    let (unrecorded, first) = time(&view, PLANS)?;
     view.record = first.in_effect.into_iter().collect();
     anyhow::ensure!(
         view.record.len() == desired.len(),
@@ -140,17 +149,45 @@ pub async fn run(planes: &'static ControlPlanes) -> anyhow::Result<PlanCost> {
         view.record.len(),
         desired.len()
     );
-    let (recorded, _) = time(&view)?;
+    // The same plans on a remote with many namespaces too: each plan timed on one view then the
+    // other, so that the machine's drift falls on both alike.
+    let mut crowded = Listed {
+        objects: view.objects.clone(),
+        record: view.record.clone(),
+    };
+    // Namespaces as the API server keeps them: a name, a resourceVersion, the name label.
+    for i in 0..NAMESPACES {
+        let name = format!("team-{i:04}");
+        let ns: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "resourceVersion": (1000 + i).to_string(),
+                "labels": {"kubernetes.io/metadata.name": name},
+            },
+        }))?;
+        crowded
+            .objects
+            .insert((Kind::Namespace, name), Arc::new(ns));
+    }
+    let (mut recorded, mut many_namespaces) = (Vec::new(), Vec::new());
+    for _ in 0..PLANS / 10 {
+        recorded.extend(time(&view, 10)?.0);
+        many_namespaces.extend(time(&crowded, 10)?.0);
+    }
     let cost = PlanCost {
         objects: desired.len(),
         unrecorded,
         recorded,
+        many_namespaces,
     };
     println!(
-        "plan of {} objects, p50: nothing recorded {:.2} ms, with the record {:.2} ms",
+        "plan of {} objects, p50: nothing recorded {:.2} ms, with the record {:.2} ms, and {NAMESPACES} other namespaces {:.2} ms",
         cost.objects,
         percentile(&cost.unrecorded, 50.0) * 1000.0,
-        percentile(&cost.recorded, 50.0) * 1000.0
+        percentile(&cost.recorded, 50.0) * 1000.0,
+        percentile(&cost.many_namespaces, 50.0) * 1000.0
     );
     Ok(cost)
 }
