@@ -81,3 +81,32 @@ pub async fn agent_channel(mesh: &Mesh, cluster: &str) -> tonic::transport::Chan
         .await
         .expect("connect to the hub")
 }
+
+/// A Service as the hub sends it for istiod: ports grpc-xds 15010 and https-webhook 15017, and an
+/// endpoint per `(ip, ready)` serving both (serving as ready).
+pub fn istiod_like_service(name: &str, endpoints: &[(String, bool)]) -> tether_proto::v1::Service {
+    use tether_proto::v1::{Endpoint, Port, Service};
+    let port = |name: &str, port: i32| Port {
+        name: name.into(),
+        protocol: "TCP".into(),
+        port,
+        app_protocol: String::new(),
+        target_port: 0,
+    };
+    Service {
+        name: name.into(),
+        headless: false,
+        external_name: String::new(),
+        ports: vec![port("grpc-xds", 15010), port("https-webhook", 15017)],
+        endpoints: endpoints
+            .iter()
+            .map(|(ip, ready)| Endpoint {
+                ip: ip.clone(),
+                ready: *ready,
+                serving: *ready,
+                target_ports: vec![15010, 15017],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}

@@ -13,7 +13,8 @@ use std::future::Future;
 use tether_agent::apply::{Applier, Never, Newer};
 use tether_agent::live::Live;
 use tether_agent::metrics::AgentMetrics;
-use tether_proto::v1::{Endpoint, Port, Service, Snapshot};
+use tether_proto::v1::Snapshot;
+use tether_tests::fixtures::istiod_like_service;
 use tether_tests::{ControlPlanes, fresh_namespace};
 
 const MANAGER: &str = "tether-agent-overtake";
@@ -33,32 +34,14 @@ impl Newer for ComesDuringTheRest {
 }
 
 fn snapshot(ns: &str, version: &str, ready: bool) -> Snapshot {
-    let port = |name: &str, port: i32| Port {
-        name: name.into(),
-        protocol: "TCP".into(),
-        port,
-        app_protocol: String::new(),
-        target_port: 0,
-    };
     Snapshot {
         version: version.into(),
         nonce: version.into(),
         namespace: ns.into(),
-        services: vec![Service {
-            name: "istiod".into(),
-            headless: false,
-            external_name: String::new(),
-            ports: vec![port("grpc-xds", 15010), port("https-webhook", 15017)],
-            endpoints: vec![Endpoint {
-                ip: "10.10.0.1".into(),
-                ready,
-                serving: ready,
-                terminating: false,
-                pod_name: "istiod-a".into(),
-                zone: String::new(),
-                target_ports: vec![15010, 15017],
-            }],
-        }],
+        services: vec![istiod_like_service(
+            "istiod",
+            &[("10.10.0.1".to_string(), ready)],
+        )],
         injection: None,
         skip_legacy_endpoints: false,
     }

@@ -7,6 +7,7 @@
 
 use super::percentile;
 use crate::ControlPlanes;
+use crate::fixtures::istiod_like_service;
 use kube::ResourceExt;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tether_agent::objects::{self, Kind};
 use tether_agent::plan::{self, InEffect, View};
-use tether_proto::v1::{Endpoint, Port, Service, Snapshot};
+use tether_proto::v1::Snapshot;
 
 pub const SERVICES: usize = 100;
 /// Plans timed each way.
@@ -63,32 +64,15 @@ impl View for Listed {
 
 /// [`SERVICES`] Services like istiod's: two ports, three endpoints each.
 fn snapshot() -> Snapshot {
-    let port = |name: &str, port: i32| Port {
-        name: name.into(),
-        protocol: "TCP".into(),
-        port,
-        app_protocol: String::new(),
-        target_port: 0,
-    };
     Snapshot {
         version: "bench".into(),
         nonce: "1".into(),
         namespace: NS.into(),
         services: (0..SERVICES)
-            .map(|i| Service {
-                name: format!("svc-{i:03}"),
-                headless: false,
-                external_name: String::new(),
-                ports: vec![port("grpc-xds", 15010), port("https-webhook", 15017)],
-                endpoints: (1..=3)
-                    .map(|e| Endpoint {
-                        ip: format!("10.20.{i}.{e}"),
-                        ready: true,
-                        serving: true,
-                        target_ports: vec![15010, 15017],
-                        ..Default::default()
-                    })
-                    .collect(),
+            .map(|i| {
+                let endpoints: Vec<(String, bool)> =
+                    (1..=3).map(|e| (format!("10.20.{i}.{e}"), true)).collect();
+                istiod_like_service(&format!("svc-{i:03}"), &endpoints)
             })
             .collect(),
         injection: None,
