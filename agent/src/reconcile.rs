@@ -85,8 +85,8 @@ pub async fn run(
     let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     // Whether the hub last heard that the current snapshot is fully applied.
     let mut reported_ok = false;
-    // When the pending drift pass runs: a burst of watch events (a list, our own writes) settles
-    // into one pass, and a snapshot from the hub never waits for it.
+    // When the pending drift pass runs: a burst of someone else's changes (a relist, a script's
+    // edits) settles into one pass, and a snapshot from the hub never waits for it.
     let mut drift_at: Option<tokio::time::Instant> = None;
     loop {
         let retry_at = retry.map(|(at, _)| at);
@@ -123,15 +123,19 @@ pub async fn run(
                 }
             }
             _ = drift.notified(), if current.is_some() && drift_at.is_none() => {
-                drift_at = Some(tokio::time::Instant::now() + DRIFT_SETTLE);
+                // Told apart as they come: the echoes of this agent's own writes (most events)
+                // arm no timer, so a change costs no wake-up 50 ms later. Writes still out (an
+                // overtaken snapshot's) are not in the overlay yet: their echoes bring a pass,
+                // which finds them in effect.
+                if applier.only_own_writes_seen() {
+                    debug!("the watches showed only this agent's own writes; no drift pass");
+                } else {
+                    drift_at = Some(tokio::time::Instant::now() + DRIFT_SETTLE);
+                }
                 continue;
             }
             _ = sleep_until(drift_at), if drift_at.is_some() => {
                 drift_at = None;
-                if applier.only_own_writes_seen() {
-                    debug!("the watches showed only this agent's own writes; no drift pass");
-                    continue;
-                }
                 false
             }
             _ = sleep_until(retry_at), if retry_at.is_some() => false,
