@@ -305,6 +305,11 @@ struct Stream {
     drain: Duration,
 }
 
+/// A deadline for a timer that is not to fire (its branch is off until there is a real one).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -328,6 +333,10 @@ impl Stream {
         } = self;
         metrics.streams_connected.inc();
         let mut move_at = max_age.map(|age| Instant::now() + age);
+        // One timer for the stream's life: made anew on every turn of the loop (several per change),
+        // it would be put into the runtime's timer wheel and taken out again each time.
+        let aged = tokio::time::sleep_until(move_at.unwrap_or_else(far_future).into());
+        tokio::pin!(aged);
         // Asked to move: closed then if the agent has not.
         let mut moving: Option<Instant> = None;
         // Not from the current value: a stream admitted after the hub began to drain sees the change
@@ -406,7 +415,7 @@ impl Stream {
                     let _ = tx.send(Box::new(Err(status))).await;
                     break "replaced by a newer stream";
                 }
-                _ = sleep_until(move_at), if move_at.is_some() && moving.is_none() => {
+                () = &mut aged, if move_at.is_some() && moving.is_none() => {
                     move_at = None;
                     if ask("maximum connection age").await.is_none() {
                         break "agent not reading";
