@@ -305,11 +305,6 @@ struct Stream {
     drain: Duration,
 }
 
-/// A deadline for a timer that is not to fire (its branch is off until there is a real one).
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -332,10 +327,11 @@ impl Stream {
             drain,
         } = self;
         metrics.streams_connected.inc();
-        let mut move_at = max_age.map(|age| Instant::now() + age);
         // One timer for the stream's life: made anew on every turn of the loop (several per change),
-        // it would be put into the runtime's timer wheel and taken out again each time.
-        let aged = tokio::time::sleep_until(move_at.unwrap_or_else(far_future).into());
+        // it would be put into the runtime's timer wheel and taken out again each time. Without a
+        // maximum age its branch stays off, so the timer is never polled.
+        let mut aging = max_age.is_some();
+        let aged = tokio::time::sleep(max_age.unwrap_or(Duration::MAX));
         tokio::pin!(aged);
         // Asked to move: closed then if the agent has not.
         let mut moving: Option<Instant> = None;
@@ -415,8 +411,8 @@ impl Stream {
                     let _ = tx.send(Box::new(Err(status))).await;
                     break "replaced by a newer stream";
                 }
-                () = &mut aged, if move_at.is_some() && moving.is_none() => {
-                    move_at = None;
+                () = &mut aged, if aging && moving.is_none() => {
+                    aging = false;
                     if ask("maximum connection age").await.is_none() {
                         break "agent not reading";
                     }
